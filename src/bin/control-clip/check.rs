@@ -1,0 +1,69 @@
+//! `control-clip check <component> --model DIR --io FILE.safetensors`: prints one JSON line
+//! `{"component", "max_abs_err", "max_rel_err", "tolerance", "pass"}`; exit 0 pass, 1 fail, 2 bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use control_clip::check::check_text_encoder;
+use control_clip::{BackendKind, ClipTextModel, SafeTensors, init_device};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Component {
+    /// A transformers CLIPTextModel / CLIPTextModelWithProjection folder.
+    TextEncoder,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Backend {
+    Wgpu,
+    Cpu,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// What the model folder holds.
+    component: Component,
+    /// Model folder: config.json + model.safetensors, as transformers / diffusers save it.
+    #[arg(long)]
+    model: PathBuf,
+    /// Reference inputs and outputs (safetensors; names in README.md).
+    #[arg(long)]
+    io: PathBuf,
+    #[arg(long, value_enum, default_value = "wgpu")]
+    backend: Backend,
+    /// Largest allowed absolute error on any output element.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f32,
+}
+
+pub fn run(args: CheckArgs) -> ExitCode {
+    let backend = match args.backend {
+        Backend::Wgpu => BackendKind::Wgpu,
+        Backend::Cpu => BackendKind::Cpu,
+    };
+    if !(args.tolerance >= 0.0) {
+        eprintln!("error: --tolerance must be a non-negative number");
+        return ExitCode::from(2);
+    }
+    let result = pollster::block_on(async {
+        let device = init_device(backend).await?;
+        let io = SafeTensors::read(&args.io)?;
+        match args.component {
+            Component::TextEncoder => {
+                let model = ClipTextModel::read_dir(&args.model, &device)?;
+                check_text_encoder(&model, &io, args.tolerance).await
+            }
+        }
+    });
+    match result {
+        Ok(report) => {
+            println!("{}", report.json_line());
+            if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The native command-line tool. One file per subcommand; this file only parses and dispatches.
+
+mod check;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "control-clip", version, about = "Control-CLIP text-to-image generation, natively and for the web")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify a model folder against reference outputs (exit 0 pass, 1 fail, 2 bad input).
+    Check(check::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    // Quiet wgpu's warning about XDG_RUNTIME_DIR on headless machines.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: single-threaded at this point, before any runtime starts.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check::run(args),
+    }
+}

@@ -1,0 +1,104 @@
+//! Verifying a model against reference outputs: the logic behind `control-clip check`, kept in the
+//! library so that the tests, the CLI and the browser smoke page compare the same way.
+//!
+//! io files are safetensors; see README.md ("Checking a model") for the names each component expects.
+
+use serde::Serialize;
+
+use crate::device::read_f32;
+use crate::error::{Error, Result};
+use crate::models::clip::ClipTextModel;
+use crate::weights::SafeTensors;
+
+/// Error of one output against its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputError {
+    pub name: String,
+    pub max_abs_err: f32,
+    /// `max_abs_err / max |expected|`: the error relative to the output's scale.
+    pub max_rel_err: f32,
+}
+
+/// The result of a check: worst errors over all compared outputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub component: String,
+    pub max_abs_err: f32,
+    pub max_rel_err: f32,
+    pub tolerance: f32,
+    pub pass: bool,
+    #[serde(skip)]
+    pub outputs: Vec<OutputError>,
+}
+
+impl CheckReport {
+    pub fn new(component: &str, outputs: Vec<OutputError>, tolerance: f32) -> Self {
+        let max_abs_err = outputs.iter().map(|o| o.max_abs_err).fold(0.0, f32::max);
+        let max_rel_err = outputs.iter().map(|o| o.max_rel_err).fold(0.0, f32::max);
+        // NaN never passes: `<=` is false for it.
+        let pass = !outputs.is_empty() && outputs.iter().all(|o| o.max_abs_err <= tolerance);
+        Self { component: component.into(), max_abs_err, max_rel_err, tolerance, pass, outputs }
+    }
+
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).expect("report serializes")
+    }
+}
+
+/// Compares `actual` with the reference tensor `name` of `io`, shapes included.
+pub fn compare(io: &SafeTensors, name: &str, actual_shape: &[usize], actual: &[f32]) -> Result<OutputError> {
+    let (shape, expected) = io.f32(name)?;
+    if shape != actual_shape {
+        return Err(Error::tensor(io.name(), name, format!("reference has shape {shape:?}, the model produced {actual_shape:?}")));
+    }
+    let mut max_abs_err = 0f32;
+    let mut scale = 0f32;
+    for (a, e) in actual.iter().zip(&expected) {
+        let err = (a - e).abs();
+        // Keep a NaN from the model visible (f32::max would drop it).
+        max_abs_err = if err.is_nan() || max_abs_err.is_nan() { f32::NAN } else { max_abs_err.max(err) };
+        scale = scale.max(e.abs());
+    }
+    Ok(OutputError { name: name.into(), max_abs_err, max_rel_err: max_abs_err / scale.max(f32::MIN_POSITIVE), })
+}
+
+/// Runs the text encoder on the io file's `input_ids` and compares `last_hidden_state`, `pooler_output`,
+/// `text_embeds` (when the reference has it) and every `last_hidden_state_clip_skip_<k>`.
+pub async fn check_text_encoder(model: &ClipTextModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let (shape, ids) = io.i64("input_ids")?;
+    if shape.len() != 2 {
+        return Err(Error::tensor(io.name(), "input_ids", format!("expected [batch, positions], found shape {shape:?}")));
+    }
+    let rows: Vec<Vec<u32>> = ids
+        .chunks(shape[1].max(1))
+        .map(|row| row.iter().map(|&id| u32::try_from(id).unwrap_or(u32::MAX)).collect())
+        .collect();
+    if io.contains("text_embeds") && !model.has_projection() {
+        return Err(Error::tensor(
+            io.name(),
+            "text_embeds",
+            "the reference has projected embeddings but the model has no `text_projection.weight`",
+        ));
+    }
+
+    let mut outputs = Vec::new();
+    let out = model.forward(&rows, 0)?;
+    let (s, v) = read_f32(out.last_hidden_state).await?;
+    outputs.push(compare(io, "last_hidden_state", &s, &v)?);
+    let (s, v) = read_f32(out.pooler_output).await?;
+    outputs.push(compare(io, "pooler_output", &s, &v)?);
+    if io.contains("text_embeds") {
+        let (s, v) = read_f32(out.text_embeds.expect("checked above")).await?;
+        outputs.push(compare(io, "text_embeds", &s, &v)?);
+    }
+    let skips: Vec<(String, usize)> = io
+        .keys()
+        .filter_map(|k| Some((k.to_string(), k.strip_prefix("last_hidden_state_clip_skip_")?.parse().ok()?)))
+        .collect();
+    for (key, skip) in skips {
+        let out = model.forward(&rows, skip)?;
+        let (s, v) = read_f32(out.last_hidden_state).await?;
+        outputs.push(compare(io, &key, &s, &v)?);
+    }
+    Ok(CheckReport::new("text-encoder", outputs, tolerance))
+}

@@ -1,0 +1,85 @@
+//! Choosing and starting the compute backend: burn's wgpu backend (Vulkan / Metal / DX12 natively,
+//! WebGPU in the browser) or burn's pure-Rust CPU backend (`flex`).
+
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Wgpu,
+    Cpu,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Wgpu, BackendKind::Cpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "wgpu" | "webgpu" | "gpu" => Ok(BackendKind::Wgpu),
+            "cpu" | "flex" => Ok(BackendKind::Cpu),
+            other => Err(Error::invalid("backend", format!("unknown backend `{other}` (expected wgpu or cpu)"))),
+        }
+    }
+}
+
+/// Starts (once per process) and returns the device of `kind`. burn's wgpu runtime can be initialised
+/// only once, so the result — device or error — is kept for the life of the process / page.
+pub async fn init_device(kind: BackendKind) -> Result<Device> {
+    match kind {
+        BackendKind::Cpu => Ok(Device::flex()),
+        BackendKind::Wgpu => wgpu_device().await,
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn wgpu_device() -> Result<Device> {
+    use std::sync::OnceLock;
+    static WGPU: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+    WGPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| format!("could not start the wgpu backend: {e}")))
+        .clone()
+        .map_err(Error::device)
+}
+
+#[cfg(target_arch = "wasm32")]
+async fn wgpu_device() -> Result<Device> {
+    use std::cell::RefCell;
+    thread_local! {
+        static WGPU: RefCell<Option<std::result::Result<Device, String>>> = const { RefCell::new(None) };
+    }
+    if let Some(done) = WGPU.with(|c| c.borrow().clone()) {
+        return done.map_err(Error::device);
+    }
+    let result = Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| format!("could not start WebGPU: {e}"));
+    WGPU.with(|c| *c.borrow_mut() = Some(result.clone()));
+    result.map_err(Error::device)
+}
+
+/// Reads a float tensor back to the host; asynchronous because WebGPU read-backs are.
+pub async fn read_f32<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let shape = tensor.dims().to_vec();
+    let data = tensor.into_data_async().await.map_err(|e| Error::device(format!("reading a result back failed: {e}")))?;
+    let values = data.try_into_vec_as::<f32>().map_err(|e| Error::device(format!("unexpected result data: {e:?}")))?;
+    Ok((shape, values))
+}

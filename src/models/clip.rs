@@ -1,0 +1,271 @@
+//! CLIP text encoder: transformers' `CLIPTextModel` and `CLIPTextModelWithProjection`.
+//!
+//! Configured from the checkpoint's own `config.json` (or the `text_config` of a full CLIPModel config);
+//! weights with or without the `text_model.` prefix, stored f32, f16 or bf16.
+
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+
+use crate::config::ConfigJson;
+use crate::error::{Error, Result};
+use crate::models::nn::{Activation, layer_norm, linear};
+use crate::weights::{SafeTensors, WeightsView};
+
+/// Mirrors transformers' `CLIPTextConfig` (missing fields take transformers' defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub eos_token_id: usize,
+    pub projection_dim: usize,
+}
+
+impl ClipTextConfig {
+    pub fn from_json(config: &ConfigJson) -> Result<Self> {
+        // A full CLIPModel config.json nests the text tower's settings.
+        if let Some(text) = config.nested("text_config") {
+            return Self::from_json(&text);
+        }
+        let c = config;
+        let cfg = Self {
+            vocab_size: c.positive("vocab_size", c.usize_or("vocab_size", 49408)?)?,
+            hidden_size: c.positive("hidden_size", c.usize_or("hidden_size", 512)?)?,
+            intermediate_size: c.positive("intermediate_size", c.usize_or("intermediate_size", 2048)?)?,
+            num_hidden_layers: c.usize_or("num_hidden_layers", 12)?,
+            num_attention_heads: c.positive("num_attention_heads", c.usize_or("num_attention_heads", 8)?)?,
+            max_position_embeddings: c.positive("max_position_embeddings", c.usize_or("max_position_embeddings", 77)?)?,
+            hidden_act: Activation::parse(c.str_or("hidden_act", "quick_gelu")?, &c.file, "hidden_act")?,
+            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
+            eos_token_id: c.usize_or("eos_token_id", 49407)?,
+            projection_dim: c.usize_or("projection_dim", 512)?,
+        };
+        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::config(
+                &c.file,
+                "num_attention_heads",
+                format!("hidden_size {} is not divisible by {} heads", cfg.hidden_size, cfg.num_attention_heads),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(w: &WeightsView, cfg: &ClipTextConfig, device: &Device) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            q_proj: linear(w, "q_proj", d, d, true, device)?,
+            k_proj: linear(w, "k_proj", d, d, true, device)?,
+            v_proj: linear(w, "v_proj", d, d, true, device)?,
+            out_proj: linear(w, "out_proj", d, d, true, device)?,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    /// Causal multi-head self-attention; `mask` is additive ([L, L], 0 or a large negative).
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let hd = d / self.heads;
+        let split = |t: Tensor<3>| t.reshape([b, l, self.heads, hd]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()) * (hd as f64).powf(-0.5));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)) + mask;
+        let out = activation::softmax(scores, 3).matmul(v);
+        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, l, d]))
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn load(w: &WeightsView, cfg: &ClipTextConfig, device: &Device) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            layer_norm1: layer_norm(w, "layer_norm1", d, eps, device)?,
+            self_attn: Attention::load(&w.sub("self_attn"), cfg, device)?,
+            layer_norm2: layer_norm(w, "layer_norm2", d, eps, device)?,
+            fc1: linear(w, "mlp.fc1", d, cfg.intermediate_size, true, device)?,
+            fc2: linear(w, "mlp.fc2", cfg.intermediate_size, d, true, device)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), mask);
+        let h = self.fc2.forward(self.act.forward(self.fc1.forward(self.layer_norm2.forward(x.clone()))));
+        x + h
+    }
+}
+
+/// What the encoder returns, as transformers names it.
+#[derive(Debug, Clone)]
+pub struct ClipTextOutput {
+    /// [B, L, D]: the context the UNet attends to (after `clip_skip`, with the final layer norm).
+    pub last_hidden_state: Tensor<3>,
+    /// [B, D]: the final hidden state at the end-of-text position.
+    pub pooler_output: Tensor<2>,
+    /// [B, projection_dim]: `text_projection(pooler_output)`, for `CLIPTextModelWithProjection`.
+    pub text_embeds: Option<Tensor<2>>,
+}
+
+#[derive(Debug)]
+pub struct ClipTextModel {
+    pub config: ClipTextConfig,
+    token_embedding: Tensor<2>,
+    position_embedding: Tensor<2>,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
+}
+
+impl ClipTextModel {
+    /// Builds the model from a parsed config and a weights file. The `text_model.` prefix is optional;
+    /// `text_projection.weight` (at the root) makes it a `CLIPTextModelWithProjection`.
+    pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        let cfg = ClipTextConfig::from_json(config)?;
+        let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
+        let w = WeightsView::new(weights, prefix);
+        let d = cfg.hidden_size;
+        let token_embedding = w.tensor("embeddings.token_embedding.weight", [cfg.vocab_size, d], device)?;
+        let position_embedding =
+            w.tensor("embeddings.position_embedding.weight", [cfg.max_position_embeddings, d], device)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), &cfg, device))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = layer_norm(&w, "final_layer_norm", d, cfg.layer_norm_eps, device)?;
+        let root = WeightsView::new(weights, "");
+        let text_projection = if root.contains("text_projection.weight") {
+            Some(linear(&root, "text_projection", d, cfg.projection_dim, false, device)?)
+        } else {
+            None
+        };
+        Ok(Self { config: cfg, token_embedding, position_embedding, layers, final_layer_norm, text_projection })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let config = ConfigJson::read(&dir.join("config.json"))?;
+        let weights = SafeTensors::read(&find_weights_file(dir)?)?;
+        Self::load(&config, &weights, device)
+    }
+
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
+    /// Token ids → outputs. `clip_skip` = k uses the hidden state k layers before the last (0 = the
+    /// last), through the final layer norm, as diffusers' `clip_skip` does; the pooled output and the
+    /// projection always come from the last layer, as in transformers.
+    pub fn forward(&self, input_ids: &[Vec<u32>], clip_skip: usize) -> Result<ClipTextOutput> {
+        let cfg = &self.config;
+        let b = input_ids.len();
+        let l = input_ids.first().map_or(0, Vec::len);
+        if b == 0 || l == 0 {
+            return Err(Error::invalid("input_ids", "empty batch"));
+        }
+        if input_ids.iter().any(|row| row.len() != l) {
+            return Err(Error::invalid("input_ids", "rows of different lengths"));
+        }
+        if l > cfg.max_position_embeddings {
+            return Err(Error::invalid(
+                "input_ids",
+                format!("{l} positions, the model has {}", cfg.max_position_embeddings),
+            ));
+        }
+        if let Some(bad) = input_ids.iter().flatten().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(Error::invalid("input_ids", format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
+        }
+        if clip_skip >= cfg.num_hidden_layers.max(1) {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!("{clip_skip} would skip every one of the {} layers", cfg.num_hidden_layers),
+            ));
+        }
+        let device = self.token_embedding.device();
+        let d = cfg.hidden_size;
+        let flat: Vec<i32> = input_ids.iter().flatten().map(|&id| id as i32).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * l]), &device);
+        let tokens = self.token_embedding.clone().select(0, ids).reshape([b, l, d]);
+        let positions = self.position_embedding.clone().slice([0..l]).unsqueeze::<3>();
+        let mut x = tokens + positions;
+
+        let mask = causal_mask(l, &device);
+        let keep_at = cfg.num_hidden_layers - clip_skip;
+        let mut skipped = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i == keep_at && clip_skip > 0 {
+                skipped = Some(x.clone());
+            }
+            x = layer.forward(x, mask.clone());
+        }
+        let last = self.final_layer_norm.forward(x);
+        let last_hidden_state = match skipped {
+            Some(h) => self.final_layer_norm.forward(h),
+            None => last.clone(),
+        };
+
+        // transformers: with the legacy eos id 2 the pooled position is argmax(ids); else the first eos.
+        let pool_at: Vec<i32> = input_ids
+            .iter()
+            .map(|row| {
+                let pos = if cfg.eos_token_id == 2 {
+                    let max = row.iter().max().copied().unwrap_or(0);
+                    row.iter().position(|&id| id == max)
+                } else {
+                    row.iter().position(|&id| id as usize == cfg.eos_token_id)
+                };
+                pos.unwrap_or(0) as i32
+            })
+            .collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(pool_at.iter().enumerate().map(|(r, &p)| r as i32 * l as i32 + p).collect::<Vec<_>>(), [b]), &device);
+        let pooler_output = last.reshape([b * l, d]).select(0, rows);
+        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooler_output.clone()));
+        Ok(ClipTextOutput { last_hidden_state, pooler_output, text_embeds })
+    }
+}
+
+/// Additive causal mask [1, 1, L, L]: 0 on and below the diagonal, f32::MIN above (as transformers).
+fn causal_mask(l: usize, device: &Device) -> Tensor<4> {
+    let upper = Tensor::<2, Bool>::from_data(
+        TensorData::new((0..l * l).map(|i| i % l > i / l).collect::<Vec<bool>>(), [l, l]),
+        device,
+    );
+    Tensor::<2>::zeros([l, l], device).mask_fill(upper, f32::MIN).reshape([1, 1, l, l])
+}
+
+/// The weights file of a transformers / diffusers model folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn find_weights_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    const NAMES: [&str; 3] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors"];
+    NAMES.iter().map(|n| dir.join(n)).find(|p| p.exists()).ok_or_else(|| {
+        Error::file(dir.display().to_string(), format!("no weights file in the folder (looked for {})", NAMES.join(", ")))
+    })
+}

@@ -1,0 +1,3 @@
+//! Model components, one file each; configured from the checkpoints' own config.json.
+pub mod clip;
+pub mod nn;

@@ -1,0 +1,84 @@
+//! Loading burn's layers from PyTorch-layout tensors, and the activations checkpoints name.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::{Device, Tensor, TensorData, activation};
+
+use crate::error::{Error, Result};
+use crate::weights::WeightsView;
+
+/// `nn.Linear(d_in, d_out)` from `{name}.weight` ([d_out, d_in], PyTorch layout) and `{name}.bias`.
+/// The weight is transposed on the host so that burn's `[d_in, d_out]` matmul operand is contiguous.
+pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Linear> {
+    let key = w.key(&format!("{name}.weight"));
+    let (shape, values) = w.file.f32(&key)?;
+    if shape != [d_out, d_in] {
+        return Err(Error::tensor(w.file.name(), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
+    }
+    let mut transposed = vec![0f32; values.len()];
+    for o in 0..d_out {
+        for i in 0..d_in {
+            transposed[i * d_out + o] = values[o * d_in + i];
+        }
+    }
+    let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
+    let bias = if bias { Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d_out], device)?)) } else { None };
+    Ok(Linear { weight: Param::from_tensor(weight), bias })
+}
+
+/// `nn.LayerNorm(d, eps)` from `{name}.weight` and `{name}.bias`.
+pub fn layer_norm(w: &WeightsView, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+    let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+    norm.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], device)?);
+    norm.beta = Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d], device)?));
+    Ok(norm)
+}
+
+/// The activation functions named by `hidden_act` / `act_fn` in transformers and diffusers configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`, OpenAI CLIP's approximation.
+    QuickGelu,
+    /// Exact erf GELU.
+    Gelu,
+    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Silu,
+    Relu,
+}
+
+impl Activation {
+    /// Parses a config value; `file` and `field` name it in the error.
+    pub fn parse(value: &str, file: &str, field: &str) -> Result<Self> {
+        Ok(match value {
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(Error::config(
+                    file,
+                    field,
+                    format!("unknown activation `{other}` (supported: quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, silu, relu)"),
+                ));
+            }
+        })
+    }
+
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+            Activation::Gelu => activation::gelu(x),
+            // Written out with x*x*x: burn's version uses powf, and WGSL's pow is undefined for x < 0.
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+                let cube = x.clone() * x.clone() * x.clone();
+                let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+                x * (inner.tanh() + 1.0) * 0.5
+            }
+            Activation::Silu => activation::silu(x),
+            Activation::Relu => activation::relu(x),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Safetensors reading with errors that name the file and the tensor.
+//!
+//! We parse the (simple) format ourselves rather than through a library so that every way a file can
+//! be broken — empty, truncated, a header that lies about sizes, an unknown dtype — becomes a message
+//! that says which file and which tensor. Stored f16 / bf16 / f64 are widened to f32 on load, and
+//! non-finite weights are refused (a NaN in a checkpoint would otherwise surface as a black image).
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+
+/// Element types a safetensors file may hold (the subset models and fixtures use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+}
+
+impl DType {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "F64" => DType::F64,
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "I64" => DType::I64,
+            "I32" => DType::I32,
+            _ => return None,
+        })
+    }
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+    pub fn is_float(self) -> bool {
+        !matches!(self, DType::I64 | DType::I32)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range inside the file.
+    start: usize,
+    end: usize,
+}
+
+/// A safetensors file held in memory (bytes from disk natively, from `fetch` in the browser).
+pub struct SafeTensors {
+    name: String,
+    bytes: Vec<u8>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl std::fmt::Debug for SafeTensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafeTensors").field("name", &self.name).field("tensors", &self.entries.len()).finish()
+    }
+}
+
+impl SafeTensors {
+    /// Reads a file from disk (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::file(&name, format!("cannot read: {e}")))?;
+        Self::from_bytes(name, bytes)
+    }
+
+    /// Parses and validates the header of `bytes`; `name` is used in every error message.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let name = name.into();
+        let fail = |m: String| Error::file(&name, m);
+        if bytes.is_empty() {
+            return Err(fail("the file is empty (0 bytes), not a safetensors file".into()));
+        }
+        if bytes.len() < 8 {
+            return Err(fail(format!("truncated: {} bytes, too short for a safetensors header", bytes.len())));
+        }
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let data_start = 8u64
+            .checked_add(header_len)
+            .filter(|&end| end <= bytes.len() as u64)
+            .ok_or_else(|| {
+                fail(format!(
+                    "truncated or not safetensors: the header claims {header_len} bytes but the file has {} bytes",
+                    bytes.len()
+                ))
+            })? as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..data_start])
+            .map_err(|e| fail(format!("the safetensors header is not valid JSON: {e}")))?;
+        let header = header.as_object().ok_or_else(|| fail("the safetensors header is not a JSON object".into()))?;
+
+        let mut entries = BTreeMap::new();
+        for (key, info) in header {
+            if key == "__metadata__" {
+                continue;
+            }
+            let bad = |m: String| Error::tensor(&name, key, m);
+            let dtype_str = info.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("header entry has no `dtype`".into()))?;
+            let dtype = DType::parse(dtype_str).ok_or_else(|| bad(format!("unsupported dtype {dtype_str}")))?;
+            let shape: Vec<usize> = info
+                .get("shape")
+                .and_then(|v| v.as_array())
+                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad("header entry has no valid `shape`".into()))?;
+            let offsets = info
+                .get("data_offsets")
+                .and_then(|v| v.as_array())
+                .and_then(|a| a.iter().map(|d| d.as_u64()).collect::<Option<Vec<_>>>())
+                .filter(|o| o.len() == 2)
+                .ok_or_else(|| bad("header entry has no valid `data_offsets`".into()))?;
+            let (begin, end) = (offsets[0], offsets[1]);
+            let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+            let expected = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
+            if end < begin || Some(end - begin) != expected {
+                return Err(bad(format!(
+                    "the header lies about sizes: shape {shape:?} of {dtype_str} needs {} bytes but data_offsets [{begin}, {end}] span {}",
+                    expected.map_or("too many".to_string(), |e| e.to_string()),
+                    end as i128 - begin as i128
+                )));
+            }
+            let available = (bytes.len() - data_start) as u64;
+            if end > available {
+                return Err(bad(format!(
+                    "truncated file: the tensor's data ends at byte {end} of the data section, which has only {available} bytes"
+                )));
+            }
+            entries.insert(
+                key.clone(),
+                Entry { dtype, shape, start: data_start + begin as usize, end: data_start + end as usize },
+            );
+        }
+        Ok(Self { name, bytes, entries })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, key: &str) -> Result<&[usize]> {
+        Ok(&self.entry(key)?.shape)
+    }
+
+    fn entry(&self, key: &str) -> Result<&Entry> {
+        self.entries.get(key).ok_or_else(|| Error::tensor(&self.name, key, "missing from the file"))
+    }
+
+    /// A float tensor widened to f32, with its shape. Refuses int tensors and non-finite values.
+    pub fn f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let e = self.entry(key)?;
+        if !e.dtype.is_float() {
+            return Err(Error::tensor(&self.name, key, format!("expected a float tensor, found {:?}", e.dtype)));
+        }
+        let raw = &self.bytes[e.start..e.end];
+        let values: Vec<f32> = match e.dtype {
+            DType::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            DType::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            DType::I64 | DType::I32 => unreachable!(),
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::tensor(&self.name, key, format!("non-finite value {} at flat index {i}", values[i])));
+        }
+        Ok((e.shape.clone(), values))
+    }
+
+    /// An integer tensor as i64, with its shape.
+    pub fn i64(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let e = self.entry(key)?;
+        let raw = &self.bytes[e.start..e.end];
+        let values = match e.dtype {
+            DType::I64 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            DType::I32 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            other => {
+                return Err(Error::tensor(&self.name, key, format!("expected an integer tensor, found {other:?}")));
+            }
+        };
+        Ok((e.shape.clone(), values))
+    }
+
+    /// A float tensor of exactly `shape`, on `device`.
+    pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+        let (found, values) = self.f32(key)?;
+        if found != shape {
+            return Err(Error::tensor(&self.name, key, format!("expected shape {shape:?}, found {found:?}")));
+        }
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// An integer tensor of rank `D` (any sizes), on `device`.
+    pub fn int_tensor<const D: usize>(&self, key: &str, device: &Device) -> Result<Tensor<D, Int>> {
+        let (shape, values) = self.i64(key)?;
+        let shape: [usize; D] = shape.clone().try_into().map_err(|_| {
+            Error::tensor(&self.name, key, format!("expected a rank-{D} tensor, found shape {shape:?}"))
+        })?;
+        let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+/// A view of a weights file under a key prefix (`text_model.` and the like), so that model code asks
+/// for `encoder.layers.0.mlp.fc1.weight` whatever the checkpoint's nesting is.
+pub struct WeightsView<'a> {
+    pub file: &'a SafeTensors,
+    pub prefix: String,
+}
+
+impl<'a> WeightsView<'a> {
+    pub fn new(file: &'a SafeTensors, prefix: impl Into<String>) -> Self {
+        Self { file, prefix: prefix.into() }
+    }
+
+    pub fn sub(&self, name: &str) -> WeightsView<'a> {
+        WeightsView { file: self.file, prefix: format!("{}{}.", self.prefix, name) }
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.file.contains(&self.key(name))
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+        self.file.tensor(&self.key(name), shape, device)
+    }
+}
+
+/// One tensor to write: name, dtype, shape and its little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        Self { name: name.into(), dtype: DType::F32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+}
+
+impl SafeTensors {
+    /// Every tensor of the file as stored (dtype, shape, bytes), in name order.
+    pub fn raw_tensors(&self) -> Vec<RawTensor> {
+        self.entries
+            .iter()
+            .map(|(name, e)| RawTensor {
+                name: name.clone(),
+                dtype: e.dtype,
+                shape: e.shape.clone(),
+                bytes: self.bytes[e.start..e.end].to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// Serializes tensors in the safetensors format (header padded to 8 bytes, as the reference writer does).
+pub fn serialize(tensors: &[RawTensor]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for t in tensors {
+        let dtype = match t.dtype {
+            DType::F64 => "F64",
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+        };
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]}),
+        );
+        offset += t.bytes.len();
+    }
+    let mut header = serde_json::to_vec(&header).expect("header serializes");
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for t in tensors {
+        out.extend_from_slice(&t.bytes);
+    }
+    out
+}

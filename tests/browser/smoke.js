@@ -1,0 +1,111 @@
+// Browser smoke path: tokenize with the wasm tokenizer, run the small text encoder from a fixture folder
+// on the chosen backend, compare with the transformers outputs in io.safetensors, and check that broken
+// inputs come back as JS Errors with clear messages. Writes a JSON report into #result.
+import init, { initBackend, Tokenizer, TextEncoder } from '/www/pkg/control_clip.js';
+
+const params = new URLSearchParams(location.search);
+const backend = params.get('backend') || 'wgpu';
+const FIXTURES = '/tests/fixtures';
+const MODEL = `${FIXTURES}/clip_text/sd-mini-f16`;
+const result = document.getElementById('result');
+
+async function bytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// Minimal safetensors reader for the reference file (F32 / I64 only: what the fixtures hold).
+function readSafetensors(buf) {
+  const n = Number(new DataView(buf.buffer, buf.byteOffset).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(buf.subarray(8, 8 + n)));
+  const out = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [b, e] = info.data_offsets;
+    const slice = buf.slice(8 + n + b, 8 + n + e).buffer;
+    out[name] = { shape: info.shape, data: info.dtype === 'I64' ? Array.from(new BigInt64Array(slice), Number) : new Float32Array(slice) };
+  }
+  return out;
+}
+
+function maxAbsErr(a, b) {
+  if (a.length !== b.length) return Infinity;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) { const d = Math.abs(a[i] - b[i]); if (!(d <= m)) m = d; }
+  return m;
+}
+
+async function expectError(label, fn, mustContain) {
+  try {
+    await fn();
+    return { label, ok: false, message: 'no error was raised' };
+  } catch (e) {
+    const message = String(e && e.message || e);
+    return { label, ok: mustContain.every(s => message.includes(s)) && e instanceof Error, message };
+  }
+}
+
+async function main() {
+  const report = { backend };
+  await init();
+  const t0 = performance.now();
+  report.backendStarted = await initBackend(backend);
+  report.initMs = Math.round(performance.now() - t0);
+
+  // 1. Tokenizer: every committed case.
+  const tokenizer = new Tokenizer('tokenizer.json', await bytes(`${FIXTURES}/tokenizer.json`));
+  const cases = (await (await fetch(`${FIXTURES}/tokenizer_cases.json`)).json()).cases;
+  const mismatches = [];
+  for (const c of cases) {
+    const t = tokenizer.encode(c.text);
+    if (t.ids.join(',') !== c.input_ids.join(',') || t.droppedTokens !== c.dropped_tokens) mismatches.push(c.text.slice(0, 40));
+  }
+  report.tokenizerCases = cases.length;
+  report.tokenizerMismatches = mismatches;
+
+  // 2. Text encoder: prompts → ids (must equal the fixture's) → hidden states vs transformers.
+  const io = readSafetensors(await bytes(`${MODEL}/io.safetensors`));
+  const prompts = await (await fetch(`${MODEL}/prompts.json`)).json();
+  const ids = prompts.flatMap(p => Array.from(tokenizer.encode(p).ids));
+  report.idsMatchFixture = ids.join(',') === io.input_ids.data.join(',');
+  const config = await (await fetch(`${MODEL}/config.json`)).text();
+  const weights = await bytes(`${MODEL}/model.safetensors`);
+  const encoder = await TextEncoder.load(backend, MODEL, config, weights.slice());
+  const runs = [];
+  for (let run = 0; run < 2; run++) {
+    const t1 = performance.now();
+    const out = await encoder.encode(Uint32Array.from(ids), prompts.length, 0);
+    runs.push({
+      ms: Math.round(performance.now() - t1),
+      lastHiddenState: maxAbsErr(out.lastHiddenState, io.last_hidden_state.data),
+      poolerOutput: maxAbsErr(out.poolerOutput, io.pooler_output.data),
+    });
+  }
+  const skip = await encoder.encode(Uint32Array.from(ids), prompts.length, 1);
+  report.clipSkip1 = maxAbsErr(skip.lastHiddenState, io.last_hidden_state_clip_skip_1.data);
+  report.runs = runs;
+  report.maxAbsErr = Math.max(report.clipSkip1, ...runs.flatMap(r => [r.lastHiddenState, r.poolerOutput]));
+
+  // 3. Broken inputs are JS Errors that name the file and the tensor / field.
+  report.errors = [
+    await expectError('truncated weights', () => TextEncoder.load(backend, 'broken', config, weights.slice(0, weights.length - 1000)),
+      ['broken/model.safetensors', 'truncated']),
+    await expectError('unknown activation', () => TextEncoder.load(backend, 'broken', config.replace('"quick_gelu"', '"swiglu_magic"'), weights.slice()),
+      ['broken/config.json', 'hidden_act', 'swiglu_magic']),
+    await expectError('empty weights', () => TextEncoder.load(backend, 'broken', config, new Uint8Array(0)),
+      ['broken/model.safetensors', 'empty']),
+    await expectError('unknown backend', () => initBackend('quantum'), ['backend', 'quantum']),
+  ];
+  return report;
+}
+
+main().then(report => {
+  const ok = report.tokenizerMismatches.length === 0 && report.idsMatchFixture && Number.isFinite(report.maxAbsErr)
+    && report.errors.every(e => e.ok);
+  result.textContent = JSON.stringify(report, null, 1);
+  result.dataset.status = ok ? 'ok' : 'fail';
+}, err => {
+  result.textContent = JSON.stringify({ backend, error: String(err && err.message || err) });
+  result.dataset.status = 'error';
+});

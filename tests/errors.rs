@@ -1,0 +1,132 @@
+//! Every broken input a user can bring gives an error that names the file and the tensor or field.
+//! (The browser test repeats two of these through the wasm API.)
+
+mod common;
+
+use burn::tensor::Device;
+use common::fixtures;
+use control_clip::config::ConfigJson;
+use control_clip::weights::{DType, RawTensor, serialize};
+use control_clip::{ClipTextModel, Error, SafeTensors};
+
+const MODEL: &str = "deep-gelu-new-noprefix";
+
+fn model_bytes() -> Vec<u8> {
+    std::fs::read(fixtures().join("clip_text").join(MODEL).join("model.safetensors")).unwrap()
+}
+
+fn config_text() -> String {
+    std::fs::read_to_string(fixtures().join("clip_text").join(MODEL).join("config.json")).unwrap()
+}
+
+/// Loads a model from in-memory files; the error as text.
+fn load_err(config: &str, weights: Vec<u8>) -> String {
+    let result = (|| {
+        let config = ConfigJson::parse("m/config.json", config)?;
+        let weights = SafeTensors::from_bytes("m/model.safetensors", weights)?;
+        ClipTextModel::load(&config, &weights, &Device::flex())
+    })();
+    let err = result.err().expect("loading should fail");
+    err.to_string()
+}
+
+fn edited(edit: impl FnOnce(&mut Vec<RawTensor>)) -> Vec<u8> {
+    let mut tensors = SafeTensors::from_bytes("m", model_bytes()).unwrap().raw_tensors();
+    edit(&mut tensors);
+    serialize(&tensors)
+}
+
+#[test]
+fn the_unedited_fixture_loads() {
+    let config = ConfigJson::parse("m/config.json", &config_text()).unwrap();
+    // Round trip through our writer: proves `serialize` writes what the reader (and the library) reads.
+    let weights = SafeTensors::from_bytes("m", edited(|_| {})).unwrap();
+    ClipTextModel::load(&config, &weights, &Device::flex()).unwrap();
+}
+
+#[test]
+fn truncated_file() {
+    let bytes = model_bytes();
+    let err = load_err(&config_text(), bytes[..bytes.len() / 2].to_vec());
+    assert!(err.contains("m/model.safetensors") && err.contains("truncated"), "{err}");
+    let err = load_err(&config_text(), bytes[..20].to_vec());
+    assert!(err.contains("m/model.safetensors") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn empty_files() {
+    let err = load_err(&config_text(), Vec::new());
+    assert!(err.contains("m/model.safetensors") && err.contains("empty"), "{err}");
+    let err = load_err("", model_bytes());
+    assert!(err.contains("m/config.json") && err.contains("empty"), "{err}");
+}
+
+#[test]
+fn header_that_lies_about_sizes() {
+    let mut bytes = model_bytes();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    // Claim a bigger shape for the final layer norm's weight, keeping its byte range.
+    let lie = header.replacen("\"final_layer_norm.weight\":{\"dtype\":\"F32\",\"shape\":[48]", "\"final_layer_norm.weight\":{\"dtype\":\"F32\",\"shape\":[49]", 1);
+    assert_ne!(lie, header, "fixture header layout changed: {header:.200}");
+    bytes.splice(8..8 + n, lie.into_bytes());
+    let err = load_err(&config_text(), bytes);
+    assert!(err.contains("m/model.safetensors") && err.contains("final_layer_norm.weight") && err.contains("lies about sizes"), "{err}");
+}
+
+#[test]
+fn missing_tensor() {
+    let bytes = edited(|t| t.retain(|t| t.name != "encoder.layers.2.mlp.fc1.bias"));
+    let err = load_err(&config_text(), bytes);
+    assert!(err.contains("m/model.safetensors") && err.contains("encoder.layers.2.mlp.fc1.bias") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn wrong_shape() {
+    let bytes = edited(|t| {
+        let t = t.iter_mut().find(|t| t.name == "encoder.layers.0.self_attn.q_proj.weight").unwrap();
+        t.shape = vec![24, 96];
+    });
+    let err = load_err(&config_text(), bytes);
+    assert!(err.contains("encoder.layers.0.self_attn.q_proj.weight") && err.contains("expected shape [48, 48], found [24, 96]"), "{err}");
+}
+
+#[test]
+fn wrong_dtype() {
+    let bytes = edited(|t| {
+        let t = t.iter_mut().find(|t| t.name == "final_layer_norm.bias").unwrap();
+        t.dtype = DType::I32;
+    });
+    let err = load_err(&config_text(), bytes);
+    assert!(err.contains("final_layer_norm.bias") && err.contains("expected a float tensor"), "{err}");
+}
+
+#[test]
+fn non_finite_weights() {
+    let bytes = edited(|t| {
+        let t = t.iter_mut().find(|t| t.name == "embeddings.position_embedding.weight").unwrap();
+        t.bytes[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    let err = load_err(&config_text(), bytes);
+    assert!(err.contains("embeddings.position_embedding.weight") && err.contains("non-finite"), "{err}");
+}
+
+#[test]
+fn unknown_activation() {
+    let config = config_text().replace("\"gelu_new\"", "\"swiglu_magic\"");
+    let err = load_err(&config, model_bytes());
+    assert!(err.contains("m/config.json") && err.contains("hidden_act") && err.contains("swiglu_magic"), "{err}");
+}
+
+#[test]
+fn config_field_of_the_wrong_type() {
+    let config = config_text().replace("\"num_attention_heads\": 6", "\"num_attention_heads\": \"six\"");
+    let err = load_err(&config, model_bytes());
+    assert!(err.contains("num_attention_heads") && err.contains("\"six\""), "{err}");
+}
+
+#[test]
+fn errors_are_typed() {
+    let err = SafeTensors::from_bytes("x.safetensors", vec![]).err().unwrap();
+    assert!(matches!(err, Error::File { .. }));
+}

@@ -1,0 +1,49 @@
+//! Token ids equal transformers' CLIPTokenizer on every committed case (tests/fixtures/tokenizer_cases.json).
+
+mod common;
+
+use common::fixtures;
+use control_clip::{ClipTokenizer, MAX_POSITIONS};
+
+#[test]
+fn ids_equal_the_reference_on_every_case() {
+    let tokenizer = ClipTokenizer::read(&fixtures().join("tokenizer.json")).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 49408);
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer_cases.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 40, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let dropped = case["dropped_tokens"].as_u64().unwrap() as usize;
+        let got = tokenizer.encode(text, MAX_POSITIONS).unwrap();
+        if got.ids != expected || got.dropped_tokens != dropped {
+            failures.push(format!("{text:?}: got {:?} (dropped {}), expected {:?} (dropped {dropped})", got.ids, got.dropped_tokens, expected));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[test]
+fn long_prompts_are_truncated_and_say_so() {
+    let tokenizer = ClipTokenizer::read(&fixtures().join("tokenizer.json")).unwrap();
+    let prompt = vec!["red"; 100].join(" ");
+    let t = tokenizer.encode(&prompt, MAX_POSITIONS).unwrap();
+    assert_eq!(t.ids.len(), 77);
+    assert_eq!(t.dropped_tokens, 25);
+    assert_eq!(t.ids[76], tokenizer.eos_id());
+    let notice = t.truncation_notice().unwrap();
+    assert!(notice.contains("25 token"), "{notice}");
+    assert!(notice.contains("red"), "{notice}");
+    assert!(tokenizer.encode("a cat", MAX_POSITIONS).unwrap().truncation_notice().is_none());
+}
+
+#[test]
+fn a_broken_tokenizer_file_is_named() {
+    let err = ClipTokenizer::from_bytes("broken/tokenizer.json", b"{not json").err().unwrap().to_string();
+    assert!(err.contains("broken/tokenizer.json") && err.contains("not a valid tokenizer.json"), "{err}");
+    let err = ClipTokenizer::from_bytes("empty/tokenizer.json", b"").err().unwrap().to_string();
+    assert!(err.contains("empty/tokenizer.json") && err.contains("empty"), "{err}");
+}
