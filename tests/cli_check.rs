@@ -26,9 +26,12 @@ fn report(out: &Output) -> serde_json::Value {
 
 #[test]
 fn passes_on_every_fixture() {
-    for name in ["sd-mini-f16", "proj-gelu", "deep-gelu-new-noprefix"] {
+    // Every fixture on the CPU backend, and one on wgpu to prove the flag: the parity tests already cover
+    // every fixture on both backends, and each wgpu process spends ~20 s compiling kernels on lavapipe.
+    let runs = [("sd-mini-f16", "cpu"), ("proj-gelu", "cpu"), ("deep-gelu-new-noprefix", "cpu"), ("sd-mini-f16", "wgpu")];
+    for (name, backend) in runs {
         let dir = fixtures().join("clip_text").join(name);
-        for backend in ["wgpu", "cpu"] {
+        {
             let out = check(&dir, &dir.join("io.safetensors"), backend);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(0), "{name} {backend}: {stderr}");
@@ -82,4 +85,21 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn tokenize_reports_truncation() {
+    let prompt = vec!["red"; 80].join(" ");
+    let out = Command::new(env!("CARGO_BIN_EXE_control-clip"))
+        .args(["tokenize", "--tokenizer"])
+        .arg(fixtures().join("tokenizer.json"))
+        .args(["--prompt", &prompt])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let r = report(&out);
+    assert_eq!(r["ids"].as_array().unwrap().len(), 77);
+    assert_eq!(r["dropped_tokens"], 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("5 token(s) were dropped"), "{stderr}");
 }

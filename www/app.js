@@ -1,5 +1,5 @@
 // Early page: tokenizer + text encoder of the default model (random weights), on WebGPU or wasm CPU.
-import init, { initBackend, Tokenizer, TextEncoder } from './pkg/control_clip.js';
+import init, { initBackend, Tokenizer, ClipTextEncoder } from './pkg/control_clip.js';
 
 const MODEL = 'models/default';
 const $ = id => document.getElementById(id);
@@ -28,7 +28,7 @@ async function encode() {
     await initBackend(backend);
     if (!encoders[backend]) {
       const config = await (await fetch(`${MODEL}/text_encoder/config.json`)).text();
-      encoders[backend] = await TextEncoder.load(backend, `${MODEL}/text_encoder`, config, await bytes(`${MODEL}/text_encoder/model.safetensors`));
+      encoders[backend] = await ClipTextEncoder.load(backend, `${MODEL}/text_encoder`, config, await bytes(`${MODEL}/text_encoder/model.safetensors`));
     }
     const t = tokenizer.encode($('prompt').value);
     const t0 = performance.now();

@@ -21,8 +21,18 @@ fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
     let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
 }
 
+unsafe extern "C" {
+    /// Runs the module's static constructors (cubecl's `pliron` registers some through `inventory`).
+    fn __wasm_call_ctors();
+}
+
+/// Runs once when the module is instantiated. Calling the constructors from an exported function makes
+/// the linker treat the module as a library ("reactor"): otherwise it wraps *every* export in a
+/// constructor/destructor call, and strings with non-ASCII characters arrived in Rust empty.
 #[wasm_bindgen(start)]
 pub fn start() {
+    // SAFETY: called once, by wasm-bindgen's start hook, before any other export.
+    unsafe { __wasm_call_ctors() };
     console_error_panic_hook::set_once();
 }
 
@@ -59,21 +69,22 @@ impl Tokenizer {
 }
 
 /// A CLIP text encoder loaded from a model folder's `config.json` text and weights bytes.
+/// (Not called `TextEncoder` in JS: that would shadow the browser's own class inside the glue code.)
 #[wasm_bindgen]
-pub struct TextEncoder {
+pub struct ClipTextEncoder {
     model: ClipTextModel,
 }
 
 #[wasm_bindgen]
-impl TextEncoder {
+impl ClipTextEncoder {
     /// `backend` must have been started with `initBackend`. `folder` names the files in errors.
-    pub async fn load(backend: String, folder: String, config_json: String, weights: Vec<u8>) -> Result<TextEncoder, JsError> {
+    pub async fn load(backend: String, folder: String, config_json: String, weights: Vec<u8>) -> Result<ClipTextEncoder, JsError> {
         let kind: BackendKind = backend.parse().map_err(js_err)?;
         let device = init_device(kind).await.map_err(js_err)?;
         let config = ConfigJson::parse(format!("{folder}/config.json"), &config_json).map_err(js_err)?;
         let weights = SafeTensors::from_bytes(format!("{folder}/model.safetensors"), weights).map_err(js_err)?;
         let model = ClipTextModel::load(&config, &weights, &device).map_err(js_err)?;
-        Ok(TextEncoder { model })
+        Ok(ClipTextEncoder { model })
     }
 
     /// Runs the encoder on `batch` rows of ids (flattened). Returns `{lastHiddenState, poolerOutput,
@@ -98,3 +109,4 @@ impl TextEncoder {
         Ok(result)
     }
 }
+

@@ -1,7 +1,7 @@
 // Browser smoke path: tokenize with the wasm tokenizer, run the small text encoder from a fixture folder
 // on the chosen backend, compare with the transformers outputs in io.safetensors, and check that broken
 // inputs come back as JS Errors with clear messages. Writes a JSON report into #result.
-import init, { initBackend, Tokenizer, TextEncoder } from '/www/pkg/control_clip.js';
+import init, { initBackend, Tokenizer, ClipTextEncoder } from '/www/pkg/control_clip.js';
 
 const params = new URLSearchParams(location.search);
 const backend = params.get('backend') || 'wgpu';
@@ -51,6 +51,12 @@ async function main() {
   await init();
   const t0 = performance.now();
   report.backendStarted = await initBackend(backend);
+  if (backend === 'wgpu') {
+    // Which adapter the browser gives (SwiftShader, a fallback adapter, on machines without a GPU).
+    const adapter = await navigator.gpu.requestAdapter();
+    const info = adapter.info || {};
+    report.adapter = { vendor: info.vendor, architecture: info.architecture, fallback: !!(info.isFallbackAdapter ?? adapter.isFallbackAdapter) };
+  }
   report.initMs = Math.round(performance.now() - t0);
 
   // 1. Tokenizer: every committed case.
@@ -71,7 +77,7 @@ async function main() {
   report.idsMatchFixture = ids.join(',') === io.input_ids.data.join(',');
   const config = await (await fetch(`${MODEL}/config.json`)).text();
   const weights = await bytes(`${MODEL}/model.safetensors`);
-  const encoder = await TextEncoder.load(backend, MODEL, config, weights.slice());
+  const encoder = await ClipTextEncoder.load(backend, MODEL, config, weights.slice());
   const runs = [];
   for (let run = 0; run < 2; run++) {
     const t1 = performance.now();
@@ -89,11 +95,11 @@ async function main() {
 
   // 3. Broken inputs are JS Errors that name the file and the tensor / field.
   report.errors = [
-    await expectError('truncated weights', () => TextEncoder.load(backend, 'broken', config, weights.slice(0, weights.length - 1000)),
+    await expectError('truncated weights', () => ClipTextEncoder.load(backend, 'broken', config, weights.slice(0, weights.length - 1000)),
       ['broken/model.safetensors', 'truncated']),
-    await expectError('unknown activation', () => TextEncoder.load(backend, 'broken', config.replace('"quick_gelu"', '"swiglu_magic"'), weights.slice()),
+    await expectError('unknown activation', () => ClipTextEncoder.load(backend, 'broken', config.replace('"quick_gelu"', '"swiglu_magic"'), weights.slice()),
       ['broken/config.json', 'hidden_act', 'swiglu_magic']),
-    await expectError('empty weights', () => TextEncoder.load(backend, 'broken', config, new Uint8Array(0)),
+    await expectError('empty weights', () => ClipTextEncoder.load(backend, 'broken', config, new Uint8Array(0)),
       ['broken/model.safetensors', 'empty']),
     await expectError('unknown backend', () => initBackend('quantum'), ['backend', 'quantum']),
   ];

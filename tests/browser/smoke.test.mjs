@@ -29,7 +29,7 @@ for (const backend of ['wgpu', 'cpu']) {
   test(`smoke path on ${backend}: tokenizer ids, text encoder parity, clear errors`, async () => {
     const { status, report, console: lines } = await runPage(browser.context, `${base}/tests/browser/smoke.html?backend=${backend}`,
       { screenshot: path.join(OUT, `smoke-${backend}.png`) });
-    console.log(`browser ${backend}: ${JSON.stringify({ maxAbsErr: report.maxAbsErr, runs: report.runs, clipSkip1: report.clipSkip1, initMs: report.initMs })}`);
+    console.log(`browser ${backend}: ${JSON.stringify({ maxAbsErr: report.maxAbsErr, runs: report.runs, clipSkip1: report.clipSkip1, initMs: report.initMs, adapter: report.adapter })}`);
     assert.equal(status, 'ok', `status ${status}: ${JSON.stringify(report, null, 1)}\n${lines.slice(-20).join('\n')}`);
     assert.deepEqual(report.tokenizerMismatches, []);
     assert.ok(report.tokenizerCases >= 40);
