@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
 use crate::weights::SafeTensors;
 
 /// Error of one output against its reference.
@@ -101,4 +102,32 @@ pub async fn check_text_encoder(model: &ClipTextModel, io: &SafeTensors, toleran
         outputs.push(compare(io, &key, &s, &v)?);
     }
     Ok(CheckReport::new("text-encoder", outputs, tolerance))
+}
+
+/// Runs the UNet on the io file's `sample` [B, C, H, W], `timestep` ([B] or one value for all rows) and
+/// `encoder_hidden_states` [B, L, D], and compares with `out`.
+pub async fn check_unet(model: &UNet2DConditionModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let device = model.device();
+    let sample = io_tensor::<4>(io, "sample", &device)?;
+    let context = io_tensor::<3>(io, "encoder_hidden_states", &device)?;
+    let batch = sample.dims()[0];
+    let (_, t) = io.f32("timestep")?;
+    let timesteps = match t.len() {
+        1 => vec![t[0]; batch],
+        n if n == batch => t,
+        n => return Err(Error::tensor(io.name(), "timestep", format!("{n} values for a batch of {batch}"))),
+    };
+    let out = model.forward(sample, &timesteps, &context)?;
+    let (s, v) = read_f32(out).await?;
+    Ok(CheckReport::new("unet", vec![compare(io, "out", &s, &v)?], tolerance))
+}
+
+/// A float tensor of the io file with its own shape, checked to be of rank `D`.
+fn io_tensor<const D: usize>(io: &SafeTensors, name: &str, device: &burn::tensor::Device) -> Result<burn::tensor::Tensor<D>> {
+    let shape = io.shape(name)?.to_vec();
+    let shape: [usize; D] = shape
+        .clone()
+        .try_into()
+        .map_err(|_| Error::tensor(io.name(), name, format!("expected a rank-{D} tensor, found shape {shape:?}")))?;
+    io.tensor(name, shape, device)
 }

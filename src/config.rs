@@ -74,3 +74,51 @@ impl ConfigJson {
         Ok(value)
     }
 }
+
+impl ConfigJson {
+    pub fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
+        self.get(field).map_or(Ok(default), |v| v.as_bool().ok_or_else(|| self.wrong(field, "true or false", v)))
+    }
+
+    /// A string, or None when the field is absent or null.
+    pub fn opt_str(&self, field: &str) -> Result<Option<&str>> {
+        self.get(field).map(|v| v.as_str().ok_or_else(|| self.wrong(field, "a string or null", v))).transpose()
+    }
+
+    /// A list of strings (block types and the like).
+    pub fn str_list(&self, field: &str) -> Result<Vec<String>> {
+        let v = self.get(field).ok_or_else(|| Error::config(&self.file, field, "missing"))?;
+        v.as_array()
+            .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.wrong(field, "a list of strings", v))
+    }
+
+    /// A list of `n` integers, written either as a list or as one integer for all (diffusers' style);
+    /// `default` when the field is absent or null.
+    pub fn usize_per_block(&self, field: &str, n: usize, default: Option<usize>) -> Result<Vec<usize>> {
+        let Some(v) = self.get(field) else {
+            return default.map(|d| vec![d; n]).ok_or_else(|| Error::config(&self.file, field, "missing"));
+        };
+        if let Some(x) = v.as_u64() {
+            return Ok(vec![x as usize; n]);
+        }
+        let list = v
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.wrong(field, "an integer or a list of integers", v))?;
+        if list.len() != n {
+            return Err(Error::config(&self.file, field, format!("has {} entries, expected one per block ({n})", list.len())));
+        }
+        Ok(list)
+    }
+
+    /// Refuses a field whose value is anything but absent, null, or one of `allowed` — for the
+    /// options a model variant may set that we do not implement.
+    pub fn require_default(&self, field: &str, allowed: &[serde_json::Value]) -> Result<()> {
+        match self.get(field) {
+            None => Ok(()),
+            Some(v) if allowed.contains(v) => Ok(()),
+            Some(v) => Err(Error::config(&self.file, field, format!("value {v} is not supported"))),
+        }
+    }
+}

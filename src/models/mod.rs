@@ -1,3 +1,4 @@
 //! Model components, one file each; configured from the checkpoints' own config.json.
 pub mod clip;
+pub mod unet;
 pub mod nn;

@@ -1,7 +1,8 @@
 //! Loading burn's layers from PyTorch-layout tensors, and the activations checkpoints name.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData, activation};
 
 use crate::error::{Error, Result};
@@ -81,4 +82,58 @@ impl Activation {
             Activation::Relu => activation::relu(x),
         }
     }
+}
+
+/// `nn.Conv2d` with square kernel, symmetric padding and stride (all the UNet and decoders use).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor<4>,
+    pub bias: Option<Tensor<1>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    /// `{name}.weight` ([out, in, k, k]) and `{name}.bias` ([out]).
+    pub fn load(
+        w: &WeightsView,
+        name: &str,
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        Ok(Self {
+            weight: w.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel], device)?,
+            bias: Some(w.tensor(&format!("{name}.bias"), [c_out], device)?),
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options)
+    }
+}
+
+/// `nn.GroupNorm(groups, channels, eps)` from `{name}.weight` and `{name}.bias`.
+pub fn group_norm(w: &WeightsView, name: &str, groups: usize, channels: usize, eps: f64, device: &Device) -> Result<GroupNorm> {
+    if groups == 0 || channels % groups != 0 {
+        return Err(Error::tensor(
+            w.file.name(),
+            w.key(name),
+            format!("{channels} channels do not split into {groups} groups (norm_num_groups)"),
+        ));
+    }
+    Ok(GroupNorm {
+        gamma: Some(Param::from_tensor(w.tensor(&format!("{name}.weight"), [channels], device)?)),
+        beta: Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [channels], device)?)),
+        num_groups: groups,
+        num_channels: channels,
+        epsilon: eps,
+        affine: true,
+    })
 }

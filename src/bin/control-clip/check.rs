@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use control_clip::check::check_text_encoder;
+use control_clip::check::{check_text_encoder, check_unet};
+use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::{BackendKind, ClipTextModel, SafeTensors, init_device};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Component {
     /// A transformers CLIPTextModel / CLIPTextModelWithProjection folder.
     TextEncoder,
+    /// A diffusers UNet2DConditionModel folder.
+    Unet,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,6 +56,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
             Component::TextEncoder => {
                 let model = ClipTextModel::read_dir(&args.model, &device)?;
                 check_text_encoder(&model, &io, args.tolerance).await
+            }
+            Component::Unet => {
+                let model = UNet2DConditionModel::read_dir(&args.model, &device)?;
+                check_unet(&model, &io, args.tolerance).await
             }
         }
     });

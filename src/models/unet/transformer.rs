@@ -1,0 +1,186 @@
+//! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`: self-attention,
+//! cross-attention to the text context, GEGLU feed-forward.
+//!
+//! Cross-attention goes through [`cross_attention`], the one seam that Control-CLIP's decoupled
+//! attention replaces; self-attention uses the same scaled-dot-product code.
+
+use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::tensor::{Device, Tensor, activation};
+
+use crate::error::Result;
+use crate::models::nn::{Conv2d, group_norm, layer_norm, linear};
+use crate::weights::WeightsView;
+
+/// Per-head scaled dot-product attention: q [B, Lq, H·d], k and v [B, Lk, H·d] → [B, Lq, H·d].
+pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
+    let d = inner / heads;
+    let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
+    let scores = split(q, lq).matmul(split(k, lk).swap_dims(2, 3)) * (d as f64).powf(-0.5);
+    activation::softmax(scores, 3).matmul(split(v, lk)).swap_dims(1, 2).reshape([b, lq, inner])
+}
+
+/// The UNet's cross-attention between image tokens and the text context: the single seam where the
+/// Control-CLIP issue plugs in its decoupled (category + style) attention.
+pub fn cross_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    scaled_dot_product_attention(q, k, v, heads)
+}
+
+/// diffusers' `Attention` with the default processor (no biases on q/k/v, bias on the output).
+#[derive(Debug)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(w: &WeightsView, dim: usize, context_dim: usize, heads: usize, head_dim: usize, device: &Device) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: linear(w, "to_q", dim, inner, false, device)?,
+            to_k: linear(w, "to_k", context_dim, inner, false, device)?,
+            to_v: linear(w, "to_v", context_dim, inner, false, device)?,
+            to_out: linear(w, "to_out.0", inner, dim, true, device)?,
+            heads,
+        })
+    }
+
+    fn self_attention(&self, x: Tensor<3>) -> Tensor<3> {
+        let (q, k, v) = (self.to_q.forward(x.clone()), self.to_k.forward(x.clone()), self.to_v.forward(x));
+        self.to_out.forward(scaled_dot_product_attention(q, k, v, self.heads))
+    }
+
+    fn cross_attention(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+        let q = self.to_q.forward(x);
+        let (k, v) = (self.to_k.forward(context.clone()), self.to_v.forward(context.clone()));
+        self.to_out.forward(cross_attention(q, k, v, self.heads))
+    }
+}
+
+/// GEGLU feed-forward: `net.2(h · gelu(gate))` with `[h, gate] = net.0.proj(x)`.
+#[derive(Debug)]
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    inner: usize,
+}
+
+impl FeedForward {
+    fn load(w: &WeightsView, dim: usize, device: &Device) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self { proj: linear(w, "net.0.proj", dim, inner * 2, true, device)?, out: linear(w, "net.2", inner, dim, true, device)?, inner })
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.proj.forward(x);
+        let [b, l, _] = h.dims();
+        let hidden = h.clone().slice([0..b, 0..l, 0..self.inner]);
+        let gate = h.slice([0..b, 0..l, self.inner..self.inner * 2]);
+        self.out.forward(hidden * activation::gelu(gate))
+    }
+}
+
+#[derive(Debug)]
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn load(w: &WeightsView, dim: usize, context_dim: usize, heads: usize, device: &Device) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: layer_norm(w, "norm1", dim, 1e-5, device)?,
+            attn1: Attention::load(&w.sub("attn1"), dim, dim, heads, head_dim, device)?,
+            norm2: layer_norm(w, "norm2", dim, 1e-5, device)?,
+            attn2: Attention::load(&w.sub("attn2"), dim, context_dim, heads, head_dim, device)?,
+            norm3: layer_norm(w, "norm3", dim, 1e-5, device)?,
+            ff: FeedForward::load(&w.sub("ff"), dim, device)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+        let x = self.attn1.self_attention(self.norm1.forward(x.clone())) + x;
+        let x = self.attn2.cross_attention(self.norm2.forward(x.clone()), context) + x;
+        self.ff.forward(self.norm3.forward(x.clone())) + x
+    }
+}
+
+/// Projection in and out of the token layout: a 1×1 convolution, or a linear layer
+/// (`use_linear_projection`, applied after flattening).
+#[derive(Debug)]
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+#[derive(Debug)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+/// How a UNet configures its transformers.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerSettings {
+    pub groups: usize,
+    pub context_dim: usize,
+    pub use_linear_projection: bool,
+}
+
+impl Transformer2DModel {
+    pub fn load(w: &WeightsView, channels: usize, heads: usize, layers: usize, s: TransformerSettings, device: &Device) -> Result<Self> {
+        // Token width: heads × (channels / heads), as diffusers computes it.
+        let inner = heads * (channels / heads);
+        let proj = |name: &str, c_in: usize, c_out: usize| -> Result<Projection> {
+            Ok(if s.use_linear_projection {
+                Projection::Linear(linear(w, name, c_in, c_out, true, device)?)
+            } else {
+                Projection::Conv(Conv2d::load(w, name, [c_in, c_out], 1, 1, 0, device)?)
+            })
+        };
+        Ok(Self {
+            norm: group_norm(w, "norm", s.groups, channels, 1e-6, device)?,
+            proj_in: proj("proj_in", channels, inner)?,
+            blocks: (0..layers)
+                .map(|i| BasicTransformerBlock::load(&w.sub(&format!("transformer_blocks.{i}")), inner, s.context_dim, heads, device))
+                .collect::<Result<_>>()?,
+            proj_out: proj("proj_out", inner, channels)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+        let [b, _, h, w] = x.dims();
+        let to_tokens = |t: Tensor<4>| {
+            let c = t.dims()[1];
+            t.reshape([b, c, h * w]).swap_dims(1, 2)
+        };
+        let normed = self.norm.forward(x.clone());
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(conv.forward(normed)),
+            Projection::Linear(lin) => lin.forward(to_tokens(normed)),
+        };
+        for block in &self.blocks {
+            tokens = block.forward(tokens, context);
+        }
+        let from_tokens = |t: Tensor<3>| {
+            let c = t.dims()[2];
+            t.swap_dims(1, 2).reshape([b, c, h, w])
+        };
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(from_tokens(tokens)),
+            Projection::Linear(lin) => from_tokens(lin.forward(tokens)),
+        };
+        out + x
+    }
+}
