@@ -9,6 +9,7 @@ use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::VaeDecoder;
 use crate::weights::SafeTensors;
 
 /// Error of one output against its reference.
@@ -130,4 +131,13 @@ fn io_tensor<const D: usize>(io: &SafeTensors, name: &str, device: &burn::tensor
         .try_into()
         .map_err(|_| Error::tensor(io.name(), name, format!("expected a rank-{D} tensor, found shape {shape:?}")))?;
     io.tensor(name, shape, device)
+}
+
+/// Decodes the io file's `latents` (what `AutoencoderKL.decode` receives: already divided by the scaling
+/// factor) and compares with `image` (the decoder's output, about [-1, 1]).
+pub async fn check_vae_decoder(model: &VaeDecoder, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let device = model.device();
+    let latents = io_tensor::<4>(io, "latents", &device)?;
+    let (s, v) = read_f32(model.decode(latents)).await?;
+    Ok(CheckReport::new("vae-decoder", vec![compare(io, "image", &s, &v)?], tolerance))
 }

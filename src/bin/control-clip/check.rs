@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use control_clip::check::{check_text_encoder, check_unet};
+use control_clip::check::{check_text_encoder, check_unet, check_vae_decoder};
+use control_clip::models::vae::VaeDecoder;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::{BackendKind, ClipTextModel, SafeTensors, init_device};
 
@@ -15,6 +16,8 @@ pub enum Component {
     TextEncoder,
     /// A diffusers UNet2DConditionModel folder.
     Unet,
+    /// A diffusers AutoencoderKL folder (its decoder is checked).
+    VaeDecoder,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -60,6 +63,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
             Component::Unet => {
                 let model = UNet2DConditionModel::read_dir(&args.model, &device)?;
                 check_unet(&model, &io, args.tolerance).await
+            }
+            Component::VaeDecoder => {
+                let model = VaeDecoder::read_dir(&args.model, &device)?;
+                check_vae_decoder(&model, &io, args.tolerance).await
             }
         }
     });

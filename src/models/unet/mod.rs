@@ -3,7 +3,7 @@
 
 mod blocks;
 mod embeddings;
-mod resnet;
+pub(crate) mod resnet;
 pub mod transformer;
 
 use burn::nn::GroupNorm;

@@ -1,0 +1,26 @@
+//! Decoders vs diffusers, both native backends. Tolerance: 1e-3 of the [-1, 1] image range (the
+//! diffusion-core issue's bound).
+
+mod common;
+
+use common::{backends, block_on, fixtures};
+use control_clip::check::check_vae_decoder;
+use control_clip::models::vae::VaeDecoder;
+use control_clip::{SafeTensors, init_device};
+
+const TOLERANCE: f32 = 1e-3;
+
+#[test]
+fn kl_tiny_decoder_matches_diffusers() {
+    let dir = fixtures().join("vae").join("kl-tiny");
+    for backend in backends() {
+        let report = block_on(async {
+            let device = init_device(backend).await.unwrap();
+            let model = VaeDecoder::read_dir(&dir, &device).unwrap();
+            let io = SafeTensors::read(&dir.join("io.safetensors")).unwrap();
+            check_vae_decoder(&model, &io, TOLERANCE).await.unwrap()
+        });
+        println!("vae kl-tiny [{backend}]: max_abs_err {:.3e} max_rel_err {:.3e}", report.max_abs_err, report.max_rel_err);
+        assert!(report.pass, "kl-tiny on {backend}: {}", report.json_line());
+    }
+}
