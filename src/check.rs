@@ -9,6 +9,7 @@ use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::UNet2DConditionModel;
+use crate::models::taesd::TinyDecoder;
 use crate::models::vae::VaeDecoder;
 use crate::weights::SafeTensors;
 
@@ -140,4 +141,11 @@ pub async fn check_vae_decoder(model: &VaeDecoder, io: &SafeTensors, tolerance: 
     let latents = io_tensor::<4>(io, "latents", &device)?;
     let (s, v) = read_f32(model.decode(latents)).await?;
     Ok(CheckReport::new("vae-decoder", vec![compare(io, "image", &s, &v)?], tolerance))
+}
+
+/// The same for the `AutoencoderTiny` (TAESD) decoder.
+pub async fn check_tiny_decoder(model: &TinyDecoder, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let latents = io_tensor::<4>(io, "latents", &model.device())?;
+    let (s, v) = read_f32(model.decode(latents)).await?;
+    Ok(CheckReport::new("tiny-decoder", vec![compare(io, "image", &s, &v)?], tolerance))
 }

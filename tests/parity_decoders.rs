@@ -4,7 +4,8 @@
 mod common;
 
 use common::{backends, block_on, fixtures};
-use control_clip::check::check_vae_decoder;
+use control_clip::check::{check_tiny_decoder, check_vae_decoder};
+use control_clip::models::taesd::TinyDecoder;
 use control_clip::models::vae::VaeDecoder;
 use control_clip::{SafeTensors, init_device};
 
@@ -22,5 +23,20 @@ fn kl_tiny_decoder_matches_diffusers() {
         });
         println!("vae kl-tiny [{backend}]: max_abs_err {:.3e} max_rel_err {:.3e}", report.max_abs_err, report.max_rel_err);
         assert!(report.pass, "kl-tiny on {backend}: {}", report.json_line());
+    }
+}
+
+#[test]
+fn taesd_narrow_decoder_matches_diffusers() {
+    let dir = fixtures().join("tiny_decoder").join("taesd-narrow");
+    for backend in backends() {
+        let report = block_on(async {
+            let device = init_device(backend).await.unwrap();
+            let model = TinyDecoder::read_dir(&dir, &device).unwrap();
+            let io = SafeTensors::read(&dir.join("io.safetensors")).unwrap();
+            check_tiny_decoder(&model, &io, TOLERANCE).await.unwrap()
+        });
+        println!("tiny decoder taesd-narrow [{backend}]: max_abs_err {:.3e} max_rel_err {:.3e}", report.max_abs_err, report.max_rel_err);
+        assert!(report.pass, "taesd-narrow on {backend}: {}", report.json_line());
     }
 }

@@ -113,6 +113,13 @@ impl Conv2d {
         })
     }
 
+    /// The same for a convolution created with `bias=False`.
+    pub fn load_without_bias(w: &WeightsView, name: &str, channels: [usize; 2], kernel: usize, device: &Device) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        let weight = w.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel], device)?;
+        Ok(Self { weight, bias: None, stride: 1, padding: kernel / 2 })
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options)

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use control_clip::check::{check_text_encoder, check_unet, check_vae_decoder};
+use control_clip::check::{check_text_encoder, check_tiny_decoder, check_unet, check_vae_decoder};
+use control_clip::models::taesd::TinyDecoder;
 use control_clip::models::vae::VaeDecoder;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::{BackendKind, ClipTextModel, SafeTensors, init_device};
@@ -18,6 +19,8 @@ pub enum Component {
     Unet,
     /// A diffusers AutoencoderKL folder (its decoder is checked).
     VaeDecoder,
+    /// A diffusers AutoencoderTiny (TAESD) folder (its decoder is checked).
+    TinyDecoder,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +70,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
             Component::VaeDecoder => {
                 let model = VaeDecoder::read_dir(&args.model, &device)?;
                 check_vae_decoder(&model, &io, args.tolerance).await
+            }
+            Component::TinyDecoder => {
+                let model = TinyDecoder::read_dir(&args.model, &device)?;
+                check_tiny_decoder(&model, &io, args.tolerance).await
             }
         }
     });
