@@ -19,6 +19,8 @@ pub enum Error {
     Invalid { what: String, message: String },
     /// The GPU or the runtime failed (no adapter, lost device, out of memory, failed read-back).
     Device { message: String },
+    /// The caller cancelled a generation between two steps.
+    Cancelled,
 }
 
 impl Error {
@@ -47,6 +49,7 @@ impl fmt::Display for Error {
             Error::Config { file, field, message } => write!(f, "{file}: field `{field}`: {message}"),
             Error::Invalid { what, message } => write!(f, "invalid {what}: {message}"),
             Error::Device { message } => write!(f, "GPU/device error: {message}"),
+            Error::Cancelled => write!(f, "generation cancelled"),
         }
     }
 }

@@ -6,6 +6,9 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod models;
+pub mod pipeline;
+pub mod rng;
+pub mod schedulers;
 pub mod tokenizer;
 pub mod weights;
 

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use control_clip::check::{check_text_encoder, check_tiny_decoder, check_unet, check_vae_decoder};
 use control_clip::models::taesd::TinyDecoder;
+use control_clip::schedulers::check::check_scheduler;
+use control_clip::schedulers::read_config_json;
 use control_clip::models::vae::VaeDecoder;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::{BackendKind, ClipTextModel, SafeTensors, init_device};
@@ -21,6 +23,8 @@ pub enum Component {
     VaeDecoder,
     /// A diffusers AutoencoderTiny (TAESD) folder (its decoder is checked).
     TinyDecoder,
+    /// A diffusers scheduler: --model is the folder holding scheduler_config.json.
+    Scheduler,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +78,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
             Component::TinyDecoder => {
                 let model = TinyDecoder::read_dir(&args.model, &device)?;
                 check_tiny_decoder(&model, &io, args.tolerance).await
+            }
+            Component::Scheduler => {
+                let config = read_config_json(&args.model.join("scheduler_config.json"))?;
+                check_scheduler(&io, &config, &device, args.tolerance).await
             }
         }
     });

@@ -1,0 +1,240 @@
+//! Text-to-image generation: the only place that knows every component.
+//!
+//! prompt + negative prompt → tokenizer → text encoder → (classifier-free guidance) scheduler loop with
+//! the UNet → decoder → RGBA pixels. The order of operations follows diffusers' StableDiffusionPipeline,
+//! so that from the same initial latents the images agree (tests/parity_pipeline.rs).
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::device::read_f32;
+use crate::error::{Error, Result};
+use crate::models::clip::ClipTextModel;
+use crate::models::taesd::TinyDecoder;
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::VaeDecoder;
+use crate::rng::NoiseRng;
+use crate::schedulers::{self, SchedulerConfig, SchedulerKind};
+use crate::tokenizer::{ClipTokenizer, MAX_POSITIONS};
+
+/// The image decoder a bundle ships: the full AutoencoderKL decoder or the tiny TAESD one.
+#[derive(Debug)]
+pub enum Decoder {
+    Kl(VaeDecoder),
+    Tiny(TinyDecoder),
+}
+
+impl Decoder {
+    /// Latent scaling as the pipeline applies it: `decode(latents / scaling_factor + shift_factor)`.
+    fn scaling(&self) -> (f64, f64) {
+        match self {
+            Decoder::Kl(d) => (d.config.scaling_factor, d.config.shift_factor),
+            Decoder::Tiny(d) => (d.config.scaling_factor, d.config.shift_factor),
+        }
+    }
+
+    /// How many pixels one latent covers per side.
+    pub fn scale_factor(&self) -> usize {
+        match self {
+            Decoder::Kl(d) => 1 << (d.config.block_out_channels.len() - 1),
+            Decoder::Tiny(d) => d.config.upsampling_scaling_factor.pow(d.config.num_decoder_blocks.len() as u32 - 1),
+        }
+    }
+
+    pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        let (scale, shift) = self.scaling();
+        let z = latents / scale + shift;
+        match self {
+            Decoder::Kl(d) => d.decode(z),
+            Decoder::Tiny(d) => d.decode(z),
+        }
+    }
+}
+
+/// Everything one generation needs, loaded once.
+pub struct Pipeline {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub decoder: Decoder,
+    pub scheduler_config: SchedulerConfig,
+    pub device: Device,
+}
+
+/// One generation's settings. `init_latents` replaces the seeded noise (parity tests use it).
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance: f32,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    /// None: the bundle's own scheduler class.
+    pub scheduler: Option<SchedulerKind>,
+    pub clip_skip: usize,
+    pub init_latents: Option<Tensor<4>>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            steps: 20,
+            guidance: 7.5,
+            seed: 0,
+            width: 512,
+            height: 512,
+            scheduler: None,
+            clip_skip: 0,
+            init_latents: None,
+        }
+    }
+}
+
+/// Reported after every step; return `false` from the callback to cancel.
+#[derive(Debug, Clone, Copy)]
+pub struct StepProgress {
+    pub step: usize,
+    pub total: usize,
+    pub step_ms: f64,
+    pub elapsed_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major RGBA8.
+    pub rgba: Vec<u8>,
+    /// The decoded image in [0, 1], [3, H, W] (before rounding to 8 bits), for comparisons.
+    pub image: Vec<f32>,
+    /// Things the user should know (a truncated prompt, …).
+    pub notices: Vec<String>,
+}
+
+/// Milliseconds from a monotonic clock on both targets.
+fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+impl Pipeline {
+    /// The text context for a batch of prompts, [B, 77, D]; notices for truncated prompts.
+    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize, notices: &mut Vec<String>) -> Result<Tensor<3>> {
+        let mut rows = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let t = self.tokenizer.encode(p, MAX_POSITIONS)?;
+            if let Some(n) = t.truncation_notice() {
+                notices.push(if prompts.len() > 1 && i == 0 { format!("negative {n}") } else { n });
+            }
+            rows.push(t.ids);
+        }
+        Ok(self.text_encoder.forward(&rows, clip_skip)?.last_hidden_state)
+    }
+
+    fn validate(&self, req: &GenerateRequest) -> Result<(usize, usize)> {
+        let f = self.decoder.scale_factor() * self.unet.config.downscale_factor();
+        for (what, v) in [("width", req.width), ("height", req.height)] {
+            if v == 0 || v % f != 0 {
+                return Err(Error::invalid(what, format!("{v} is not a positive multiple of {f} (decoder factor × UNet factor)")));
+            }
+        }
+        if req.steps == 0 {
+            return Err(Error::invalid("steps", "must be at least 1"));
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 {
+            return Err(Error::invalid("guidance", format!("{} is not a finite, non-negative number", req.guidance)));
+        }
+        let s = self.decoder.scale_factor();
+        Ok((req.height / s, req.width / s))
+    }
+
+    /// Runs one generation. `progress` is called after every step; returning false cancels (the
+    /// tensors of the run are dropped, which frees their GPU memory).
+    pub async fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(StepProgress) -> bool) -> Result<GeneratedImage> {
+        let (lh, lw) = self.validate(req)?;
+        let start = now_ms();
+        let mut notices = Vec::new();
+        let guided = req.guidance > 1.0;
+        // diffusers batches [negative, positive] and splits the UNet's output the same way.
+        let context = if guided {
+            self.encode_prompts(&[&req.negative_prompt, &req.prompt], req.clip_skip, &mut notices)?
+        } else {
+            self.encode_prompts(&[&req.prompt], req.clip_skip, &mut notices)?
+        };
+
+        let kind = match req.scheduler {
+            Some(k) => k,
+            None => self.scheduler_config.kind().ok_or_else(|| {
+                Error::config(&self.scheduler_config.file, "_class_name", "is not a scheduler we implement; choose one explicitly")
+            })?,
+        };
+        let mut scheduler = schedulers::build(kind, &self.scheduler_config)?;
+        scheduler.set_timesteps(req.steps)?;
+        let timesteps = scheduler.timesteps().to_vec();
+
+        let channels = self.unet.config.in_channels;
+        let shape = [1, channels, lh, lw];
+        let mut rng = NoiseRng::new(req.seed);
+        let latents = match &req.init_latents {
+            Some(l) if l.dims() == shape => l.clone(),
+            Some(l) => return Err(Error::invalid("init_latents", format!("shape {:?}, expected {shape:?}", l.dims()))),
+            None => self.noise(&mut rng, shape),
+        };
+        let mut latents = latents * scheduler.init_noise_sigma();
+
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let step_start = now_ms();
+            let input = scheduler.scale_model_input(latents.clone(), i);
+            let (input, batch) = if guided { (Tensor::cat(vec![input.clone(), input], 0), 2) } else { (input, 1) };
+            let out = self.unet.forward(input, &vec![t as f32; batch], &context)?;
+            let noise_pred = if guided {
+                let uncond = out.clone().slice([0..1]);
+                let text = out.slice([1..2]);
+                uncond.clone() + (text - uncond) * req.guidance as f64
+            } else {
+                out
+            };
+            let noise = if scheduler.needs_noise() { Some(self.noise(&mut rng, shape)) } else { None };
+            latents = scheduler.step(noise_pred, i, latents, noise)?;
+            // Waiting for the step keeps progress honest and lets a cancel land between steps.
+            let (_, probe) = read_f32(latents.clone().slice([0..1, 0..1, 0..1, 0..1])).await?;
+            if !probe[0].is_finite() {
+                return Err(Error::device(format!("the latents became non-finite at step {}", i + 1)));
+            }
+            let now = now_ms();
+            if !progress(StepProgress { step: i + 1, total, step_ms: now - step_start, elapsed_ms: now - start }) {
+                return Err(Error::Cancelled);
+            }
+        }
+
+        let image = self.decoder.decode(latents);
+        // diffusers' postprocess: [-1, 1] → [0, 1], clamped.
+        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        let (dims, values) = read_f32(image).await?;
+        let (h, w) = (dims[2], dims[3]);
+        let mut rgba = vec![255u8; h * w * 4];
+        for c in 0..3.min(dims[1]) {
+            for p in 0..h * w {
+                rgba[p * 4 + c] = (values[c * h * w + p] * 255.0).round() as u8;
+            }
+        }
+        Ok(GeneratedImage { width: w, height: h, rgba, image: values[..3 * h * w].to_vec(), notices })
+    }
+
+    fn noise(&self, rng: &mut NoiseRng, shape: [usize; 4]) -> Tensor<4> {
+        let n = shape.iter().product();
+        Tensor::from_data(TensorData::new(rng.normals(n), shape), &self.device)
+    }
+}
