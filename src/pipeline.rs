@@ -238,3 +238,44 @@ impl Pipeline {
         Tensor::from_data(TensorData::new(rng.normals(n), shape), &self.device)
     }
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Pipeline {
+    /// Loads the components from diffusers / transformers folders. The decoder folder may hold an
+    /// `AutoencoderKL` or an `AutoencoderTiny` (told apart by `_class_name` in its config.json).
+    pub fn from_dirs(
+        tokenizer: &std::path::Path,
+        text_encoder: &std::path::Path,
+        unet: &std::path::Path,
+        decoder: &std::path::Path,
+        scheduler_config: &std::path::Path,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            tokenizer: ClipTokenizer::read(tokenizer)?,
+            text_encoder: ClipTextModel::read_dir(text_encoder, device)?,
+            unet: UNet2DConditionModel::read_dir(unet, device)?,
+            decoder: Decoder::read_dir(decoder, device)?,
+            scheduler_config: SchedulerConfig::read(scheduler_config)?,
+            device: device.clone(),
+        })
+    }
+}
+
+impl Decoder {
+    /// Builds the decoder its config names (`_class_name` AutoencoderKL or AutoencoderTiny).
+    pub fn load(config: &crate::config::ConfigJson, weights: &crate::weights::SafeTensors, device: &Device) -> Result<Self> {
+        match config.str_or("_class_name", "AutoencoderKL")? {
+            "AutoencoderKL" => Ok(Decoder::Kl(VaeDecoder::load(config, weights, device)?)),
+            "AutoencoderTiny" => Ok(Decoder::Tiny(TinyDecoder::load(config, weights, device)?)),
+            other => Err(Error::config(&config.file, "_class_name", format!("`{other}` is not a decoder we support (AutoencoderKL, AutoencoderTiny)"))),
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let config = crate::config::ConfigJson::read(&dir.join("config.json"))?;
+        let weights = crate::weights::SafeTensors::read(&crate::models::clip::find_weights_file(dir)?)?;
+        Self::load(&config, &weights, device)
+    }
+}

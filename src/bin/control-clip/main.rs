@@ -1,6 +1,7 @@
 //! The native command-line tool. One file per subcommand; this file only parses and dispatches.
 
 mod check;
+mod generate;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Verify a model folder against reference outputs (exit 0 pass, 1 fail, 2 bad input).
     Check(check::CheckArgs),
+    /// Generate an image from a prompt and write it as a PNG.
+    Generate(generate::GenerateArgs),
     /// Show the token ids of a prompt (and what a too-long prompt loses).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

@@ -1,0 +1,75 @@
+//! `control-clip generate`: from the pipeline fixture's latents the PNG equals diffusers' image (within
+//! 2/255 after both are rounded to 8 bits: 1 for the rounding, 1 for the float differences); a failed
+//! run leaves no file behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::fixtures;
+use control_clip::SafeTensors;
+
+fn generate(out: &Path, extra: &[&str]) -> Output {
+    let f = fixtures();
+    let dir = f.join("pipeline/ddim-2-steps");
+    Command::new(env!("CARGO_BIN_EXE_control-clip"))
+        .arg("generate")
+        .arg("--tokenizer").arg(f.join("tokenizer.json"))
+        .arg("--text-encoder").arg(f.join("clip_text/sd-mini-f16"))
+        .arg("--unet").arg(f.join("unet/sd-tiny"))
+        .arg("--decoder").arg(f.join("vae/kl-tiny"))
+        .arg("--scheduler-config").arg(dir.join("scheduler_config.json"))
+        .args(["--prompt", "a cat in Pokemon style", "--negative-prompt", "blurry, low quality"])
+        .args(["--steps", "2", "--guidance", "7.5", "--width", "64", "--height", "64", "--backend", "cpu"])
+        .args(extra)
+        .arg("--out").arg(out)
+        .output()
+        .unwrap()
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("control-clip-gen-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn png_from_fixture_latents_matches_diffusers() {
+    let tmp = tempdir("parity");
+    let out = tmp.join("cat.png");
+    let latents = fixtures().join("pipeline/ddim-2-steps/io.safetensors");
+    let result = generate(&out, &["--init-latents", latents.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(0), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("step 2/2"));
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgba).unwrap();
+    assert_eq!((info.width, info.height), (64, 64));
+    let (_, expected) = SafeTensors::read(&latents).unwrap().f32("image").unwrap();
+    let hw = 64 * 64;
+    let mut worst = 0i32;
+    for c in 0..3 {
+        for p in 0..hw {
+            let want = (expected[c * hw + p] * 255.0).round() as i32;
+            worst = worst.max((rgba[p * 4 + c] as i32 - want).abs());
+        }
+    }
+    println!("generate vs diffusers: worst pixel difference {worst}/255");
+    assert!(worst <= 2, "worst pixel difference {worst}/255");
+    assert!(std::fs::read_dir(&tmp).unwrap().count() == 1, "temporary files were left behind");
+}
+
+#[test]
+fn a_failed_run_writes_nothing() {
+    let tmp = tempdir("fail");
+    let out = tmp.join("bad.png");
+    let result = generate(&out, &["--scheduler", "warp-drive"]);
+    assert_eq!(result.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("warp-drive"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
