@@ -1,6 +1,7 @@
 //! control-clip: Control-CLIP style-controlled text-to-image generation, in the browser on WebGPU (wasm)
 //! and natively. See README.md and docs/ for the design; this file only declares the public API.
 
+pub mod bundle;
 pub mod check;
 pub mod config;
 pub mod device;

@@ -279,3 +279,46 @@ impl Decoder {
         Self::load(&config, &weights, device)
     }
 }
+
+impl Pipeline {
+    /// Builds the pipeline from a bundle: `fetch(file name)` returns a file's bytes (from disk natively,
+    /// from the network or a cache on the web); every file is verified against the manifest first.
+    pub async fn from_bundle<F, Fut>(manifest: &crate::bundle::Manifest, fetch: F, device: &Device) -> Result<Self>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>>>,
+    {
+        let load = |component: &'static str| {
+            let fetch = &fetch;
+            async move {
+                let (name, _, _) = manifest.file(component)?;
+                let bytes = fetch(name.clone()).await?;
+                manifest.verify(component, &bytes)?;
+                Ok::<_, Error>((format!("{}/{name}", manifest.origin), bytes))
+            }
+        };
+        let (name, bytes) = load("tokenizer").await?;
+        let tokenizer = ClipTokenizer::from_bytes(&name, &bytes)?;
+        let (name, bytes) = load("text_encoder").await?;
+        let text_encoder = ClipTextModel::load(&manifest.config("text_encoder")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
+        let (name, bytes) = load("unet").await?;
+        let unet = UNet2DConditionModel::load(&manifest.config("unet")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
+        let (name, bytes) = load("decoder").await?;
+        let decoder = Decoder::load(&manifest.config("decoder")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
+        let scheduler_config = SchedulerConfig::from_json(&manifest.config("scheduler")?)?;
+        Ok(Self { tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone() })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn read_bundle(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let origin = dir.display().to_string();
+        let manifest_path = dir.join(crate::bundle::MANIFEST);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::file(manifest_path.display().to_string(), format!("cannot read: {e}")))?;
+        let manifest = crate::bundle::Manifest::parse(&origin, &text)?;
+        let fetch = |name: String| async move {
+            let path = dir.join(&name);
+            std::fs::read(&path).map_err(|e| Error::file(path.display().to_string(), format!("cannot read: {e}")))
+        };
+        Self::from_bundle(&manifest, fetch, device).await
+    }
+}

@@ -12,21 +12,24 @@ use control_clip::{BackendKind, Error, SafeTensors, init_device};
 
 #[derive(Args)]
 pub struct GenerateArgs {
+    /// A bundle folder (manifest.json + files), instead of the five component options.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
     /// CLIP tokenizer.json.
-    #[arg(long)]
-    tokenizer: PathBuf,
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    tokenizer: Option<PathBuf>,
     /// transformers CLIPTextModel folder.
-    #[arg(long)]
-    text_encoder: PathBuf,
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    text_encoder: Option<PathBuf>,
     /// diffusers UNet2DConditionModel folder.
-    #[arg(long)]
-    unet: PathBuf,
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    unet: Option<PathBuf>,
     /// diffusers AutoencoderKL or AutoencoderTiny folder.
-    #[arg(long)]
-    decoder: PathBuf,
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    decoder: Option<PathBuf>,
     /// diffusers scheduler_config.json (its `_class_name` is the default scheduler).
-    #[arg(long)]
-    scheduler_config: PathBuf,
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    scheduler_config: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -72,7 +75,14 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
     }
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
-    let pipeline = Pipeline::from_dirs(&args.tokenizer, &args.text_encoder, &args.unet, &args.decoder, &args.scheduler_config, &device)?;
+    let pipeline = match &args.bundle {
+        Some(dir) => Pipeline::read_bundle(dir, &device).await?,
+        None => {
+            // clap guarantees all five when there is no bundle.
+            let part = |p: &Option<PathBuf>| p.clone().expect("required without --bundle");
+            Pipeline::from_dirs(&part(&args.tokenizer), &part(&args.text_encoder), &part(&args.unet), &part(&args.decoder), &part(&args.scheduler_config), &device)?
+        }
+    };
     let mut req = GenerateRequest::new(args.prompt.clone());
     req.negative_prompt = args.negative_prompt.clone();
     req.steps = args.steps;

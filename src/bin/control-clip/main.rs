@@ -1,5 +1,6 @@
 //! The native command-line tool. One file per subcommand; this file only parses and dispatches.
 
+mod bundle;
 mod check;
 mod generate;
 mod tokenize;
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Verify a model folder against reference outputs (exit 0 pass, 1 fail, 2 bad input).
     Check(check::CheckArgs),
+    /// Build a bundle folder (manifest + tokenizer + weights) from model folders.
+    Bundle(bundle::BundleArgs),
     /// Generate an image from a prompt and write it as a PNG.
     Generate(generate::GenerateArgs),
     /// Show the token ids of a prompt (and what a too-long prompt loses).
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Bundle(args) => bundle::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }

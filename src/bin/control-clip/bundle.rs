@@ -1,0 +1,112 @@
+//! `control-clip bundle`: builds a bundle folder (docs/bundle.md) from diffusers / transformers folders.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use control_clip::bundle::{FORMAT, FORMAT_VERSION, MANIFEST, StoreDType, convert_weights, file_entry};
+use control_clip::config::ConfigJson;
+use control_clip::models::clip::find_weights_file;
+use control_clip::schedulers::read_config_json;
+use control_clip::{ClipTokenizer, Error, SafeTensors};
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct BundleArgs {
+    #[arg(long)]
+    tokenizer: PathBuf,
+    #[arg(long)]
+    text_encoder: PathBuf,
+    #[arg(long)]
+    unet: PathBuf,
+    /// AutoencoderKL or AutoencoderTiny folder.
+    #[arg(long)]
+    decoder: PathBuf,
+    #[arg(long)]
+    scheduler_config: PathBuf,
+    /// Weights precision in the bundle.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    #[arg(long, default_value = "unnamed model")]
+    name: String,
+    /// Licence of the weights (shown by the page).
+    #[arg(long, default_value = "unknown")]
+    licence: String,
+    /// Recommended defaults the page starts from.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// Output folder (created; must not exist or be empty).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: BundleArgs) -> ExitCode {
+    match build(&args) {
+        Ok(bytes) => {
+            eprintln!("wrote {} ({bytes} bytes)", args.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> control_clip::Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::file(path.display().to_string(), format!("cannot write: {e}")))
+}
+
+fn build(args: &BundleArgs) -> control_clip::Result<u64> {
+    let dtype: StoreDType = args.dtype.parse()?;
+    let out = &args.out;
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(Error::file(out.display().to_string(), "exists and is not empty; choose a new folder"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out.display().to_string(), format!("cannot create: {e}")))?;
+
+    // Validate the tokenizer by loading it, then copy it as is.
+    let tokenizer = std::fs::read(&args.tokenizer).map_err(|e| Error::file(args.tokenizer.display().to_string(), format!("cannot read: {e}")))?;
+    ClipTokenizer::from_bytes(&args.tokenizer.display().to_string(), &tokenizer)?;
+    write(&out.join("tokenizer.json"), &tokenizer)?;
+    let mut total = tokenizer.len() as u64;
+    let mut components = serde_json::Map::new();
+    components.insert("tokenizer".into(), file_entry("tokenizer.json", &tokenizer));
+
+    for (component, dir) in [("text_encoder", &args.text_encoder), ("unet", &args.unet), ("decoder", &args.decoder)] {
+        let config = ConfigJson::read(&dir.join("config.json"))?;
+        let weights = SafeTensors::read(&find_weights_file(dir)?)?;
+        let bytes = convert_weights(&weights, dtype)?;
+        let file = format!("{component}.safetensors");
+        write(&out.join(&file), &bytes)?;
+        total += bytes.len() as u64;
+        let mut entry = file_entry(&file, &bytes);
+        entry["dtype"] = json!(args.dtype);
+        entry["config"] = Value::Object(config.object);
+        components.insert(component.into(), entry);
+    }
+    let scheduler = read_config_json(&args.scheduler_config)?;
+    components.insert("scheduler".into(), json!({"config": Value::Object(scheduler.object)}));
+
+    let manifest = json!({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": args.name,
+        "licence": args.licence,
+        "created_by": format!("control-clip {}", env!("CARGO_PKG_VERSION")),
+        "defaults": {"steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height},
+        "components": components,
+    });
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    write(&out.join(MANIFEST), text.as_bytes())?;
+    Ok(total + text.len() as u64)
+}
