@@ -54,3 +54,35 @@ fn ddim_two_steps_with_guidance_matches_diffusers() {
         assert!(err <= 2.0 / 255.0, "{backend}: max pixel error {err}");
     }
 }
+
+#[test]
+fn cancel_between_steps_stops_the_run_and_the_next_run_works() {
+    let dir = fixtures().join("pipeline").join("ddim-2-steps");
+    block_on(async {
+        let device = init_device(control_clip::BackendKind::Cpu).await.unwrap();
+        let pipeline = Pipeline {
+            tokenizer: ClipTokenizer::read(&fixtures().join("tokenizer.json")).unwrap(),
+            text_encoder: ClipTextModel::read_dir(&fixtures().join("clip_text/sd-mini-f16"), &device).unwrap(),
+            unet: UNet2DConditionModel::read_dir(&fixtures().join("unet/sd-tiny"), &device).unwrap(),
+            decoder: Decoder::Kl(VaeDecoder::read_dir(&fixtures().join("vae/kl-tiny"), &device).unwrap()),
+            scheduler_config: SchedulerConfig::read(&dir.join("scheduler_config.json")).unwrap(),
+            device: device.clone(),
+        };
+        let mut req = GenerateRequest::new("a cat");
+        req.steps = 5;
+        req.width = 64;
+        req.height = 64;
+        let mut seen = 0;
+        let err = pipeline.generate(&req, &mut |p| {
+            seen = p.step;
+            p.step < 2
+        }).await.err().expect("cancelled");
+        assert_eq!(err, control_clip::Error::Cancelled);
+        assert_eq!(seen, 2, "the run went on after the cancel");
+        let first = pipeline.generate(&req, &mut |_| true).await.unwrap();
+        let again = pipeline.generate(&req, &mut |_| true).await.unwrap();
+        assert_eq!(first.rgba, again.rgba, "same seed, same image");
+        req.seed = 1;
+        assert_ne!(first.rgba, pipeline.generate(&req, &mut |_| true).await.unwrap().rgba, "another seed, another image");
+    });
+}

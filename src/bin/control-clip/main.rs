@@ -1,5 +1,6 @@
 //! The native command-line tool. One file per subcommand; this file only parses and dispatches.
 
+mod bench;
 mod bundle;
 mod check;
 mod generate;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Verify a model folder against reference outputs (exit 0 pass, 1 fail, 2 bad input).
     Check(check::CheckArgs),
+    /// Time a UNet step and a decoder pass (folders made by tests/bench/bench.py).
+    Bench(bench::BenchArgs),
     /// Build a bundle folder (manifest + tokenizer + weights) from model folders.
     Bundle(bundle::BundleArgs),
     /// Generate an image from a prompt and write it as a PNG.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Bundle(args) => bundle::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),

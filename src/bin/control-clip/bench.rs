@@ -1,0 +1,104 @@
+//! `control-clip bench`: times a UNet step and a decoder pass on a model folder made by
+//! tests/bench/bench.py (which times diffusers on the same inputs and writes docs/benchmarks.md).
+//! Prints one JSON line. Speed is reported, never asserted.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use control_clip::models::unet::UNet2DConditionModel;
+use control_clip::pipeline::Decoder;
+use control_clip::{BackendKind, Error, SafeTensors, init_device, read_f32};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Folder with unet/ (and optionally decoder/) and io.safetensors (`sample`, `timestep`,
+    /// `encoder_hidden_states`, optional `latents` for the decoder).
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = "wgpu")]
+    backend: String,
+    /// Timed runs after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+pub fn run(args: BenchArgs) -> ExitCode {
+    match pollster::block_on(bench(&args)) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
+    if args.runs == 0 {
+        return Err(Error::invalid("--runs", "must be at least 1"));
+    }
+    let backend: BackendKind = args.backend.parse()?;
+    let device = init_device(backend).await?;
+    let t = Instant::now();
+    let unet = UNet2DConditionModel::read_dir(&args.dir.join("unet"), &device)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let io = SafeTensors::read(&args.dir.join("io.safetensors"))?;
+    let dims = |name: &str| -> control_clip::Result<Vec<usize>> { Ok(io.shape(name)?.to_vec()) };
+    let s = dims("sample")?;
+    let c = dims("encoder_hidden_states")?;
+    let sample = io.tensor("sample", [s[0], s[1], s[2], s[3]], &device)?;
+    let context = io.tensor("encoder_hidden_states", [c[0], c[1], c[2]], &device)?;
+    let (_, t_values) = io.f32("timestep")?;
+    let timesteps = vec![t_values[0]; s[0]];
+
+    let mut unet_ms = Vec::new();
+    for run in 0..=args.runs {
+        let t = Instant::now();
+        let out = unet.forward(sample.clone(), &timesteps, &context)?;
+        read_f32(out).await?;
+        if run > 0 {
+            unet_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let mut decoder_ms = Vec::new();
+    let decoder_dir = args.dir.join("decoder");
+    if decoder_dir.exists() {
+        let decoder = Decoder::read_dir(&decoder_dir, &device)?;
+        let l = dims("latents")?;
+        let latents = io.tensor("latents", [l[0], l[1], l[2], l[3]], &device)?;
+        for run in 0..=args.runs {
+            let t = Instant::now();
+            read_f32(decoder.decode(latents.clone())).await?;
+            if run > 0 {
+                decoder_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "backend": backend.name(),
+        "load_ms": load_ms,
+        "unet_step_ms": median(unet_ms),
+        "decoder_ms": (!decoder_ms.is_empty()).then(|| median(decoder_ms)),
+        "batch": s[0],
+        "latent_size": [s[2], s[3]],
+        "runs": args.runs,
+        "peak_rss_mib": peak_rss_mib(),
+    })
+    .to_string())
+}
