@@ -123,10 +123,15 @@ def fmt(v):
 
 def write_report(rows, args):
     lines = ["## UNet and decoder (random weights)", "",
-             "Command: `python3 tests/bench/bench.py --models %s --size %d --backends %s --runs %d` (binary: %s)."
-             % (args.models, args.size, args.backends, args.runs, os.path.relpath(args.binary or "release build", ROOT) if args.binary else "release build"),
+             "Command: `python3 tests/bench/bench.py --models %s --size %d --backends %s --runs %d` (%s)."
+             % (args.models, args.size, args.backends, args.runs,
+                "dev-profile binary: dependencies at opt-level 3, our crate at 1" if args.binary and "/debug/" in args.binary
+                else "release binary"),
              "Machine: %s, %d cores, torch %s (threads %d). Batch 1 (classifier-free guidance doubles the UNet batch)."
              % (platform.platform(), os.cpu_count(), torch.__version__, torch.get_num_threads()), "",
+             "Here `wgpu` is Mesa's lavapipe (software Vulkan on the CPU): a correctness platform, not a speed one. "
+             "Medians of --runs after one warm-up; peak RSS is the whole process (lavapipe's GPU memory is host memory).",
+             "",
              "| model | image | ours: backend | ours: UNet step ms | PyTorch CPU: UNet step ms | ratio ours/PyTorch | ours: decoder ms | PyTorch: decoder ms | ours: peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, size, backend, ours, ref in rows:
