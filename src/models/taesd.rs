@@ -112,8 +112,7 @@ impl TinyDecoder {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let config = ConfigJson::read(&dir.join("config.json"))?;
-        let weights = SafeTensors::read(&crate::models::clip::find_weights_file(dir)?)?;
+        let (config, weights) = crate::models::read_model_dir(dir)?;
         Self::load(&config, &weights, device)
     }
 

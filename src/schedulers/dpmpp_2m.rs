@@ -164,14 +164,6 @@ impl Scheduler for DpmPp2m {
         &self.sigmas_f64
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<4>, _step_index: usize) -> Tensor<4> {
-        sample
-    }
-
     fn needs_noise(&self) -> bool {
         false
     }

@@ -32,10 +32,16 @@ pub trait Scheduler {
     /// The model's timestep input for each step.
     fn timesteps(&self) -> &[f64];
     /// One more than the timesteps (the last is the final noise level); empty for DDIM and LCM.
-    fn sigmas(&self) -> &[f64];
+    fn sigmas(&self) -> &[f64] {
+        &[]
+    }
     /// The scale of the initial noise: latents start as `noise * init_noise_sigma`.
-    fn init_noise_sigma(&self) -> f64;
-    fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4>;
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    fn scale_model_input(&self, sample: Tensor<4>, _step_index: usize) -> Tensor<4> {
+        sample
+    }
     /// Whether `step` takes fresh noise (every step but the last, where it is ignored and may be `None`).
     fn needs_noise(&self) -> bool;
     /// The sample for the next step (on the last step, the denoised sample).

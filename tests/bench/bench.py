@@ -122,12 +122,13 @@ def fmt(v):
 
 
 def write_report(rows, args):
-    lines = ["## UNet and decoder (random weights)", "",
+    title = "## UNet and decoder, random weights, %d², %s" % (args.size, args.backends)
+    lines = [title, "",
              "Command: `python3 tests/bench/bench.py --models %s --size %d --backends %s --runs %d` (%s)."
              % (args.models, args.size, args.backends, args.runs,
                 "dev-profile binary: dependencies at opt-level 3, our crate at 1" if args.binary and "/debug/" in args.binary
                 else "release binary"),
-             "Machine: %s, %d cores, torch %s (threads %d). Batch 1 (classifier-free guidance doubles the UNet batch)."
+             "Machine: %s, %d cores, torch %s (threads %d). Batch 1 (classifier-free guidance doubles the UNet batch); decoder = a TAESD-shaped AutoencoderTiny."
              % (platform.platform(), os.cpu_count(), torch.__version__, torch.get_num_threads()), "",
              "Here `wgpu` is Mesa's lavapipe (software Vulkan on the CPU): a correctness platform, not a speed one. "
              "Medians of --runs after one warm-up; peak RSS is the whole process (lavapipe's GPU memory is host memory).",
@@ -143,7 +144,7 @@ def write_report(rows, args):
     section = "\n".join(lines) + "\n"
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(path).read()
-    start = text.find("## UNet and decoder")
+    start = text.find(title + "\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
