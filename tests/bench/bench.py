@@ -133,14 +133,14 @@ def write_report(rows, args):
              "Here `wgpu` is Mesa's lavapipe (software Vulkan on the CPU): a correctness platform, not a speed one. "
              "Medians of --runs after one warm-up; peak RSS is the whole process (lavapipe's GPU memory is host memory).",
              "",
-             "| model | image | ours: backend | ours: UNet step ms | PyTorch CPU: UNet step ms | ratio ours/PyTorch | ours: decoder ms | PyTorch: decoder ms | ours: peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | image | ours: backend | ours: UNet step ms | PyTorch CPU: UNet step ms | ratio ours/PyTorch | ours: decoder ms | PyTorch: decoder ms | ours: peak RSS MiB | ours: device pool MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, size, backend, ours, ref in rows:
         u, r = ours.get("unet_step_ms"), ref.get("unet_step_ms")
         ratio = "%.2f" % (u / r) if u and r else "—"
-        lines.append("| %s | %d² | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %d² | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, size, backend, fmt(u), fmt(r), ratio, fmt(ours.get("decoder_ms")), fmt(ref.get("decoder_ms")),
-            fmt(ours.get("peak_rss_mib"))))
+            fmt(ours.get("peak_rss_mib")), fmt(ours.get("device_reserved_mib"))))
     section = "\n".join(lines) + "\n"
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(path).read()

@@ -99,6 +99,9 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         "latent_size": [s[2], s[3]],
         "runs": args.runs,
         "peak_rss_mib": peak_rss_mib(),
+        // What burn's allocator holds after the runs (pools keep pages for reuse, so this is close to the
+        // peak); None on backends that do not report it.
+        "device_reserved_mib": device.memory_pool_usage().map(|u| u.bytes_reserved as f64 / (1024.0 * 1024.0)),
     })
     .to_string())
 }
