@@ -4,11 +4,11 @@
 //! weights with or without the `text_model.` prefix, stored f32, f16 or bf16.
 
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, layer_norm, linear};
+use crate::models::nn::{Activation, layer_norm, linear, scaled_dot_product_attention};
 use crate::weights::{SafeTensors, WeightsView};
 
 /// Mirrors transformers' `CLIPTextConfig` (missing fields take transformers' defaults).
@@ -83,15 +83,8 @@ impl Attention {
 
     /// Causal multi-head self-attention; `mask` is additive ([L, L], 0 or a large negative).
     fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
-        let [b, l, d] = x.dims();
-        let hd = d / self.heads;
-        let split = |t: Tensor<3>| t.reshape([b, l, self.heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()) * (hd as f64).powf(-0.5));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) + mask;
-        let out = activation::softmax(scores, 3).matmul(v);
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, l, d]))
+        let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
+        self.out_proj.forward(scaled_dot_product_attention(q, k, v, self.heads, Some(mask)))
     }
 }
 

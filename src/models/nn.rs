@@ -144,3 +144,17 @@ pub fn group_norm(w: &WeightsView, name: &str, groups: usize, channels: usize, e
         affine: true,
     })
 }
+
+/// Per-head scaled dot-product attention, the one implementation every model here uses:
+/// q [B, Lq, H·d], k and v [B, Lk, H·d] → [B, Lq, H·d]; `mask` is added to the scores ([1|B, 1|H, Lq, Lk]).
+pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<4>>) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
+    let d = inner / heads;
+    let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
+    let mut scores = split(q, lq).matmul(split(k, lk).swap_dims(2, 3)) * (d as f64).powf(-0.5);
+    if let Some(mask) = mask {
+        scores = scores + mask;
+    }
+    activation::softmax(scores, 3).matmul(split(v, lk)).swap_dims(1, 2).reshape([b, lq, inner])
+}

@@ -7,9 +7,8 @@ use serde_json::json;
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, Conv2d, group_norm, linear};
+use crate::models::nn::{Activation, Conv2d, group_norm, linear, scaled_dot_product_attention};
 use crate::models::unet::resnet::{ResnetBlock2D, ResnetSettings, Upsample2D};
-use crate::models::unet::transformer::scaled_dot_product_attention;
 use crate::weights::{SafeTensors, WeightsView};
 
 /// The `AutoencoderKL` config fields the decoder uses.
@@ -81,7 +80,7 @@ impl SpatialAttention {
         let [b, c, h, w] = x.dims();
         let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
         let (q, k, v) = (self.to_q.forward(tokens.clone()), self.to_k.forward(tokens.clone()), self.to_v.forward(tokens));
-        let out = self.to_out.forward(scaled_dot_product_attention(q, k, v, 1));
+        let out = self.to_out.forward(scaled_dot_product_attention(q, k, v, 1, None));
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }

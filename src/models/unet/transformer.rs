@@ -8,23 +8,13 @@ use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, activation};
 
 use crate::error::Result;
-use crate::models::nn::{Conv2d, group_norm, layer_norm, linear};
+use crate::models::nn::{Conv2d, group_norm, layer_norm, linear, scaled_dot_product_attention};
 use crate::weights::WeightsView;
-
-/// Per-head scaled dot-product attention: q [B, Lq, H·d], k and v [B, Lk, H·d] → [B, Lq, H·d].
-pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [b, lq, inner] = q.dims();
-    let lk = k.dims()[1];
-    let d = inner / heads;
-    let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
-    let scores = split(q, lq).matmul(split(k, lk).swap_dims(2, 3)) * (d as f64).powf(-0.5);
-    activation::softmax(scores, 3).matmul(split(v, lk)).swap_dims(1, 2).reshape([b, lq, inner])
-}
 
 /// The UNet's cross-attention between image tokens and the text context: the single seam where the
 /// Control-CLIP issue plugs in its decoupled (category + style) attention.
 pub fn cross_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    scaled_dot_product_attention(q, k, v, heads)
+    scaled_dot_product_attention(q, k, v, heads, None)
 }
 
 /// diffusers' `Attention` with the default processor (no biases on q/k/v, bias on the output).
@@ -51,7 +41,7 @@ impl Attention {
 
     fn self_attention(&self, x: Tensor<3>) -> Tensor<3> {
         let (q, k, v) = (self.to_q.forward(x.clone()), self.to_k.forward(x.clone()), self.to_v.forward(x));
-        self.to_out.forward(scaled_dot_product_attention(q, k, v, self.heads))
+        self.to_out.forward(scaled_dot_product_attention(q, k, v, self.heads, None))
     }
 
     fn cross_attention(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
