@@ -1,6 +1,6 @@
-//! `control-clip bench`: times a UNet step and a decoder pass on a model folder made by
-//! tests/bench/bench.py (which times diffusers on the same inputs and writes docs/benchmarks.md).
-//! Prints one JSON line. Speed is reported, never asserted.
+//! `control-clip bench`: times a UNet step, a decoder pass and (when the folder has a text encoder) a
+//! whole guided generation on a model folder made by tests/bench/bench.py (which times diffusers on the
+//! same inputs and writes docs/benchmarks.md). Prints one JSON line. Speed is reported, never asserted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,13 +8,17 @@ use std::time::Instant;
 
 use clap::Args;
 use control_clip::models::unet::UNet2DConditionModel;
-use control_clip::pipeline::Decoder;
+use control_clip::models::clip::ClipTextModel;
+use control_clip::pipeline::{Decoder, GenerateRequest, Pipeline};
+use control_clip::schedulers::SchedulerConfig;
+use control_clip::tokenizer::ClipTokenizer;
 use control_clip::{BackendKind, Error, SafeTensors, init_device, read_f32};
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// Folder with unet/ (and optionally decoder/) and io.safetensors (`sample`, `timestep`,
-    /// `encoder_hidden_states`, optional `latents` for the decoder).
+    /// `encoder_hidden_states`, optional `latents` for the decoder). With decoder/, text_encoder/,
+    /// tokenizer.json and scheduler/scheduler_config.json as well, a whole generation is timed too.
     #[arg(long)]
     dir: PathBuf,
     #[arg(long, default_value = "wgpu")]
@@ -22,6 +26,9 @@ pub struct BenchArgs {
     /// Timed runs after one warm-up run; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Steps of the timed whole generation (guidance 7.5, so the UNet runs at batch 2).
+    #[arg(long, default_value_t = 2)]
+    generation_steps: usize,
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -78,8 +85,8 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     }
     let mut decoder_ms = Vec::new();
     let decoder_dir = args.dir.join("decoder");
-    if decoder_dir.exists() {
-        let decoder = Decoder::read_dir(&decoder_dir, &device)?;
+    let decoder = if decoder_dir.exists() { Some(Decoder::read_dir(&decoder_dir, &device)?) } else { None };
+    if let Some(decoder) = &decoder {
         let l = dims("latents")?;
         let latents = io.tensor("latents", [l[0], l[1], l[2], l[3]], &device)?;
         for run in 0..=args.runs {
@@ -90,11 +97,39 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
             }
         }
     }
+
+    // A whole generation: two prompts through the text encoder, `generation_steps` guided UNet steps with
+    // the scheduler, the decoder and the read-back of the pixels, as `control-clip generate` does it.
+    let mut generation_ms = Vec::new();
+    let text_encoder_dir = args.dir.join("text_encoder");
+    if let (Some(decoder), true) = (decoder, text_encoder_dir.exists()) {
+        let scale = decoder.scale_factor();
+        let pipeline = Pipeline {
+            tokenizer: ClipTokenizer::read(&args.dir.join("tokenizer.json"))?,
+            text_encoder: ClipTextModel::read_dir(&text_encoder_dir, &device)?,
+            unet,
+            decoder,
+            scheduler_config: SchedulerConfig::read(&args.dir.join("scheduler").join("scheduler_config.json"))?,
+            device: device.clone(),
+        };
+        let mut req = GenerateRequest::new("a cat in Pokemon style");
+        req.steps = args.generation_steps;
+        (req.width, req.height) = (s[3] * scale, s[2] * scale);
+        for run in 0..=args.runs {
+            let t = Instant::now();
+            pipeline.generate(&req, &mut |_| true).await?;
+            if run > 0 {
+                generation_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
     Ok(serde_json::json!({
         "backend": backend.name(),
         "load_ms": load_ms,
         "unet_step_ms": median(unet_ms),
         "decoder_ms": (!decoder_ms.is_empty()).then(|| median(decoder_ms)),
+        "generation_ms": (!generation_ms.is_empty()).then(|| median(generation_ms)),
+        "generation_steps": args.generation_steps,
         "batch": s[0],
         "latent_size": [s[2], s[3]],
         "runs": args.runs,
