@@ -100,6 +100,25 @@ impl Manifest {
         self.value["components"].get(name).ok_or_else(|| Error::config(format!("{}/{MANIFEST}", self.origin), format!("components.{name}"), "missing"))
     }
 
+    /// Whether the manifest lists an (optional) component.
+    pub fn has(&self, component: &str) -> bool {
+        self.value["components"].get(component).is_some()
+    }
+
+    /// How an encoder component is stored: "full" (a CLIP text model) or "lora" (deltas over the text
+    /// encoder); absent means full.
+    pub fn form(&self, component: &str) -> Result<&str> {
+        match self.component(component)?.get("form") {
+            None => Ok("full"),
+            Some(Value::String(f)) if f == "full" || f == "lora" => Ok(f),
+            Some(other) => Err(Error::config(
+                format!("{}/{MANIFEST}", self.origin),
+                format!("components.{component}.form"),
+                format!("{other} is not a known form (\"full\" or \"lora\")"),
+            )),
+        }
+    }
+
     /// The inline config of a component, as a ConfigJson named after the manifest.
     pub fn config(&self, component: &str) -> Result<ConfigJson> {
         let file = format!("{}/{MANIFEST} (components.{component}.config)", self.origin);

@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
-use crate::models::unet::UNet2DConditionModel;
+use crate::control::ControlContext;
+use crate::models::unet::transformer::Attention;
+use crate::models::unet::{Conditioning, UNet2DConditionModel};
 use crate::models::taesd::TinyDecoder;
 use crate::models::vae::VaeDecoder;
 use crate::weights::SafeTensors;
@@ -122,6 +124,55 @@ pub async fn check_unet(model: &UNet2DConditionModel, io: &SafeTensors, toleranc
     let out = model.forward(sample, &timesteps, &context)?;
     let (s, v) = read_f32(out).await?;
     Ok(CheckReport::new("unet", vec![compare(io, "out", &s, &v)?], tolerance))
+}
+
+/// The per-row Control-CLIP weights of an io file: `weight_category` and `weight_style`, each one value
+/// for the whole batch or one per row.
+fn io_control_weights(io: &SafeTensors, batch: usize) -> Result<Vec<(f32, f32)>> {
+    let per_row = |name: &str| -> Result<Vec<f32>> {
+        let (_, v) = io.f32(name)?;
+        match v.len() {
+            1 => Ok(vec![v[0]; batch]),
+            n if n == batch => Ok(v),
+            n => Err(Error::tensor(io.name(), name, format!("{n} values for a batch of {batch}"))),
+        }
+    };
+    Ok(per_row("weight_category")?.into_iter().zip(per_row("weight_style")?).collect())
+}
+
+fn io_control_context(io: &SafeTensors, batch: usize, device: &burn::tensor::Device) -> Result<ControlContext> {
+    let category = io_tensor::<3>(io, "context_category", device)?;
+    let style = io_tensor::<3>(io, "context_style", device)?;
+    ControlContext::new(category, style, &io_control_weights(io, batch)?)
+}
+
+/// Runs the UNet with decoupled cross-attention on `sample`, `timestep`, `context_category`,
+/// `context_style`, `weight_category`, `weight_style` and compares with `out`.
+pub async fn check_control_unet(model: &UNet2DConditionModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let device = model.device();
+    let sample = io_tensor::<4>(io, "sample", &device)?;
+    let batch = sample.dims()[0];
+    let (_, t) = io.f32("timestep")?;
+    let timesteps = match t.len() {
+        1 => vec![t[0]; batch],
+        n if n == batch => t,
+        n => return Err(Error::tensor(io.name(), "timestep", format!("{n} values for a batch of {batch}"))),
+    };
+    let control = io_control_context(io, batch, &device)?;
+    let out = model.forward_control(sample, &timesteps, &control)?;
+    let (s, v) = read_f32(out).await?;
+    Ok(CheckReport::new("control-unet", vec![compare(io, "out", &s, &v)?], tolerance))
+}
+
+/// One decoupled cross-attention layer: `hidden_states`, `context_category`, `context_style`,
+/// `weight_category`, `weight_style` → `out`.
+pub async fn check_cross_attention(layer: &Attention, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let device = layer.device();
+    let x = io_tensor::<3>(io, "hidden_states", &device)?;
+    let control = io_control_context(io, x.dims()[0], &device)?;
+    let out = layer.cross_attention(x, Conditioning::Control(&control));
+    let (s, v) = read_f32(out).await?;
+    Ok(CheckReport::new("cross-attention", vec![compare(io, "out", &s, &v)?], tolerance))
 }
 
 /// A float tensor of the io file with its own shape, checked to be of rank `D`.

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod device;
 pub mod error;
 pub mod models;

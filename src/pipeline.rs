@@ -1,16 +1,22 @@
 //! Text-to-image generation: the only place that knows every component.
 //!
-//! prompt + negative prompt → tokenizer → text encoder → (classifier-free guidance) scheduler loop with
+//! prompt + negative prompt → tokenizer → text encoders → (classifier-free guidance) scheduler loop with
 //! the UNet → decoder → RGBA pixels. The order of operations follows diffusers' StableDiffusionPipeline,
 //! so that from the same initial latents the images agree (tests/parity_pipeline.rs).
+//!
+//! Control-CLIP (docs/control.md): the prompt goes through f_c and A∘f_s, every cross-attention layer
+//! mixes the two contexts with the request's weights, and the unconditional row of the guidance batch
+//! attends to E(negative prompt) with weights (1, 0), i.e. ordinary attention. A pipeline without
+//! Control-CLIP encoders at weights (1, 0) is the plain generator and skips the decoupled attention.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::control::{Adapter, ControlContext, ControlEncoders, ControlWeights, EncoderSource, LowRankDeltas};
 use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::taesd::TinyDecoder;
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{Conditioning, UNet2DConditionModel};
 use crate::models::vae::VaeDecoder;
 use crate::rng::NoiseRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerKind};
@@ -54,6 +60,8 @@ impl Decoder {
 pub struct Pipeline {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// f_c, f_s and the adapter (each absent one is E / the identity).
+    pub control: ControlEncoders,
     pub unet: UNet2DConditionModel,
     pub decoder: Decoder,
     pub scheduler_config: SchedulerConfig,
@@ -73,6 +81,8 @@ pub struct GenerateRequest {
     /// None: the bundle's own scheduler class.
     pub scheduler: Option<SchedulerKind>,
     pub clip_skip: usize,
+    /// λ_c and λ_s; the default (1, 0) with no Control-CLIP encoders is plain generation.
+    pub control: ControlWeights,
     pub init_latents: Option<Tensor<4>>,
 }
 
@@ -88,7 +98,23 @@ impl GenerateRequest {
             height: 512,
             scheduler: None,
             clip_skip: 0,
+            control: ControlWeights::default(),
             init_latents: None,
+        }
+    }
+}
+
+/// The UNet's conditioning for a whole generation, owned.
+enum UNetConditioning {
+    Text(Tensor<3>),
+    Control(ControlContext),
+}
+
+impl UNetConditioning {
+    fn as_conditioning(&self) -> Conditioning<'_> {
+        match self {
+            UNetConditioning::Text(t) => Conditioning::Text(t),
+            UNetConditioning::Control(c) => Conditioning::Control(c),
         }
     }
 }
@@ -129,17 +155,39 @@ fn now_ms() -> f64 {
 }
 
 impl Pipeline {
-    /// The text context for a batch of prompts, [B, 77, D]; notices for truncated prompts.
-    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize, notices: &mut Vec<String>) -> Result<Tensor<3>> {
-        let mut rows = Vec::with_capacity(prompts.len());
-        for (i, p) in prompts.iter().enumerate() {
-            let t = self.tokenizer.encode(p, MAX_POSITIONS)?;
-            if let Some(n) = t.truncation_notice() {
-                notices.push(if prompts.len() > 1 && i == 0 { format!("negative {n}") } else { n });
-            }
-            rows.push(t.ids);
+    /// Token ids of a prompt; a notice when it was truncated to the encoder's 77 positions.
+    fn tokenize(&self, prompt: &str, what: &str, notices: &mut Vec<String>) -> Result<Vec<u32>> {
+        let t = self.tokenizer.encode(prompt, MAX_POSITIONS)?;
+        if let Some(n) = t.truncation_notice() {
+            notices.push(if what.is_empty() { n } else { format!("{what} {n}") });
         }
-        Ok(self.text_encoder.forward(&rows, clip_skip)?.last_hidden_state)
+        Ok(t.ids)
+    }
+
+    /// What the UNet attends to, for the whole guidance batch ([negative, positive] like diffusers, or
+    /// [positive] without guidance).
+    fn conditioning(&self, req: &GenerateRequest, guided: bool, notices: &mut Vec<String>) -> Result<UNetConditioning> {
+        let negative = if guided { Some(self.tokenize(&req.negative_prompt, "negative", notices)?) } else { None };
+        let positive = self.tokenize(&req.prompt, "", notices)?;
+        let encode = |rows: &[Vec<u32>]| Ok::<_, Error>(self.text_encoder.forward(rows, req.clip_skip)?.last_hidden_state);
+        if self.control.is_identity() && req.control == ControlWeights::default() {
+            let rows: Vec<Vec<u32>> = negative.into_iter().chain([positive]).collect();
+            return Ok(UNetConditioning::Text(encode(&rows)?));
+        }
+        let (category, style) = self.control.encode(&self.text_encoder, &[positive], req.clip_skip)?;
+        let weights = (req.control.category, req.control.style);
+        let context = match negative {
+            Some(negative) => {
+                let negative = encode(&[negative])?;
+                ControlContext::new(
+                    Tensor::cat(vec![negative.clone(), category], 0),
+                    Tensor::cat(vec![negative, style], 0),
+                    &[(1.0, 0.0), weights],
+                )?
+            }
+            None => ControlContext::new(category, style, &[weights])?,
+        };
+        Ok(UNetConditioning::Control(context))
     }
 
     fn validate(&self, req: &GenerateRequest) -> Result<(usize, usize)> {
@@ -155,6 +203,7 @@ impl Pipeline {
         if !req.guidance.is_finite() || req.guidance < 0.0 {
             return Err(Error::invalid("guidance", format!("{} is not a finite, non-negative number", req.guidance)));
         }
+        req.control.validate()?;
         let s = self.decoder.scale_factor();
         Ok((req.height / s, req.width / s))
     }
@@ -167,11 +216,7 @@ impl Pipeline {
         let mut notices = Vec::new();
         let guided = req.guidance > 1.0;
         // diffusers batches [negative, positive] and splits the UNet's output the same way.
-        let context = if guided {
-            self.encode_prompts(&[&req.negative_prompt, &req.prompt], req.clip_skip, &mut notices)?
-        } else {
-            self.encode_prompts(&[&req.prompt], req.clip_skip, &mut notices)?
-        };
+        let context = self.conditioning(req, guided, &mut notices)?;
 
         let kind = match req.scheduler {
             Some(k) => k,
@@ -198,7 +243,7 @@ impl Pipeline {
             let step_start = now_ms();
             let input = scheduler.scale_model_input(latents.clone(), i);
             let (input, batch) = if guided { (Tensor::cat(vec![input.clone(), input], 0), 2) } else { (input, 1) };
-            let out = self.unet.forward(input, &vec![t as f32; batch], &context)?;
+            let out = self.unet.forward_conditioned(input, &vec![t as f32; batch], context.as_conditioning())?;
             let noise_pred = if guided {
                 let uncond = out.clone().slice([0..1]);
                 let text = out.slice([1..2]);
@@ -254,6 +299,7 @@ impl Pipeline {
         Ok(Self {
             tokenizer: ClipTokenizer::read(tokenizer)?,
             text_encoder: ClipTextModel::read_dir(text_encoder, device)?,
+            control: ControlEncoders::default(),
             unet: UNet2DConditionModel::read_dir(unet, device)?,
             decoder: Decoder::read_dir(decoder, device)?,
             scheduler_config: SchedulerConfig::read(scheduler_config)?,
@@ -299,13 +345,41 @@ impl Pipeline {
         let (name, bytes) = load("tokenizer").await?;
         let tokenizer = ClipTokenizer::from_bytes(&name, &bytes)?;
         let (name, bytes) = load("text_encoder").await?;
-        let text_encoder = ClipTextModel::load(&manifest.config("text_encoder")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
+        let base_config = manifest.config("text_encoder")?;
+        let base_weights = crate::weights::SafeTensors::from_bytes(name, bytes)?;
+        let text_encoder = ClipTextModel::load(&base_config, &base_weights, device)?;
+        let mut sources = Vec::new();
+        for component in ["category_encoder", "style_encoder"] {
+            sources.push(match manifest.has(component) {
+                false => None,
+                true => {
+                    let (name, bytes) = load(component).await?;
+                    let weights = crate::weights::SafeTensors::from_bytes(name, bytes)?;
+                    let config = manifest.config(component)?;
+                    Some(match manifest.form(component)? {
+                        "lora" => EncoderSource::Deltas(LowRankDeltas::load(&config, &weights)?),
+                        _ => EncoderSource::Full(config, weights),
+                    })
+                }
+            });
+        }
+        let adapter = match manifest.has("adapter") {
+            false => None,
+            true => {
+                let (name, bytes) = load("adapter").await?;
+                Some(Adapter::load(&manifest.config("adapter")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?)
+            }
+        };
+        let style = sources.pop().flatten();
+        let category = sources.pop().flatten();
+        let control = ControlEncoders::load((&base_config, &base_weights), category, style, adapter, device)?;
+        drop(base_weights);
         let (name, bytes) = load("unet").await?;
         let unet = UNet2DConditionModel::load(&manifest.config("unet")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
         let (name, bytes) = load("decoder").await?;
         let decoder = Decoder::load(&manifest.config("decoder")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
         let scheduler_config = SchedulerConfig::from_json(&manifest.config("scheduler")?)?;
-        Ok(Self { tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone() })
+        Ok(Self { tokenizer, text_encoder, control, unet, decoder, scheduler_config, device: device.clone() })
     }
 
     #[cfg(not(target_arch = "wasm32"))]

@@ -224,15 +224,21 @@ impl SafeTensors {
 pub struct WeightsView<'a> {
     pub file: &'a SafeTensors,
     pub prefix: String,
+    /// Low-rank deltas added to the weights as they are read (Control-CLIP encoders stored as deltas).
+    pub deltas: Option<&'a crate::control::LowRankDeltas>,
 }
 
 impl<'a> WeightsView<'a> {
     pub fn new(file: &'a SafeTensors, prefix: impl Into<String>) -> Self {
-        Self { file, prefix: prefix.into() }
+        Self { file, prefix: prefix.into(), deltas: None }
+    }
+
+    pub fn with_deltas(self, deltas: Option<&'a crate::control::LowRankDeltas>) -> Self {
+        Self { deltas, ..self }
     }
 
     pub fn sub(&self, name: &str) -> WeightsView<'a> {
-        WeightsView { file: self.file, prefix: format!("{}{}.", self.prefix, name) }
+        WeightsView { file: self.file, prefix: format!("{}{}.", self.prefix, name), deltas: self.deltas }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -243,8 +249,22 @@ impl<'a> WeightsView<'a> {
         self.file.contains(&self.key(name))
     }
 
+    /// A float tensor widened to f32 with its shape, deltas applied.
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let key = self.key(name);
+        let (shape, mut values) = self.file.f32(&key)?;
+        if let Some(deltas) = self.deltas {
+            deltas.apply(&key, &shape, &mut values)?;
+        }
+        Ok((shape, values))
+    }
+
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
-        self.file.tensor(&self.key(name), shape, device)
+        let (found, values) = self.f32(name)?;
+        if found != shape {
+            return Err(Error::tensor(self.file.name(), &self.key(name), format!("expected shape {shape:?}, found {found:?}")));
+        }
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 }
 

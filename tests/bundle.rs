@@ -11,6 +11,10 @@ use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::{BackendKind, SafeTensors, init_device};
 
 fn make_bundle(tag: &str, dtype: &str) -> PathBuf {
+    make_bundle_with(tag, dtype, &[])
+}
+
+fn make_bundle_with(tag: &str, dtype: &str, extra: &[&std::ffi::OsStr]) -> PathBuf {
     let out = std::env::temp_dir().join(format!("control-clip-bundle-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let f = fixtures();
@@ -22,6 +26,7 @@ fn make_bundle(tag: &str, dtype: &str) -> PathBuf {
         .arg("--decoder").arg(f.join("vae/kl-tiny"))
         .arg("--scheduler-config").arg(f.join("pipeline/ddim-2-steps/scheduler_config.json"))
         .args(["--dtype", dtype, "--name", "fixture bundle", "--width", "64", "--height", "64"])
+        .args(extra)
         .arg("--out").arg(&out)
         .status()
         .unwrap();
@@ -91,4 +96,59 @@ fn broken_bundles_are_refused_by_name() {
     assert!(e.contains("format_version") && e.contains("99"), "{e}");
     std::fs::write(&manifest, text).unwrap();
     load(&dir).unwrap();
+}
+
+#[test]
+fn bundle_with_control_encoders_records_them_and_reproduces_the_control_fixture() {
+    let f = fixtures();
+    let enc = f.join("control/encoders");
+    let (cat, style, adapter) = (enc.join("category_lora"), enc.join("style_full"), enc.join("adapter"));
+    let extra = [
+        "--category-encoder".as_ref(), cat.as_os_str(),
+        "--style-encoder".as_ref(), style.as_os_str(),
+        "--adapter".as_ref(), adapter.as_os_str(),
+    ];
+    let dir = make_bundle_with("control", "f32", &extra);
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["components"]["category_encoder"]["form"], "lora");
+    assert_eq!(manifest["components"]["style_encoder"]["form"], "full");
+    assert!(manifest["components"]["adapter"]["sha256"].is_string());
+    assert_eq!(manifest["defaults"]["style_weight"], 1.0);
+
+    let pipeline = load(&dir).unwrap();
+    let fixture = f.join("control/pipeline/ddim-2-steps-control/io.safetensors");
+    let io = SafeTensors::read(&fixture).unwrap();
+    let mut req = GenerateRequest::new("a cat in Pokemon style");
+    req.negative_prompt = "blurry, low quality".into();
+    req.steps = 2;
+    req.width = 64;
+    req.height = 64;
+    req.control = control_clip::control::ControlWeights::new(0.7, 0.9).unwrap();
+    req.init_latents = Some(io.tensor("latents", [1, 4, 16, 16], &pipeline.device).unwrap());
+    let image = block_on(pipeline.generate(&req, &mut |_| true)).unwrap();
+    let (_, expected) = io.f32("image").unwrap();
+    let err = image.image.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    println!("control bundle f32: max pixel error {err:.3e}");
+    assert!(err <= 2.0 / 255.0, "{err}");
+
+    // A delta file for another model is refused naming the layer.
+    let other = std::env::temp_dir().join(format!("control-clip-bad-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&other);
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(cat.join("adapter_config.json"), other.join("adapter_config.json")).unwrap();
+    let weights = SafeTensors::read(&cat.join("adapter_model.safetensors")).unwrap();
+    let renamed: Vec<_> = weights
+        .raw_tensors()
+        .into_iter()
+        .map(|mut t| {
+            t.name = t.name.replace("layers.1.", "layers.7.");
+            t
+        })
+        .collect();
+    std::fs::write(other.join("adapter_model.safetensors"), control_clip::weights::serialize(&renamed)).unwrap();
+    let err = block_on(async {
+        let device = init_device(BackendKind::Cpu).await.unwrap();
+        control_clip::control::ControlEncoders::read_dirs(&f.join("clip_text/sd-mini-f16"), Some(&other), None, None, &device).err().unwrap()
+    });
+    assert!(err.to_string().contains("encoder.layers.7."), "{err}");
 }

@@ -35,21 +35,13 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-#[test]
-fn png_from_fixture_latents_matches_diffusers() {
-    let tmp = tempdir("parity");
-    let out = tmp.join("cat.png");
-    let latents = fixtures().join("pipeline/ddim-2-steps/io.safetensors");
-    let result = generate(&out, &["--init-latents", latents.to_str().unwrap()]);
-    assert_eq!(result.status.code(), Some(0), "{}", String::from_utf8_lossy(&result.stderr));
-    assert!(String::from_utf8_lossy(&result.stderr).contains("step 2/2"));
-
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+/// The worst difference, in 8-bit levels, between a PNG and a reference image in [0, 1] ([3, 64, 64]).
+fn worst_png_difference(png_path: &Path, expected: &[f32]) -> i32 {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png_path).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut rgba).unwrap();
     assert_eq!((info.width, info.height), (64, 64));
-    let (_, expected) = SafeTensors::read(&latents).unwrap().f32("image").unwrap();
     let hw = 64 * 64;
     let mut worst = 0i32;
     for c in 0..3 {
@@ -58,9 +50,47 @@ fn png_from_fixture_latents_matches_diffusers() {
             worst = worst.max((rgba[p * 4 + c] as i32 - want).abs());
         }
     }
+    worst
+}
+
+#[test]
+fn png_from_fixture_latents_matches_diffusers() {
+    let tmp = tempdir("parity");
+    let out = tmp.join("cat.png");
+    let latents = fixtures().join("pipeline/ddim-2-steps/io.safetensors");
+    let result = generate(&out, &["--init-latents", latents.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(0), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("step 2/2"));
+    let (_, expected) = SafeTensors::read(&latents).unwrap().f32("image").unwrap();
+    let worst = worst_png_difference(&out, &expected);
     println!("generate vs diffusers: worst pixel difference {worst}/255");
     assert!(worst <= 2, "worst pixel difference {worst}/255");
     assert!(std::fs::read_dir(&tmp).unwrap().count() == 1, "temporary files were left behind");
+}
+
+#[test]
+fn png_with_control_encoders_and_weights_matches_the_reference() {
+    let tmp = tempdir("control");
+    let out = tmp.join("cat.png");
+    let f = fixtures();
+    let dir = f.join("control/pipeline/ddim-2-steps-control");
+    let path = |p: &str| f.join(p).to_str().unwrap().to_string();
+    let result = generate(&out, &[
+        "--init-latents", dir.join("io.safetensors").to_str().unwrap(),
+        "--category-encoder", &path("control/encoders/category_lora"),
+        "--style-encoder", &path("control/encoders/style_full"),
+        "--adapter", &path("control/encoders/adapter"),
+        "--category-weight", "0.7", "--style-weight", "0.9",
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", String::from_utf8_lossy(&result.stderr));
+    let (_, expected) = SafeTensors::read(&dir.join("io.safetensors")).unwrap().f32("image").unwrap();
+    let worst = worst_png_difference(&out, &expected);
+    println!("generate with control vs the reference: worst pixel difference {worst}/255");
+    assert!(worst <= 2, "worst pixel difference {worst}/255");
+
+    let bad = generate(&tmp.join("nan.png"), &["--style-weight", "NaN"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("style weight"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]

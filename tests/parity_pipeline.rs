@@ -27,6 +27,7 @@ fn ddim_two_steps_with_guidance_matches_diffusers() {
             let pipeline = Pipeline {
                 tokenizer: ClipTokenizer::read(&fixtures().join("tokenizer.json")).unwrap(),
                 text_encoder: ClipTextModel::read_dir(&component("clip_text"), &device).unwrap(),
+                control: control_clip::control::ControlEncoders::default(),
                 unet: UNet2DConditionModel::read_dir(&component("unet"), &device).unwrap(),
                 decoder: Decoder::Kl(VaeDecoder::read_dir(&component("vae"), &device).unwrap()),
                 scheduler_config: SchedulerConfig::read(&dir.join("scheduler_config.json")).unwrap(),
@@ -63,6 +64,7 @@ fn cancel_between_steps_stops_the_run_and_the_next_run_works() {
         let pipeline = Pipeline {
             tokenizer: ClipTokenizer::read(&fixtures().join("tokenizer.json")).unwrap(),
             text_encoder: ClipTextModel::read_dir(&fixtures().join("clip_text/sd-mini-f16"), &device).unwrap(),
+            control: control_clip::control::ControlEncoders::default(),
             unet: UNet2DConditionModel::read_dir(&fixtures().join("unet/sd-tiny"), &device).unwrap(),
             decoder: Decoder::Kl(VaeDecoder::read_dir(&fixtures().join("vae/kl-tiny"), &device).unwrap()),
             scheduler_config: SchedulerConfig::read(&dir.join("scheduler_config.json")).unwrap(),

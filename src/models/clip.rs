@@ -143,9 +143,15 @@ impl ClipTextModel {
     /// Builds the model from a parsed config and a weights file. The `text_model.` prefix is optional;
     /// `text_projection.weight` (at the root) makes it a `CLIPTextModelWithProjection`.
     pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        Self::load_with_deltas(config, weights, None, device)
+    }
+
+    /// As [`Self::load`], with low-rank deltas merged into the weights (a Control-CLIP encoder stored as
+    /// deltas over E).
+    pub fn load_with_deltas(config: &ConfigJson, weights: &SafeTensors, deltas: Option<&crate::control::LowRankDeltas>, device: &Device) -> Result<Self> {
         let cfg = ClipTextConfig::from_json(config)?;
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
-        let w = WeightsView::new(weights, prefix);
+        let w = WeightsView::new(weights, prefix).with_deltas(deltas);
         let d = cfg.hidden_size;
         let token_embedding = w.tensor("embeddings.token_embedding.weight", [cfg.vocab_size, d], device)?;
         let position_embedding =
@@ -154,7 +160,7 @@ impl ClipTextModel {
             .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), &cfg, device))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = layer_norm(&w, "final_layer_norm", d, cfg.layer_norm_eps, device)?;
-        let root = WeightsView::new(weights, "");
+        let root = WeightsView::new(weights, "").with_deltas(deltas);
         let text_projection = if root.contains("text_projection.weight") {
             Some(linear(&root, "text_projection", d, cfg.projection_dim, false, device)?)
         } else {
@@ -256,7 +262,7 @@ fn causal_mask(l: usize, device: &Device) -> Tensor<4> {
 /// The weights file of a transformers / diffusers model folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn find_weights_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    const NAMES: [&str; 3] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors"];
+    const NAMES: [&str; 4] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors"];
     NAMES.iter().map(|n| dir.join(n)).find(|p| p.exists()).ok_or_else(|| {
         Error::file(dir.display().to_string(), format!("no weights file in the folder (looked for {})", NAMES.join(", ")))
     })

@@ -12,7 +12,7 @@ use crate::weights::WeightsView;
 /// The weight is transposed on the host so that burn's `[d_in, d_out]` matmul operand is contiguous.
 pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Linear> {
     let key = w.key(&format!("{name}.weight"));
-    let (shape, values) = w.file.f32(&key)?;
+    let (shape, values) = w.f32(&format!("{name}.weight"))?;
     if shape != [d_out, d_in] {
         return Err(Error::tensor(w.file.name(), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
     }

@@ -107,6 +107,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         let pipeline = Pipeline {
             tokenizer: ClipTokenizer::read(&args.dir.join("tokenizer.json"))?,
             text_encoder: ClipTextModel::read_dir(&text_encoder_dir, &device)?,
+            control: control_clip::control::ControlEncoders::default(),
             unet,
             decoder,
             scheduler_config: SchedulerConfig::read(&args.dir.join("scheduler").join("scheduler_config.json"))?,

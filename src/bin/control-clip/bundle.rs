@@ -24,6 +24,22 @@ pub struct BundleArgs {
     decoder: PathBuf,
     #[arg(long)]
     scheduler_config: PathBuf,
+    /// Control-CLIP category encoder f_c: a CLIP text model folder (config.json) or LoRA deltas over
+    /// --text-encoder (adapter_config.json + safetensors).
+    #[arg(long)]
+    category_encoder: Option<PathBuf>,
+    /// Control-CLIP style encoder f_s, full or deltas.
+    #[arg(long)]
+    style_encoder: Option<PathBuf>,
+    /// The style branch's adapter folder (config.json + safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Recommended category weight λ_c.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    category_weight: f32,
+    /// Recommended style weight λ_s (default 1 with a style encoder or adapter, else 0).
+    #[arg(long, allow_negative_numbers = true)]
+    style_weight: Option<f32>,
     /// Weights precision in the bundle.
     #[arg(long, default_value = "f16")]
     dtype: String,
@@ -68,6 +84,8 @@ fn write(path: &Path, bytes: &[u8]) -> control_clip::Result<()> {
 
 fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let dtype: StoreDType = args.dtype.parse()?;
+    control_clip::control::ControlWeights::new(args.category_weight, args.style_weight.unwrap_or(0.0))?;
+    let style_weight = args.style_weight.unwrap_or(if args.style_encoder.is_some() || args.adapter.is_some() { 1.0 } else { 0.0 });
     let out = &args.out;
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::file(out.display().to_string(), "exists and is not empty; choose a new folder"));
@@ -82,8 +100,30 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let mut components = serde_json::Map::new();
     components.insert("tokenizer".into(), file_entry("tokenizer.json", &tokenizer));
 
-    for (component, dir) in [("text_encoder", &args.text_encoder), ("unet", &args.unet), ("decoder", &args.decoder)] {
-        let config = ConfigJson::read(&dir.join("config.json"))?;
+    let mut parts: Vec<(&str, &Path, &str)> = vec![("text_encoder", &args.text_encoder, "config.json"), ("unet", &args.unet, "config.json"), ("decoder", &args.decoder, "config.json")];
+    for (component, dir) in [("category_encoder", &args.category_encoder), ("style_encoder", &args.style_encoder)] {
+        if let Some(dir) = dir {
+            // Deltas are recognised by their PEFT config; EncoderSource refuses a folder that is neither.
+            let config = if dir.join("adapter_config.json").exists() { "adapter_config.json" } else { "config.json" };
+            parts.push((component, dir, config));
+        }
+    }
+    if let Some(dir) = &args.adapter {
+        parts.push(("adapter", dir, "config.json"));
+    }
+    // Load everything once as the pipeline would, so that a bundle that cannot run is never written.
+    {
+        let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
+        control_clip::control::ControlEncoders::read_dirs(
+            &args.text_encoder,
+            args.category_encoder.as_deref(),
+            args.style_encoder.as_deref(),
+            args.adapter.as_deref(),
+            &device,
+        )?;
+    }
+    for (component, dir, config_name) in parts {
+        let config = ConfigJson::read(&dir.join(config_name))?;
         let weights = SafeTensors::read(&find_weights_file(dir)?)?;
         let bytes = convert_weights(&weights, dtype)?;
         let file = format!("{component}.safetensors");
@@ -91,6 +131,9 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
         total += bytes.len() as u64;
         let mut entry = file_entry(&file, &bytes);
         entry["dtype"] = json!(args.dtype);
+        if component.ends_with("_encoder") && component != "text_encoder" {
+            entry["form"] = json!(if config_name == "adapter_config.json" { "lora" } else { "full" });
+        }
         entry["config"] = Value::Object(config.object);
         components.insert(component.into(), entry);
     }
@@ -103,7 +146,10 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
         "name": args.name,
         "licence": args.licence,
         "created_by": format!("control-clip {}", env!("CARGO_PKG_VERSION")),
-        "defaults": {"steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height},
+        "defaults": {
+            "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
+            "category_weight": args.category_weight, "style_weight": style_weight,
+        },
         "components": components,
     });
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");

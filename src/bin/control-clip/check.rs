@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use control_clip::check::{check_text_encoder, check_tiny_decoder, check_unet, check_vae_decoder};
+use control_clip::check::{check_control_unet, check_cross_attention, check_text_encoder, check_tiny_decoder, check_unet, check_vae_decoder};
+use control_clip::models::unet::transformer::Attention;
 use control_clip::models::taesd::TinyDecoder;
 use control_clip::schedulers::check::check_scheduler;
 use control_clip::schedulers::read_config_json;
@@ -25,6 +26,11 @@ pub enum Component {
     TinyDecoder,
     /// A diffusers scheduler: --model is the folder holding scheduler_config.json.
     Scheduler,
+    /// A UNet2DConditionModel folder run with Control-CLIP's decoupled cross-attention.
+    ControlUnet,
+    /// One decoupled cross-attention layer: config.json (query_dim, cross_attention_dim, heads, dim_head)
+    /// + weights with diffusers' `Attention` keys.
+    CrossAttention,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +88,14 @@ pub fn run(args: CheckArgs) -> ExitCode {
             Component::Scheduler => {
                 let config = read_config_json(&args.model.join("scheduler_config.json"))?;
                 check_scheduler(&io, &config, &device, args.tolerance).await
+            }
+            Component::ControlUnet => {
+                let model = UNet2DConditionModel::read_dir(&args.model, &device)?;
+                check_control_unet(&model, &io, args.tolerance).await
+            }
+            Component::CrossAttention => {
+                let layer = Attention::read_dir(&args.model, &device)?;
+                check_cross_attention(&layer, &io, args.tolerance).await
             }
         }
     });

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use control_clip::control::{ControlEncoders, ControlWeights};
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerKind;
 use control_clip::{BackendKind, Error, SafeTensors, init_device};
@@ -30,6 +31,23 @@ pub struct GenerateArgs {
     /// diffusers scheduler_config.json (its `_class_name` is the default scheduler).
     #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
     scheduler_config: Option<PathBuf>,
+    /// Control-CLIP category encoder f_c: a CLIP text model folder or a LoRA delta folder over
+    /// --text-encoder (default: the text encoder itself).
+    #[arg(long, conflicts_with = "bundle")]
+    category_encoder: Option<PathBuf>,
+    /// Control-CLIP style encoder f_s, full or delta (default: the text encoder itself).
+    #[arg(long, conflicts_with = "bundle")]
+    style_encoder: Option<PathBuf>,
+    /// The adapter on the style branch (default: the identity).
+    #[arg(long, conflicts_with = "bundle")]
+    adapter: Option<PathBuf>,
+    /// λ_c: how strongly the category context (f_c) drives every cross-attention layer.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    category_weight: f32,
+    /// λ_s: how strongly the style context (A∘f_s) drives every cross-attention layer; 0 switches the
+    /// style branch off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    style_weight: f32,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -80,7 +98,17 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
         None => {
             // clap guarantees all five when there is no bundle.
             let part = |p: &Option<PathBuf>| p.clone().expect("required without --bundle");
-            Pipeline::from_dirs(&part(&args.tokenizer), &part(&args.text_encoder), &part(&args.unet), &part(&args.decoder), &part(&args.scheduler_config), &device)?
+            let text_encoder = part(&args.text_encoder);
+            let mut pipeline =
+                Pipeline::from_dirs(&part(&args.tokenizer), &text_encoder, &part(&args.unet), &part(&args.decoder), &part(&args.scheduler_config), &device)?;
+            pipeline.control = ControlEncoders::read_dirs(
+                &text_encoder,
+                args.category_encoder.as_deref(),
+                args.style_encoder.as_deref(),
+                args.adapter.as_deref(),
+                &device,
+            )?;
+            pipeline
         }
     };
     let mut req = GenerateRequest::new(args.prompt.clone());
@@ -91,6 +119,7 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
     req.width = args.width;
     req.height = args.height;
     req.clip_skip = args.clip_skip;
+    req.control = ControlWeights::new(args.category_weight, args.style_weight)?;
     req.scheduler = args.scheduler.as_deref().map(str::parse::<SchedulerKind>).transpose()?;
     if let Some(path) = &args.init_latents {
         let io = SafeTensors::read(path)?;

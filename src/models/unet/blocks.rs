@@ -4,7 +4,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::error::Result;
 use crate::models::unet::resnet::{Downsample2D, ResnetBlock2D, ResnetSettings, Upsample2D};
-use crate::models::unet::transformer::{Transformer2DModel, TransformerSettings};
+use crate::models::unet::transformer::{Conditioning, Transformer2DModel, TransformerSettings};
 use crate::weights::WeightsView;
 
 /// How one block is shaped (read from the config by the caller).
@@ -53,7 +53,7 @@ impl DownBlock {
     }
 
     /// Returns the output and pushes every intermediate state onto `skips` (for the up path).
-    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
+    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: Conditioning, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(x, Some(temb));
             if let Some(attn) = self.attentions.get(i) {
@@ -87,7 +87,7 @@ impl MidBlock {
         Ok(Self { first, layers })
     }
 
-    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: Conditioning) -> Tensor<4> {
         let mut x = self.first.forward(x, Some(temb));
         for (attn, resnet) in &self.layers {
             x = resnet.forward(attn.forward(x, context), Some(temb));
@@ -135,7 +135,7 @@ impl UpBlock {
 
     /// Consumes skips from the end of `skips`; `upsample_to` is the size of the next skip (so odd sizes
     /// round-trip as in diffusers).
-    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
+    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: Conditioning, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("the down path pushed one skip per up resnet");
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));

@@ -17,6 +17,8 @@ use crate::weights::{SafeTensors, WeightsView};
 use blocks::{BlockShape, DownBlock, MidBlock, UpBlock};
 use embeddings::{TimestepEmbedding, sinusoidal};
 use resnet::ResnetSettings;
+pub use transformer::Conditioning;
+use crate::control::ControlContext;
 use transformer::TransformerSettings;
 
 /// The `UNet2DConditionModel` config fields we use (others must have their default values).
@@ -255,6 +257,16 @@ impl UNet2DConditionModel {
     /// Predicts noise (or v) for `sample` [B, C, H, W] at `timesteps` (one per batch row) given the
     /// text `context` [B, L, cross_attention_dim].
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Result<Tensor<4>> {
+        self.forward_conditioned(sample, timesteps, Conditioning::Text(context))
+    }
+
+    /// As [`Self::forward`], with Control-CLIP's decoupled cross-attention over the category and style
+    /// contexts in every cross-attention layer.
+    pub fn forward_control(&self, sample: Tensor<4>, timesteps: &[f32], control: &ControlContext) -> Result<Tensor<4>> {
+        self.forward_conditioned(sample, timesteps, Conditioning::Control(control))
+    }
+
+    pub fn forward_conditioned(&self, sample: Tensor<4>, timesteps: &[f32], context: Conditioning) -> Result<Tensor<4>> {
         let [b, c, h, w] = sample.dims();
         let cfg = &self.config;
         if c != cfg.in_channels {
@@ -267,9 +279,15 @@ impl UNet2DConditionModel {
         if timesteps.len() != b {
             return Err(Error::invalid("timesteps", format!("{} timesteps for a batch of {b}", timesteps.len())));
         }
-        let [cb, _, cd] = context.dims();
-        if cb != b || cd != cfg.cross_attention_dim {
-            return Err(Error::invalid("context", format!("shape {:?}, expected [{b}, L, {}]", context.dims(), cfg.cross_attention_dim)));
+        let contexts = match context {
+            Conditioning::Text(t) => vec![("context", t)],
+            Conditioning::Control(cc) => vec![("category context", &cc.category), ("style context", &cc.style)],
+        };
+        for (what, t) in contexts {
+            let [cb, _, cd] = t.dims();
+            if cb != b || cd != cfg.cross_attention_dim {
+                return Err(Error::invalid(what, format!("shape {:?}, expected [{b}, L, {}]", t.dims(), cfg.cross_attention_dim)));
+            }
         }
         let device = sample.device();
         let sample = if cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample };

@@ -1,20 +1,42 @@
 //! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`: self-attention,
 //! cross-attention to the text context, GEGLU feed-forward.
 //!
-//! Cross-attention goes through [`cross_attention`], the one seam that Control-CLIP's decoupled
-//! attention replaces; self-attention uses the same scaled-dot-product code.
+//! Cross-attention goes through [`cross_attention`], the one seam where Control-CLIP's decoupled attention
+//! ([`crate::control::attention`]) replaces the ordinary one; self-attention uses the same
+//! scaled-dot-product code.
 
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, activation};
 
+use crate::control::attention::{ControlContext, decoupled_attention};
 use crate::error::Result;
 use crate::models::nn::{Conv2d, group_norm, layer_norm, linear, scaled_dot_product_attention};
-use crate::weights::WeightsView;
+use crate::config::ConfigJson;
+use crate::weights::{SafeTensors, WeightsView};
 
-/// The UNet's cross-attention between image tokens and the text context: the single seam where the
-/// Control-CLIP issue plugs in its decoupled (category + style) attention.
-pub fn cross_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    scaled_dot_product_attention(q, k, v, heads, None)
+/// What the UNet's cross-attention layers attend to.
+#[derive(Debug, Clone, Copy)]
+pub enum Conditioning<'a> {
+    /// One text context [B, L, D]: the unmodified UNet.
+    Text(&'a Tensor<3>),
+    /// Control-CLIP: category and style contexts with their per-row weights.
+    Control(&'a ControlContext),
+}
+
+/// The UNet's cross-attention between image tokens `q` (already projected) and the conditioning: the
+/// single seam where Control-CLIP's decoupled attention replaces the ordinary one.
+fn cross_attention(attn: &Attention, q: Tensor<3>, context: Conditioning) -> Tensor<3> {
+    let project = |c: &Tensor<3>| (attn.to_k.forward(c.clone()), attn.to_v.forward(c.clone()));
+    match context {
+        Conditioning::Text(c) => {
+            let (k, v) = project(c);
+            scaled_dot_product_attention(q, k, v, attn.heads, None)
+        }
+        Conditioning::Control(cc) => {
+            let ((k_c, v_c), (k_s, v_s)) = (project(&cc.category), project(&cc.style));
+            decoupled_attention(q, k_c, v_c, k_s, v_s, cc.weights.clone(), attn.heads)
+        }
+    }
 }
 
 /// diffusers' `Attention` with the default processor (no biases on q/k/v, bias on the output).
@@ -44,10 +66,28 @@ impl Attention {
         self.to_out.forward(scaled_dot_product_attention(q, k, v, self.heads, None))
     }
 
-    fn cross_attention(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let q = self.to_q.forward(x);
-        let (k, v) = (self.to_k.forward(context.clone()), self.to_v.forward(context.clone()));
-        self.to_out.forward(cross_attention(q, k, v, self.heads))
+    /// Cross-attention of tokens `x` [B, L, query_dim] to the conditioning, through the output projection.
+    pub fn cross_attention(&self, x: Tensor<3>, context: Conditioning) -> Tensor<3> {
+        self.to_out.forward(cross_attention(self, self.to_q.forward(x), context))
+    }
+
+    /// One stand-alone layer, for `control-clip check cross-attention`: a config with `query_dim`,
+    /// `cross_attention_dim`, `heads` and `dim_head` (diffusers' `Attention` arguments) and its weights.
+    pub fn load_layer(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        let field = |name: &str| config.usize(name).and_then(|v| config.positive(name, v));
+        let (dim, heads, head_dim) = (field("query_dim")?, field("heads")?, field("dim_head")?);
+        let context_dim = config.usize_or("cross_attention_dim", dim)?;
+        Self::load(&WeightsView::new(weights, ""), dim, context_dim, heads, head_dim, device)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let (config, weights) = crate::models::read_model_dir(dir)?;
+        Self::load_layer(&config, &weights, device)
+    }
+
+    pub fn device(&self) -> Device {
+        self.to_q.weight.device()
     }
 }
 
@@ -97,7 +137,7 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, context: Conditioning) -> Tensor<3> {
         let x = self.attn1.self_attention(self.norm1.forward(x.clone())) + x;
         let x = self.attn2.cross_attention(self.norm2.forward(x.clone()), context) + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
@@ -149,7 +189,7 @@ impl Transformer2DModel {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, context: Conditioning) -> Tensor<4> {
         let [b, _, h, w] = x.dims();
         let to_tokens = |t: Tensor<4>| {
             let c = t.dims()[1];
