@@ -56,15 +56,20 @@ pub fn compare(io: &SafeTensors, name: &str, actual_shape: &[usize], actual: &[f
     if shape != actual_shape {
         return Err(Error::tensor(io.name(), name, format!("reference has shape {shape:?}, the model produced {actual_shape:?}")));
     }
-    let mut max_abs_err = 0f32;
+    Ok(compare_values(name, actual, &expected))
+}
+
+/// The error of `actual` against `expected` (same length).
+pub fn compare_values(name: &str, actual: &[f32], expected: &[f32]) -> OutputError {
+    let mut max_abs_err = if actual.len() == expected.len() { 0f32 } else { f32::NAN };
     let mut scale = 0f32;
-    for (a, e) in actual.iter().zip(&expected) {
+    for (a, e) in actual.iter().zip(expected) {
         let err = (a - e).abs();
         // Keep a NaN from the model visible (f32::max would drop it).
         max_abs_err = if err.is_nan() || max_abs_err.is_nan() { f32::NAN } else { max_abs_err.max(err) };
         scale = scale.max(e.abs());
     }
-    Ok(OutputError { name: name.into(), max_abs_err, max_rel_err: max_abs_err / scale.max(f32::MIN_POSITIVE), })
+    OutputError { name: name.into(), max_abs_err, max_rel_err: max_abs_err / scale.max(f32::MIN_POSITIVE) }
 }
 
 /// Runs the text encoder on the io file's `input_ids` and compares `last_hidden_state`, `pooler_output`,
@@ -115,15 +120,20 @@ pub async fn check_unet(model: &UNet2DConditionModel, io: &SafeTensors, toleranc
     let sample = io_tensor::<4>(io, "sample", &device)?;
     let context = io_tensor::<3>(io, "encoder_hidden_states", &device)?;
     let batch = sample.dims()[0];
-    let (_, t) = io.f32("timestep")?;
-    let timesteps = match t.len() {
-        1 => vec![t[0]; batch],
-        n if n == batch => t,
-        n => return Err(Error::tensor(io.name(), "timestep", format!("{n} values for a batch of {batch}"))),
-    };
+    let timesteps = io_timesteps(io, batch)?;
     let out = model.forward(sample, &timesteps, &context)?;
     let (s, v) = read_f32(out).await?;
     Ok(CheckReport::new("unet", vec![compare(io, "out", &s, &v)?], tolerance))
+}
+
+/// `timestep`: one value for the whole batch or one per row.
+fn io_timesteps(io: &SafeTensors, batch: usize) -> Result<Vec<f32>> {
+    let (_, t) = io.f32("timestep")?;
+    match t.len() {
+        1 => Ok(vec![t[0]; batch]),
+        n if n == batch => Ok(t),
+        n => Err(Error::tensor(io.name(), "timestep", format!("{n} values for a batch of {batch}"))),
+    }
 }
 
 /// The per-row Control-CLIP weights of an io file: `weight_category` and `weight_style`, each one value
@@ -152,16 +162,28 @@ pub async fn check_control_unet(model: &UNet2DConditionModel, io: &SafeTensors, 
     let device = model.device();
     let sample = io_tensor::<4>(io, "sample", &device)?;
     let batch = sample.dims()[0];
-    let (_, t) = io.f32("timestep")?;
-    let timesteps = match t.len() {
-        1 => vec![t[0]; batch],
-        n if n == batch => t,
-        n => return Err(Error::tensor(io.name(), "timestep", format!("{n} values for a batch of {batch}"))),
-    };
+    let timesteps = io_timesteps(io, batch)?;
     let control = io_control_context(io, batch, &device)?;
     let out = model.forward_control(sample, &timesteps, &control)?;
     let (s, v) = read_f32(out).await?;
     Ok(CheckReport::new("control-unet", vec![compare(io, "out", &s, &v)?], tolerance))
+}
+
+/// The identity property of the decoupled attention (DESIGN.md §2): with the category context equal to
+/// the io file's `encoder_hidden_states` (f_c = E), any other style context and weights (1, 0), the
+/// controlled UNet gives the plain UNet's output on the same `sample` and `timestep`.
+pub async fn check_control_identity(model: &UNet2DConditionModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let device = model.device();
+    let sample = io_tensor::<4>(io, "sample", &device)?;
+    let context = io_tensor::<3>(io, "encoder_hidden_states", &device)?;
+    let batch = sample.dims()[0];
+    let timesteps = io_timesteps(io, batch)?;
+    // Something unlike the category context, so that a style branch leaking through would show.
+    let style = context.clone().flip([1]) * 3.0;
+    let control = ControlContext::new(context.clone(), style, &vec![(1.0, 0.0); batch])?;
+    let (_, plain) = read_f32(model.forward(sample.clone(), &timesteps, &context)?).await?;
+    let (_, controlled) = read_f32(model.forward_control(sample, &timesteps, &control)?).await?;
+    Ok(CheckReport::new("control-identity", vec![compare_values("out", &controlled, &plain)], tolerance))
 }
 
 /// One decoupled cross-attention layer: `hidden_states`, `context_category`, `context_style`,

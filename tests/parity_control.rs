@@ -11,8 +11,8 @@
 mod common;
 
 use common::{backends, block_on, fixtures};
-use control_clip::check::{check_control_unet, check_cross_attention};
-use control_clip::control::{Adapter, ControlContext, ControlEncoders, ControlWeights};
+use control_clip::check::{check_control_identity, check_control_unet, check_cross_attention};
+use control_clip::control::{Adapter, ControlEncoders, ControlWeights};
 use control_clip::models::unet::transformer::Attention;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::models::vae::VaeDecoder;
@@ -70,23 +70,13 @@ fn category_equal_to_base_with_weights_one_zero_is_the_plain_unet() {
         let dir = fixtures().join("unet").join(name);
         let io = SafeTensors::read(&dir.join("io.safetensors")).unwrap();
         for backend in backends() {
-            let err = block_on(async {
+            let report = block_on(async {
                 let device = init_device(backend).await.unwrap();
                 let model = UNet2DConditionModel::read_dir(&dir, &device).unwrap();
-                let s = io.shape("sample").unwrap().to_vec();
-                let c = io.shape("encoder_hidden_states").unwrap().to_vec();
-                let sample = io.tensor("sample", [s[0], s[1], s[2], s[3]], &device).unwrap();
-                let context = io.tensor("encoder_hidden_states", [c[0], c[1], c[2]], &device).unwrap();
-                let (_, t) = io.f32("timestep").unwrap();
-                // The style context is something else entirely: weight 0 must remove it.
-                let style = context.clone().flip([1]) * 3.0;
-                let control = ControlContext::new(context.clone(), style, &vec![(1.0, 0.0); s[0]]).unwrap();
-                let plain = read_f32(model.forward(sample.clone(), &t, &context).unwrap()).await.unwrap().1;
-                let controlled = read_f32(model.forward_control(sample, &t, &control).unwrap()).await.unwrap().1;
-                max_abs_diff(&plain, &controlled)
+                check_control_identity(&model, &io, 1e-5).await.unwrap()
             });
-            println!("identity {name} [{backend}]: max abs diff {err:.3e}");
-            assert!(err <= 1e-5, "{name} on {backend}: controlled output differs from the plain one by {err}");
+            println!("identity {name} [{backend}]: max abs diff {:.3e}", report.max_abs_err);
+            assert!(report.pass, "{name} on {backend}: {}", report.json_line());
         }
     }
 }

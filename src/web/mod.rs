@@ -110,3 +110,52 @@ impl ClipTextEncoder {
     }
 }
 
+
+/// Checks a model against reference outputs, as `control-clip check` does natively: `component` is one of
+/// `text-encoder`, `unet`, `control-unet`, `control-identity`, `cross-attention`, `vae-decoder`,
+/// `tiny-decoder`; `config_json` and `weights` are the model folder's files, `io` the reference
+/// safetensors. Returns `{component, maxAbsErr, maxRelErr, tolerance, pass}`.
+#[wasm_bindgen(js_name = checkModel)]
+#[allow(clippy::too_many_arguments)]
+pub async fn check_model(
+    backend: String,
+    component: String,
+    folder: String,
+    config_json: String,
+    weights: Vec<u8>,
+    io: Vec<u8>,
+    tolerance: f32,
+) -> Result<Object, JsError> {
+    use crate::check;
+    use crate::models::unet::UNet2DConditionModel;
+
+    let kind: BackendKind = backend.parse().map_err(js_err)?;
+    let device = init_device(kind).await.map_err(js_err)?;
+    let config = ConfigJson::parse(format!("{folder}/config.json"), &config_json).map_err(js_err)?;
+    let weights = SafeTensors::from_bytes(format!("{folder}/weights"), weights).map_err(js_err)?;
+    let io = SafeTensors::from_bytes(format!("{folder}/io"), io).map_err(js_err)?;
+    let report = async {
+        match component.as_str() {
+            "text-encoder" => check::check_text_encoder(&ClipTextModel::load(&config, &weights, &device)?, &io, tolerance).await,
+            "unet" => check::check_unet(&UNet2DConditionModel::load(&config, &weights, &device)?, &io, tolerance).await,
+            "control-unet" => check::check_control_unet(&UNet2DConditionModel::load(&config, &weights, &device)?, &io, tolerance).await,
+            "control-identity" => check::check_control_identity(&UNet2DConditionModel::load(&config, &weights, &device)?, &io, tolerance).await,
+            "cross-attention" => {
+                let layer = crate::models::unet::transformer::Attention::load_layer(&config, &weights, &device)?;
+                check::check_cross_attention(&layer, &io, tolerance).await
+            }
+            "vae-decoder" => check::check_vae_decoder(&crate::models::vae::VaeDecoder::load(&config, &weights, &device)?, &io, tolerance).await,
+            "tiny-decoder" => check::check_tiny_decoder(&crate::models::taesd::TinyDecoder::load(&config, &weights, &device)?, &io, tolerance).await,
+            other => Err(Error::invalid("component", format!("unknown component `{other}`"))),
+        }
+    }
+    .await
+    .map_err(js_err)?;
+    let out = Object::new();
+    set(&out, "component", report.component.as_str());
+    set(&out, "maxAbsErr", report.max_abs_err);
+    set(&out, "maxRelErr", report.max_rel_err);
+    set(&out, "tolerance", report.tolerance);
+    set(&out, "pass", report.pass);
+    Ok(out)
+}

@@ -38,3 +38,13 @@ for (const backend of ['wgpu', 'cpu']) {
     for (const e of report.errors) assert.ok(e.ok, `${e.label}: ${e.message}`);
   });
 }
+
+for (const backend of ['wgpu', 'cpu']) {
+  test(`control-clip conditioning on ${backend}: identity and parity of the decoupled attention`, async () => {
+    const { status, report, console: lines } = await runPage(browser.context, `${base}/tests/browser/control.html?backend=${backend}`,
+      { screenshot: path.join(OUT, `control-${backend}.png`) });
+    for (const c of report.checks || []) console.log(`# browser ${backend} ${c.component} ${c.folder}: max abs err ${c.maxAbsErr.toExponential(2)} (${c.ms} ms)`);
+    assert.equal(status, 'ok', `status ${status}: ${JSON.stringify(report, null, 1)}\n${lines.slice(-20).join('\n')}`);
+    assert.equal(report.checks.length, 10);
+  });
+}

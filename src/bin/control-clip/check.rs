@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use control_clip::check::{check_control_unet, check_cross_attention, check_text_encoder, check_tiny_decoder, check_unet, check_vae_decoder};
+use control_clip::check::{check_control_identity, check_control_unet, check_cross_attention, check_text_encoder, check_tiny_decoder, check_unet, check_vae_decoder};
 use control_clip::models::unet::transformer::Attention;
 use control_clip::models::taesd::TinyDecoder;
 use control_clip::schedulers::check::check_scheduler;
@@ -28,6 +28,9 @@ pub enum Component {
     Scheduler,
     /// A UNet2DConditionModel folder run with Control-CLIP's decoupled cross-attention.
     ControlUnet,
+    /// The identity property on a UNet folder and its `unet` io file: f_c = E with weights (1, 0) must
+    /// give the plain UNet's output.
+    ControlIdentity,
     /// One decoupled cross-attention layer: config.json (query_dim, cross_attention_dim, heads, dim_head)
     /// + weights with diffusers' `Attention` keys.
     CrossAttention,
@@ -92,6 +95,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
             Component::ControlUnet => {
                 let model = UNet2DConditionModel::read_dir(&args.model, &device)?;
                 check_control_unet(&model, &io, args.tolerance).await
+            }
+            Component::ControlIdentity => {
+                let model = UNet2DConditionModel::read_dir(&args.model, &device)?;
+                check_control_identity(&model, &io, args.tolerance).await
             }
             Component::CrossAttention => {
                 let layer = Attention::read_dir(&args.model, &device)?;
