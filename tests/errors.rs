@@ -130,3 +130,73 @@ fn errors_are_typed() {
     let err = SafeTensors::from_bytes("x.safetensors", vec![]).err().unwrap();
     assert!(matches!(err, Error::File { .. }));
 }
+
+/// Loads low-rank deltas from in-memory files over the sd-mini encoder; the error as text.
+fn deltas_err(config: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> String {
+    let dir = fixtures().join("control/encoders/category_lora");
+    let mut tensors = SafeTensors::read(&dir.join("adapter_model.safetensors")).unwrap().raw_tensors();
+    edit(&mut tensors);
+    let result = (|| {
+        let config = ConfigJson::parse("lora/adapter_config.json", config)?;
+        let deltas = control_clip::control::LowRankDeltas::load(&config, &SafeTensors::from_bytes("lora/adapter_model.safetensors", serialize(&tensors))?)?;
+        let base_dir = fixtures().join("clip_text/sd-mini-f16");
+        let base = SafeTensors::read(&base_dir.join("model.safetensors"))?;
+        deltas.check_targets(&base)?;
+        ClipTextModel::load_with_deltas(&ConfigJson::read(&base_dir.join("config.json"))?, &base, Some(&deltas), &Device::flex())
+    })();
+    result.err().expect("loading should fail").to_string()
+}
+
+#[test]
+fn broken_low_rank_deltas_are_refused_by_name() {
+    let config = std::fs::read_to_string(fixtures().join("control/encoders/category_lora/adapter_config.json")).unwrap();
+    // A rank that does not match the factors.
+    let e = deltas_err(&config.replace("\"r\": 4", "\"r\": 3"), |_| {});
+    assert!(e.contains("lora_A.weight") && e.contains("r = 3"), "{e}");
+    // DoRA and unknown PEFT types.
+    let e = deltas_err(&config.replace("\"use_dora\": false", "\"use_dora\": true"), |_| {});
+    assert!(e.contains("use_dora"), "{e}");
+    let e = deltas_err(&config.replace("\"LORA\"", "\"IA3\""), |_| {});
+    assert!(e.contains("peft_type") && e.contains("IA3"), "{e}");
+    // A lora_B without its lora_A.
+    let e = deltas_err(&config, |t| t.retain(|t| !t.name.contains("layers.0.mlp.fc1.lora_A")));
+    assert!(e.contains("layers.0.mlp.fc1.lora_B") && e.contains("no matching lora_A"), "{e}");
+    // Factors of the wrong size for E's layer.
+    let e = deltas_err(&config, |t| {
+        let a = t.iter_mut().find(|t| t.name.contains("layers.0.self_attn.q_proj.lora_A")).unwrap();
+        *a = RawTensor::f32(a.name.clone(), vec![4, 8], &[0.1; 32]);
+    });
+    assert!(e.contains("encoder.layers.0.self_attn.q_proj") && e.contains("[16, 8]") && e.contains("[16, 16]"), "{e}");
+    // Non-finite factors.
+    let e = deltas_err(&config, |t| {
+        let b = t.iter_mut().find(|t| t.name.contains("layers.1.mlp.fc2.lora_B")).unwrap();
+        let n: usize = b.shape.iter().product();
+        let mut v = vec![0.0; n];
+        v[3] = f32::INFINITY;
+        *b = RawTensor::f32(b.name.clone(), b.shape.clone(), &v);
+    });
+    assert!(e.contains("layers.1.mlp.fc2.lora_B") && e.contains("non-finite"), "{e}");
+}
+
+#[test]
+fn control_weights_and_adapters_are_validated() {
+    use control_clip::control::{Adapter, ControlWeights};
+    let e = ControlWeights::new(f32::NAN, 0.5).err().unwrap().to_string();
+    assert!(e.contains("category weight"), "{e}");
+    let e = ControlWeights::new(1.0, f32::INFINITY).err().unwrap().to_string();
+    assert!(e.contains("style weight"), "{e}");
+    assert!(ControlWeights::new(0.0, 0.0).is_ok() && ControlWeights::new(-1.0, 2.5).is_ok());
+
+    let dir = fixtures().join("control/encoders/adapter");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = || SafeTensors::read(&dir.join("model.safetensors")).unwrap();
+    let load = |config: &str, weights: SafeTensors| Adapter::load(&ConfigJson::parse("adapter/config.json", config).unwrap(), &weights, &Device::flex()).err().unwrap().to_string();
+    let e = load(&config.replace("\"adapter_dim\": 32", "\"adapter_dim\": 31"), weights());
+    assert!(e.contains("fc1.weight") && e.contains("[31, 16]"), "{e}");
+    let e = load(&config.replace("\"gelu\"", "\"mish\""), weights());
+    assert!(e.contains("hidden_act") && e.contains("mish"), "{e}");
+    let mut tensors = weights().raw_tensors();
+    tensors.retain(|t| t.name != "norm.bias");
+    let e = load(&config, SafeTensors::from_bytes("adapter/model.safetensors", serialize(&tensors)).unwrap());
+    assert!(e.contains("norm.bias") && e.contains("missing"), "{e}");
+}
