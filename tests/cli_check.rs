@@ -103,3 +103,46 @@ fn tokenize_reports_truncation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("5 token(s) were dropped"), "{stderr}");
 }
+
+fn check_component(component: &str, model: &Path, io: &Path, tolerance: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_control-clip"))
+        .args(["check", component, "--backend", "cpu", "--tolerance", tolerance, "--model"])
+        .arg(model)
+        .arg("--io")
+        .arg(io)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn control_checks_pass_on_their_fixtures_and_fail_on_a_perturbed_one() {
+    let f = fixtures();
+    let unet = f.join("unet/sd-tiny");
+    let layer = f.join("control/cross_attention/h2-d8");
+    let runs = [
+        ("control-unet", unet.clone(), f.join("control/unet/sd-tiny/io_2.safetensors"), "1e-3"),
+        ("control-identity", unet.clone(), unet.join("io.safetensors"), "1e-5"),
+        ("cross-attention", layer.clone(), layer.join("io.safetensors"), "1e-4"),
+    ];
+    for (component, model, io, tolerance) in &runs {
+        let out = check_component(component, model, io, tolerance);
+        assert_eq!(out.status.code(), Some(0), "{component}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(report(&out)["component"], *component);
+    }
+    // The layer's reference moved by 0.01 is a failure (exit 1) that reports the move.
+    let io = SafeTensors::read(&layer.join("io.safetensors")).unwrap();
+    let mut tensors = io.raw_tensors();
+    let out = tensors.iter_mut().find(|t| t.name == "out").unwrap();
+    let (shape, mut values) = io.f32("out").unwrap();
+    values[5] += 0.01;
+    *out = control_clip::weights::RawTensor::f32("out", shape, &values);
+    let perturbed = std::env::temp_dir().join(format!("control-clip-perturbed-layer-{}.safetensors", std::process::id()));
+    std::fs::write(&perturbed, serialize(&tensors)).unwrap();
+    let result = check_component("cross-attention", &layer, &perturbed, "1e-4");
+    assert_eq!(result.status.code(), Some(1));
+    assert!((report(&result)["max_abs_err"].as_f64().unwrap() - 0.01).abs() < 1e-4);
+    // Weights missing from the io file: exit 2 naming the tensor.
+    let result = check_component("control-unet", &unet, &unet.join("io.safetensors"), "1e-3");
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("context_category"), "{}", String::from_utf8_lossy(&result.stderr));
+}
