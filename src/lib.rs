@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod models;
 pub mod pipeline;
 pub mod rng;
