@@ -6,36 +6,48 @@
 // q [B, Lq, H*DH]; kc, vc [B, Lc, H*DH]; ks, vs [B, Ls, H*DH]; w [B, 2]; out [B, Lq, H*DH];
 // all f32, row-major, contiguous. scale = 1/sqrt(DH), passed in from the host.
 //
-// One workgroup per (b, h, tile of TQ queries). The workgroup reads its Q tile once (pre-scaled, into
-// workgroup memory), then for each context in turn:
-//   - computes a chunk of at most KT scores per query (threads over (key, query) pairs),
-//   - folds the chunk into each row's running max and sum of exponentials,
-//   - turns the scores into probabilities already multiplied by w / Σexp (so both contexts add into
-//     one accumulator), and
-//   - accumulates probabilities · V into registers (threads over (query, d) outputs).
-// With at most KT keys (77-token contexts) the scores of the single chunk stay in workgroup memory
-// between the statistics and the accumulation, so each key is scored once; longer contexts take a
-// second pass over the chunks that recomputes the scores (any length ≥ 1 works). The output is
-// written once, at the end. A context whose weight is exactly 0 (the unconditional half of a
-// classifier-free-guidance batch uses (1, 0)) is skipped.
+// One workgroup of 128 invocations per (b, h, tile of TQ queries). The workgroup reads its Q tile once
+// (pre-scaled, into workgroup memory), then for each context in turn:
+//   - scores a chunk of at most KT = 80 keys for the TQ queries: each invocation a register tile of
+//     MQ queries × MK keys (8 × 16 invocations cover TQ × KT), into workgroup memory;
+//   - folds the chunk into each row's max and Σexp (numerically stable softmax), PARTS invocations
+//     per row;
+//   - turns the scores into probabilities already multiplied by w / Σexp, so that both contexts add
+//     into one set of accumulators;
+//   - accumulates probabilities · V: each invocation a register tile of MQ2 queries × one vector of
+//     d, NT tiles per invocation.
+// With at most KT keys (77-token contexts) each key is scored once; longer contexts (any length ≥ 1
+// works) take a second pass over the chunks that recomputes the scores. The output is written once,
+// at the end. A context whose weight is exactly 0 (the unconditional half of a classifier-free-
+// guidance batch uses (1, 0)) is skipped.
+//
+// Vectors: V is vec4<f32> when DH is a multiple of 4 (all SD head dims), f32 otherwise; DV = DH / 4
+// or DH; the host passes the row stride in V units.
 //
 // Dispatch: a 2-D grid of workgroups, linearised as wid.y * num_workgroups.x + wid.x, so that more
 // than 65535 workgroups fit WebGPU's per-dimension limit; workgroups past `total` return at once.
 //
-// Template constants (burn's SourceTemplate, filled by src/kernels/decoupled_attention.rs):
-// head dim, query tile, key chunk, workgroup size, accumulators per thread, Q-tile row stride.
-// Workgroup memory: TQ*QS + TQ*KT + 2*TQ + 1 floats, kept under WebGPU's 16 KiB default by the host.
+// Template constants (burn's SourceTemplate, filled by src/kernels/decoupled_attention.rs, which
+// keeps workgroup memory — TQ*DH + TQ*KT + 2*PARTS*TQ + 2 floats — within WebGPU's 16 KiB default).
 //
 // Conventions (burn 0.22.1 template kernels): entry point `main`; bindings in argument order; every
 // storage binding read_write (burn's tensors may share buffers); the scalars come last, as the
 // uniform burn appends from the launch's metadata.
 
+{{vector_type}}
+
 const DH: u32 = {{head_dim}}u;
+const DV: u32 = {{head_vectors}}u;
 const TQ: u32 = {{tile_q}}u;
+const MQ: u32 = {{score_queries}}u;
+const MK: u32 = {{score_keys}}u;
 const KT: u32 = {{key_tile}}u;
 const WG: u32 = {{workgroup_size}}u;
-const NO: u32 = {{outputs_per_thread}}u;
-const QS: u32 = {{q_stride}}u;
+const PARTS: u32 = {{stat_parts}}u;
+const MQ2: u32 = {{value_queries}}u;
+const NT: u32 = {{value_tiles}}u;
+// Invocations along the keys of a score tile: KT = KEY_LANES * MK, WG = (TQ / MQ) * KEY_LANES.
+const KEY_LANES: u32 = {{key_lanes}}u;
 const NEG_BIG: f32 = -3.0e38;
 
 struct Params {
@@ -44,7 +56,8 @@ struct Params {
     lc: u32,
     ls: u32,
     heads: u32,
-    channels: u32,
+    // Row stride of q, k, v and out, in V units.
+    row: u32,
     tiles: u32,
     total: u32,
     scale: f32,
@@ -53,66 +66,70 @@ struct Params {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> q: array<f32>;
-@group(0) @binding(1) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(2) var<storage, read_write> vc: array<f32>;
-@group(0) @binding(3) var<storage, read_write> ks: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vs: array<f32>;
+@group(0) @binding(0) var<storage, read_write> q: array<V>;
+@group(0) @binding(1) var<storage, read_write> kc: array<V>;
+@group(0) @binding(2) var<storage, read_write> vc: array<V>;
+@group(0) @binding(3) var<storage, read_write> ks: array<V>;
+@group(0) @binding(4) var<storage, read_write> vs: array<V>;
 @group(0) @binding(5) var<storage, read_write> w: array<f32>;
-@group(0) @binding(6) var<storage, read_write> output: array<f32>;
+@group(0) @binding(6) var<storage, read_write> output: array<V>;
 @group(0) @binding(7) var<uniform> params: Params;
 
-// Q tile, pre-scaled: q_tile[t * QS + d] (QS odd, so neighbouring queries sit in different banks).
-var<workgroup> q_tile: array<f32, {{q_tile_len}}>;
+// Q tile, pre-scaled: q_tile[t * DV + dv].
+var<workgroup> q_tile: array<V, {{q_tile_len}}>;
 // Scores, then probabilities, of one key chunk: scores[j * TQ + t].
 var<workgroup> scores: array<f32, {{scores_len}}>;
-// Per query row: running max; running sum of exponentials, then weight / sum.
-var<workgroup> row_max: array<f32, TQ>;
-var<workgroup> row_sum: array<f32, TQ>;
+// Partial row statistics, [part][t]; part 0 also holds the running (then final) max and Σexp of
+// each row, and after the statistics weight / Σexp.
+var<workgroup> part_max: array<f32, {{parts_len}}>;
+var<workgroup> part_sum: array<f32, {{parts_len}}>;
 var<workgroup> weight_c: f32;
 var<workgroup> weight_s: f32;
 
-// scale·q_t·k for the key row starting at `k_ofs` of context `ctx`.
-fn score(ctx: u32, k_ofs: u32, t: u32) -> f32 {
-    let q_ofs = t * QS;
-    var s = 0.0;
+fn load_k(ctx: u32, i: u32) -> V {
     if (ctx == 0u) {
-        for (var d = 0u; d < DH; d++) {
-            s = fma(q_tile[q_ofs + d], kc[k_ofs + d], s);
-        }
-    } else {
-        for (var d = 0u; d < DH; d++) {
-            s = fma(q_tile[q_ofs + d], ks[k_ofs + d], s);
-        }
+        return kc[i];
     }
-    return s;
+    return ks[i];
 }
 
-// Scores of keys j0 .. j0+kt for every query of the tile, into `scores`.
-fn score_chunk(ctx: u32, k_base: u32, channels: u32, j0: u32, kt: u32, tid: u32) {
-    for (var p = tid; p < TQ * kt; p += WG) {
-        let t = p % TQ;
-        let j = p / TQ;
-        scores[p] = score(ctx, k_base + (j0 + j) * channels, t);
+fn load_v(ctx: u32, i: u32) -> V {
+    if (ctx == 0u) {
+        return vc[i];
     }
+    return vs[i];
 }
 
-// Σ_j p[t, j] v[j0 + j, d] for one output element, p from `scores`.
-fn weighted_values(ctx: u32, v_base: u32, channels: u32, j0: u32, kt: u32, t: u32) -> f32 {
-    var a = 0.0;
-    var ofs = v_base + j0 * channels;
-    if (ctx == 0u) {
-        for (var j = 0u; j < kt; j++) {
-            a = fma(scores[j * TQ + t], vc[ofs], a);
-            ofs += channels;
+// Scores of keys j0 .. j0+kt (kt ≥ 1) for every query of the tile, into `scores`.
+fn score_chunk(ctx: u32, k_base: u32, row: u32, j0: u32, kt: u32, tid: u32) {
+    let qg = tid / KEY_LANES;
+    let kg = tid - qg * KEY_LANES;
+    var k_ofs: array<u32, MK>;
+    for (var b = 0u; b < MK; b++) {
+        // Keys past the chunk read its last key; their scores are not stored.
+        k_ofs[b] = k_base + (j0 + min(kg + b * KEY_LANES, kt - 1u)) * row;
+    }
+    var s: array<f32, MQ * MK>;
+    for (var dv = 0u; dv < DV; dv++) {
+        var qv: array<V, MQ>;
+        for (var a = 0u; a < MQ; a++) {
+            qv[a] = q_tile[(qg * MQ + a) * DV + dv];
         }
-    } else {
-        for (var j = 0u; j < kt; j++) {
-            a = fma(scores[j * TQ + t], vs[ofs], a);
-            ofs += channels;
+        for (var b = 0u; b < MK; b++) {
+            let kv = load_k(ctx, k_ofs[b] + dv);
+            for (var a = 0u; a < MQ; a++) {
+                s[a * MK + b] += vdot(qv[a], kv);
+            }
         }
     }
-    return a;
+    for (var b = 0u; b < MK; b++) {
+        let j = kg + b * KEY_LANES;
+        if (j < kt) {
+            for (var a = 0u; a < MQ; a++) {
+                scores[j * TQ + qg * MQ + a] = s[a * MK + b];
+            }
+        }
+    }
 }
 
 @compute @workgroup_size({{workgroup_size}})
@@ -130,21 +147,20 @@ fn main(
     let h = bh % params.heads;
     let b = bh / params.heads;
     let q0 = tile * TQ;
-    let channels = params.channels;
-    let col0 = h * DH;
+    let row = params.row;
+    let col0 = h * DV;
 
     // Q tile, pre-scaled; rows past Lq are zero (computed, never written).
-    for (var i = tid; i < TQ * DH; i += WG) {
-        let t = i / DH;
-        let d = i - t * DH;
-        let row = q0 + t;
-        var v = 0.0;
-        if (row < params.lq) {
-            v = q[(b * params.lq + row) * channels + col0 + d] * params.scale;
+    for (var i = tid; i < TQ * DV; i += WG) {
+        let t = i / DV;
+        let dv = i - t * DV;
+        let q_row = q0 + t;
+        var v = V(0.0);
+        if (q_row < params.lq) {
+            v = q[(b * params.lq + q_row) * row + col0 + dv] * params.scale;
         }
-        q_tile[t * QS + d] = v;
+        q_tile[i] = v;
     }
-
     if (tid == 0u) {
         weight_c = w[b * 2u];
         weight_s = w[b * 2u + 1u];
@@ -153,7 +169,7 @@ fn main(
     let w_c = workgroupUniformLoad(&weight_c);
     let w_s = workgroupUniformLoad(&weight_s);
 
-    var acc: array<f32, NO>;
+    var acc: array<V, NT * MQ2>;
 
     for (var ctx = 0u; ctx < 2u; ctx++) {
         let weight = select(w_s, w_c, ctx == 0u);
@@ -161,12 +177,12 @@ fn main(
             continue;
         }
         let len = select(params.ls, params.lc, ctx == 0u);
-        let base = b * len * channels + col0;
+        let base = b * len * row + col0;
         let chunks = (len + KT - 1u) / KT;
 
         if (tid < TQ) {
-            row_max[tid] = NEG_BIG;
-            row_sum[tid] = 0.0;
+            part_max[tid] = NEG_BIG;
+            part_sum[tid] = 0.0;
         }
 
         // Pass 1: row statistics (max, Σexp) over all chunks.
@@ -174,24 +190,45 @@ fn main(
             let j0 = c * KT;
             let kt = min(KT, len - j0);
             workgroupBarrier();
-            score_chunk(ctx, base, channels, j0, kt, tid);
+            score_chunk(ctx, base, row, j0, kt, tid);
+            workgroupBarrier();
+            if (tid < PARTS * TQ) {
+                let part = tid / TQ;
+                let t = tid - part * TQ;
+                // Part 0 continues the running statistics; the others start afresh.
+                var m = NEG_BIG;
+                var l = 0.0;
+                if (part == 0u) {
+                    m = part_max[t];
+                    l = part_sum[t];
+                }
+                var m_new = m;
+                for (var j = part; j < kt; j += PARTS) {
+                    m_new = max(m_new, scores[j * TQ + t]);
+                }
+                l *= exp(m - m_new);
+                for (var j = part; j < kt; j += PARTS) {
+                    l += exp(scores[j * TQ + t] - m_new);
+                }
+                part_max[tid] = m_new;
+                part_sum[tid] = l;
+            }
             workgroupBarrier();
             if (tid < TQ) {
-                var m = row_max[tid];
-                for (var j = 0u; j < kt; j++) {
-                    m = max(m, scores[j * TQ + tid]);
+                var m = part_max[tid];
+                for (var p = 1u; p < PARTS; p++) {
+                    m = max(m, part_max[p * TQ + tid]);
                 }
-                var l = row_sum[tid] * exp(row_max[tid] - m);
-                for (var j = 0u; j < kt; j++) {
-                    l += exp(scores[j * TQ + tid] - m);
+                var l = 0.0;
+                for (var p = 0u; p < PARTS; p++) {
+                    l += part_sum[p * TQ + tid] * exp(part_max[p * TQ + tid] - m);
                 }
-                row_max[tid] = m;
-                row_sum[tid] = l;
+                part_max[tid] = m;
+                part_sum[tid] = l;
             }
         }
-        workgroupBarrier();
         if (tid < TQ) {
-            row_sum[tid] = weight / row_sum[tid];
+            part_sum[tid] = weight / part_sum[tid];
         }
 
         // Pass 2: probabilities (already × weight / Σexp) times V, into the accumulators.
@@ -200,33 +237,42 @@ fn main(
             let kt = min(KT, len - j0);
             if (chunks > 1u) {
                 workgroupBarrier();
-                score_chunk(ctx, base, channels, j0, kt, tid);
+                score_chunk(ctx, base, row, j0, kt, tid);
             }
             workgroupBarrier();
             for (var p = tid; p < TQ * kt; p += WG) {
                 let t = p % TQ;
-                scores[p] = exp(scores[p] - row_max[t]) * row_sum[t];
+                scores[p] = exp(scores[p] - part_max[t]) * part_sum[t];
             }
             workgroupBarrier();
-            for (var r = 0u; r < NO; r++) {
-                let o = tid + r * WG;
-                if (o < TQ * DH) {
-                    let t = o / DH;
-                    let d = o - t * DH;
-                    acc[r] += weighted_values(ctx, base + d, channels, j0, kt, t);
+            for (var r = 0u; r < NT; r++) {
+                let m = tid + r * WG;
+                if (m < (TQ / MQ2) * DV) {
+                    let t0 = (m / DV) * MQ2;
+                    let dv = m % DV;
+                    var ofs = base + j0 * row + dv;
+                    for (var j = 0u; j < kt; j++) {
+                        let v = load_v(ctx, ofs);
+                        for (var a = 0u; a < MQ2; a++) {
+                            acc[r * MQ2 + a] = fma(V(scores[j * TQ + t0 + a]), v, acc[r * MQ2 + a]);
+                        }
+                        ofs += row;
+                    }
                 }
             }
         }
     }
 
-    for (var r = 0u; r < NO; r++) {
-        let o = tid + r * WG;
-        if (o < TQ * DH) {
-            let t = o / DH;
-            let d = o - t * DH;
-            let row = q0 + t;
-            if (row < params.lq) {
-                output[(b * params.lq + row) * channels + col0 + d] = acc[r];
+    for (var r = 0u; r < NT; r++) {
+        let m = tid + r * WG;
+        if (m < (TQ / MQ2) * DV) {
+            let t0 = (m / DV) * MQ2;
+            let dv = m % DV;
+            for (var a = 0u; a < MQ2; a++) {
+                let q_row = q0 + t0 + a;
+                if (q_row < params.lq) {
+                    output[(b * params.lq + q_row) * row + col0 + dv] = acc[r * MQ2 + a];
+                }
             }
         }
     }

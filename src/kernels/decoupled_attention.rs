@@ -20,7 +20,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::tensor::{DType, Device, FloatDType, Shape, Tensor};
-use cubecl::prelude::KernelId;
+use cubecl::prelude::{ExecutionMode, KernelId};
 use cubecl::server::{CubeCount, CubeDim, KernelArguments, MetadataBindingInfo};
 
 use crate::error::{Error, Result};
@@ -28,53 +28,98 @@ use crate::error::{Error, Result};
 /// The WGSL source, embedded (wasm has no file system).
 const SHADER: &str = include_str!("../../shaders/decoupled_attention.wgsl");
 
-/// Keys per chunk of scores held in workgroup memory: 77-token contexts take one chunk.
-const KEY_TILE: usize = 80;
 /// Invocations per workgroup (WebGPU's default limit is 256).
 const WORKGROUP: usize = 128;
-/// Workgroup memory the kernel may use (WebGPU's default limit is 16 KiB).
-const WORKGROUP_BYTES: usize = 16 * 1024;
-/// Most accumulators one invocation keeps in registers.
-const MAX_OUTPUTS_PER_THREAD: usize = 32;
-/// Query-tile sizes tried, largest first.
-const TILE_Q: [usize; 8] = [32, 24, 16, 12, 8, 4, 2, 1];
+/// Score tiles: the workgroup is (query tile / MQ) × KEY_LANES invocations, each scoring MQ queries
+/// against SCORE_KEYS keys; the key chunk is KEY_LANES × SCORE_KEYS.
+const KEY_LANES: usize = 16;
+const QUERY_LANES: usize = WORKGROUP / KEY_LANES;
+const SCORE_KEYS: usize = 5;
+/// Keys per chunk of scores held in workgroup memory: 77-token contexts take one chunk.
+const KEY_TILE: usize = KEY_LANES * SCORE_KEYS;
+/// Workgroup memory the kernel may use, in f32 (WebGPU's default limit is 16 KiB).
+const WORKGROUP_FLOATS: usize = 16 * 1024 / 4;
+/// Most accumulator floats one invocation keeps in registers.
+const MAX_ACCUMULATORS: usize = 64;
+/// Query-tile sizes tried, largest first (multiples of QUERY_LANES).
+const TILE_Q: [usize; 4] = [32, 24, 16, 8];
 /// WebGPU's default limit of workgroups per dispatch dimension.
 const MAX_GROUPS_PER_DIM: usize = 65_535;
 
-/// The template constants for one head dim.
+/// The template constants for one head dim (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Plan {
     head_dim: usize,
+    /// 4 (vec4 loads) when the head dim is a multiple of 4, else 1.
+    vector: usize,
+    /// Queries per workgroup.
     tile_q: usize,
-    /// Row stride of the Q tile in workgroup memory: odd, so that neighbouring rows use other banks.
-    q_stride: usize,
-    outputs_per_thread: usize,
+    /// Invocations per row for the softmax statistics.
+    stat_parts: usize,
+    /// Queries per accumulator tile (one vector of d each).
+    value_queries: usize,
+    /// Accumulator tiles per invocation.
+    value_tiles: usize,
 }
 
 impl Plan {
-    /// The largest query tile whose workgroup memory fits 16 KiB and whose accumulators fit in
-    /// registers; `None` for head dims too large for the kernel.
+    /// The largest query tile whose workgroup memory fits 16 KiB; `None` for head dims too large for
+    /// the kernel (beyond about 420).
     fn for_head_dim(head_dim: usize) -> Option<Plan> {
         if head_dim == 0 {
             return None;
         }
-        let q_stride = head_dim | 1;
+        let vector = if head_dim % 4 == 0 { 4 } else { 1 };
+        let head_vectors = head_dim / vector;
         TILE_Q.iter().find_map(|&tile_q| {
-            let floats = tile_q * q_stride + tile_q * KEY_TILE + 2 * tile_q + 2;
-            let outputs_per_thread = (tile_q * head_dim).div_ceil(WORKGROUP);
-            (floats * 4 <= WORKGROUP_BYTES && outputs_per_thread <= MAX_OUTPUTS_PER_THREAD).then_some(Plan {
+            let stat_parts = (1..=4).rev().find(|&parts| {
+                parts * tile_q <= WORKGROUP && Self::workgroup_floats(head_dim, tile_q, parts) <= WORKGROUP_FLOATS
+            })?;
+            // Accumulator tiles of 4, 2 or 1 queries: the fewest loads per invocation, counting
+            // (queries + 1) loads per key and tile.
+            let (value_queries, value_tiles) = [4, 2, 1]
+                .into_iter()
+                .map(|mq| (mq, ((tile_q / mq) * head_vectors).div_ceil(WORKGROUP)))
+                .min_by_key(|&(mq, tiles)| tiles * (mq + 1))?;
+            (value_queries * value_tiles * vector <= MAX_ACCUMULATORS).then_some(Plan {
                 head_dim,
+                vector,
                 tile_q,
-                q_stride,
-                outputs_per_thread,
+                stat_parts,
+                value_queries,
+                value_tiles,
             })
         })
+    }
+
+    /// Q tile, scores, partial row statistics and the two weights.
+    fn workgroup_floats(head_dim: usize, tile_q: usize, stat_parts: usize) -> usize {
+        tile_q * head_dim + tile_q * KEY_TILE + 2 * stat_parts * tile_q + 2
     }
 }
 
 /// Every placeholder of the shader, as `source` registers them.
-const PLACEHOLDERS: [&str; 8] =
-    ["head_dim", "tile_q", "key_tile", "workgroup_size", "outputs_per_thread", "q_stride", "q_tile_len", "scores_len"];
+const PLACEHOLDERS: [&str; 15] = [
+    "vector_type",
+    "head_dim",
+    "head_vectors",
+    "tile_q",
+    "score_queries",
+    "score_keys",
+    "key_tile",
+    "workgroup_size",
+    "stat_parts",
+    "value_queries",
+    "value_tiles",
+    "key_lanes",
+    "q_tile_len",
+    "scores_len",
+    "parts_len",
+];
+
+/// `V`, the element type of q, k, v and out, and `vdot`, its dot product.
+const VECTOR4: &str = "alias V = vec4<f32>;\nfn vdot(a: V, b: V) -> f32 { return dot(a, b); }";
+const SCALAR: &str = "alias V = f32;\nfn vdot(a: V, b: V) -> f32 { return a * b; }";
 
 /// The kernel source for one [`Plan`]: the WGSL template with its constants filled in.
 struct DecoupledAttentionSource {
@@ -84,20 +129,28 @@ struct DecoupledAttentionSource {
 impl KernelSource for DecoupledAttentionSource {
     fn source(&self) -> SourceTemplate {
         let p = self.plan;
+        let number = |n: usize| n.to_string();
         let values = [
-            p.head_dim,
-            p.tile_q,
-            KEY_TILE,
-            WORKGROUP,
-            p.outputs_per_thread,
-            p.q_stride,
-            p.tile_q * p.q_stride,
-            p.tile_q * KEY_TILE,
+            (if p.vector == 4 { VECTOR4 } else { SCALAR }).to_string(),
+            number(p.head_dim),
+            number(p.head_dim / p.vector),
+            number(p.tile_q),
+            number(p.tile_q / QUERY_LANES),
+            number(SCORE_KEYS),
+            number(KEY_TILE),
+            number(WORKGROUP),
+            number(p.stat_parts),
+            number(p.value_queries),
+            number(p.value_tiles),
+            number(KEY_LANES),
+            number(p.tile_q * p.head_dim / p.vector),
+            number(p.tile_q * KEY_TILE),
+            number(p.stat_parts * p.tile_q),
         ];
         PLACEHOLDERS
             .iter()
             .zip(values)
-            .fold(SourceTemplate::new(SHADER), |template, (name, value)| template.register(*name, value.to_string()))
+            .fold(SourceTemplate::new(SHADER), |template, (name, value)| template.register(*name, value))
     }
 
     fn id(&self) -> KernelId {
@@ -105,6 +158,7 @@ impl KernelSource for DecoupledAttentionSource {
         KernelId::new::<Self>()
             .info((self.plan, KEY_TILE, WORKGROUP))
             .cube_dim(CubeDim::new_1d(WORKGROUP as u32).0)
+            .mode(ExecutionMode::Unchecked)
     }
 
     fn lang(&self) -> &'static str {
@@ -175,7 +229,7 @@ impl DecoupledAttentionOps for CubeBackend {
             lc as u32,
             ls as u32,
             heads as u32,
-            channels as u32,
+            (channels / plan.vector) as u32,
             tiles as u32,
             total as u32,
             scale.to_bits(),
@@ -328,16 +382,24 @@ mod tests {
 
     #[test]
     fn plans_fit_webgpu_default_limits() {
-        for head_dim in (1..=1024).chain([40, 64, 80, 160]) {
-            let plan = Plan::for_head_dim(head_dim).expect("a plan for every head dim up to 1024");
-            let floats = plan.tile_q * plan.q_stride + plan.tile_q * KEY_TILE + 2 * plan.tile_q + 2;
-            assert!(floats * 4 <= WORKGROUP_BYTES, "{plan:?}");
-            assert!(plan.outputs_per_thread * WORKGROUP >= plan.tile_q * head_dim, "{plan:?}");
-            assert_eq!(plan.q_stride % 2, 1);
+        for head_dim in 1..=400 {
+            let p = Plan::for_head_dim(head_dim).unwrap_or_else(|| panic!("no plan for head dim {head_dim}"));
+            assert!(Plan::workgroup_floats(head_dim, p.tile_q, p.stat_parts) <= WORKGROUP_FLOATS, "{p:?}");
+            assert!(p.stat_parts * p.tile_q <= WORKGROUP, "{p:?}");
+            assert_eq!(p.tile_q % QUERY_LANES, 0, "{p:?}");
+            assert_eq!(p.tile_q % p.value_queries, 0, "{p:?}");
+            let tiles = p.tile_q / p.value_queries * (head_dim / p.vector);
+            assert!(p.value_tiles * WORKGROUP >= tiles, "{p:?}");
+            assert_eq!(head_dim % p.vector, 0);
         }
         assert_eq!(Plan::for_head_dim(0), None);
-        assert_eq!(Plan::for_head_dim(40).map(|p| p.tile_q), Some(32));
-        assert_eq!(Plan::for_head_dim(160).map(|p| p.tile_q), Some(16));
+        assert_eq!(Plan::for_head_dim(2048), None);
+        let tile = |d| Plan::for_head_dim(d).map(|p| (p.tile_q, p.vector));
+        assert_eq!(tile(40), Some((32, 4)));
+        assert_eq!(tile(64), Some((24, 4)));
+        assert_eq!(tile(80), Some((24, 4)));
+        assert_eq!(tile(160), Some((16, 4)));
+        assert_eq!(tile(3), Some((32, 1)));
     }
 
     #[test]
@@ -355,8 +417,11 @@ mod tests {
         for name in names {
             assert!(PLACEHOLDERS.contains(&name.as_str()), "placeholder `{name}` is not registered");
         }
-        let source = DecoupledAttentionSource { plan: Plan::for_head_dim(40).unwrap() }.source().complete();
-        assert!(!source.contains("{{"));
-        assert!(source.contains("const DH: u32 = 40u;"));
+        for head_dim in [3, 40] {
+            let source = DecoupledAttentionSource { plan: Plan::for_head_dim(head_dim).unwrap() }.source().complete();
+            assert!(!source.contains("{{"));
+            assert!(source.contains(&format!("const DH: u32 = {head_dim}u;")));
+            assert!(source.contains("alias V = "));
+        }
     }
 }

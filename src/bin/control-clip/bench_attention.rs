@@ -34,6 +34,9 @@ pub struct BenchAttentionArgs {
     /// neither form can skip work.
     #[arg(long)]
     dense: bool,
+    /// Only the layers with these query lengths (default: all four).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    only: Vec<usize>,
 }
 
 /// (query length, channels) of SD 1.5's cross-attention layers at 64×64 latents.
@@ -133,6 +136,9 @@ async fn bench(args: &BenchAttentionArgs) -> control_clip::Result<()> {
 
     let mut rows = Vec::new();
     for (i, &(lq, channels)) in LAYERS.iter().enumerate() {
+        if !args.only.is_empty() && !args.only.contains(&lq) {
+            continue;
+        }
         let inputs = Inputs::new(lq, channels, &weights, 1234 + i as u64, &device);
         let reference_ms = time(|| Ok(inputs.reference()), args.warmup, args.runs).await?;
         let (fused_ms, max_abs_diff) = if fused_available {
