@@ -75,12 +75,15 @@ impl Plan {
             let stat_parts = (1..=4).rev().find(|&parts| {
                 parts * tile_q <= WORKGROUP && Self::workgroup_floats(head_dim, tile_q, parts) <= WORKGROUP_FLOATS
             })?;
-            // Accumulator tiles of 4, 2 or 1 queries: the fewest loads per invocation, counting
-            // (queries + 1) loads per key and tile.
-            let (value_queries, value_tiles) = [4, 2, 1]
+            // Accumulator tiles of 8, 4, 2 or 1 queries × one vector of d. Cost: per key, a tile
+            // loads its queries' probabilities and one vector of V (counted as `vector` loads, as a
+            // CPU implementation gathers it), summed over the 32-wide groups of invocations with any
+            // tile (idle lanes of a busy group cost the same).
+            let (value_queries, value_tiles) = [8, 4, 2, 1]
                 .into_iter()
-                .map(|mq| (mq, ((tile_q / mq) * head_vectors).div_ceil(WORKGROUP)))
-                .min_by_key(|&(mq, tiles)| tiles * (mq + 1))?;
+                .filter(|&mq| tile_q % mq == 0)
+                .min_by_key(|&mq| ((tile_q / mq) * head_vectors).div_ceil(32) * (mq + vector))
+                .map(|mq| (mq, ((tile_q / mq) * head_vectors).div_ceil(WORKGROUP)))?;
             (value_queries * value_tiles * vector <= MAX_ACCUMULATORS).then_some(Plan {
                 head_dim,
                 vector,
