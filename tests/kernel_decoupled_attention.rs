@@ -216,6 +216,31 @@ fn fused_edge_cases() {
     println!("65544 workgroups: max abs error {err:e} ({:.1} s)", start.elapsed().as_secs_f64());
 }
 
+/// Inputs that are pending results of (fused) tensor ops, non-contiguous views and narrowed slices,
+/// and an output that feeds further ops: the extension has to take its place in burn's fusion stream.
+#[test]
+fn fused_inside_a_graph_of_tensor_ops() {
+    let device = wgpu();
+    let case = Case::new(4000, [2, 4, 40, 33, 77, 20], vec![1.0, 0.0, 0.8, 0.6]);
+    let [q, k_c, v_c, k_s, v_s] = case.inputs(&device);
+    let c = case.channels();
+    // q through a chain of element-wise ops (fusion keeps them pending).
+    let q = (q * 2.0 + 1.0 - 1.0) * 0.5;
+    // k_c as a non-contiguous view: [Lc, B, C] contiguous, swapped to [B, Lc, C].
+    let k_c = k_c.swap_dims(0, 1).into_data();
+    let k_c = Tensor::<3>::from_data(k_c, &device).swap_dims(0, 1);
+    // v_c narrowed out of a wider tensor along the channels (a strided view).
+    let v_c = Tensor::cat(vec![v_c, Tensor::zeros([2, 77, 8], &device)], 2).slice([0..2, 0..77, 0..c]);
+    let w = case.weights(&device) * 1.0;
+    let out = decoupled_attention_fused(q, k_c, v_c, k_s, v_s, w, case.heads).expect("fused kernel");
+    let out = out * 3.0 - 1.0;
+    let (_, values) = block_on(read_f32(out)).expect("read-back");
+    let expected: Vec<f32> = case.reference().iter().map(|v| v * 3.0 - 1.0).collect();
+    let err = max_abs_diff(&values, &expected);
+    println!("inside a graph of tensor ops: max abs error {err:e}");
+    assert!(err <= 3.0 * TOLERANCE, "max abs error {err:e}");
+}
+
 #[test]
 fn wrong_shapes_are_errors_naming_the_tensor() {
     let device = wgpu();

@@ -20,6 +20,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::tensor::{DType, Device, FloatDType, Shape, Tensor};
+use cubecl::ir::attributes::BufferIOAttr;
 use cubecl::prelude::{ExecutionMode, KernelId};
 use cubecl::server::{CubeCount, CubeDim, KernelArguments, MetadataBindingInfo};
 
@@ -161,6 +162,9 @@ impl KernelSource for DecoupledAttentionSource {
         KernelId::new::<Self>()
             .info((self.plan, KEY_TILE, WORKGROUP))
             .cube_dim(CubeDim::new_1d(WORKGROUP as u32).0)
+            // Unchecked only drops wgpu's loop bounding (a guard against infinite loops that costs a
+            // counter per iteration); every loop of the shader is bounded by its constants and
+            // parameters, and wgpu's bounds checks are off for cubecl kernels in both modes.
             .mode(ExecutionMode::Unchecked)
     }
 
@@ -244,14 +248,14 @@ impl DecoupledAttentionOps for CubeBackend {
         // word carries two consecutive u32 fields of the shader's `Params`, the first in the low half.
         let info = words.chunks(2).map(|pair| pair[0] as u64 | (pair[1] as u64) << 32).collect();
 
-        let arguments = KernelArguments::new()
-            .with_buffer(q.handle.clone().binding())
-            .with_buffer(k_c.handle.clone().binding())
-            .with_buffer(v_c.handle.clone().binding())
-            .with_buffer(k_s.handle.clone().binding())
-            .with_buffer(v_s.handle.clone().binding())
-            .with_buffer(weights.handle.clone().binding())
-            .with_buffer(out.handle.clone().binding())
+        // Declared read-only / write-only (the shader binds them all read_write): a launch that fails,
+        // a kernel that does not compile above all, then taints only the output.
+        let arguments = [&q, &k_c, &v_c, &k_s, &v_s, &weights]
+            .into_iter()
+            .fold(KernelArguments::new(), |args, input| {
+                args.with_buffer_io(input.handle.clone().binding(), BufferIOAttr::ReadOnly)
+            })
+            .with_buffer_io(out.handle.clone().binding(), BufferIOAttr::WriteOnly)
             .with_info(MetadataBindingInfo::custom(info));
         let kernel = SourceKernel::new(DecoupledAttentionSource { plan }, CubeDim::new_1d(WORKGROUP as u32));
         client.launch(Box::new(kernel), CubeCount::Static(groups_x as u32, groups_y as u32, 1), arguments);
