@@ -70,7 +70,7 @@ impl Plan {
         if head_dim == 0 {
             return None;
         }
-        let vector = if head_dim % 4 == 0 { 4 } else { 1 };
+        let vector = if head_dim.is_multiple_of(4) { 4 } else { 1 };
         let head_vectors = head_dim / vector;
         TILE_Q.iter().find_map(|&tile_q| {
             let stat_parts = (1..=4).rev().find(|&parts| {
