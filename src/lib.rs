@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

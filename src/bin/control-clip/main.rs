@@ -1,6 +1,7 @@
 //! The native command-line tool. One file per subcommand; this file only parses and dispatches.
 
 mod bench;
+mod bench_attention;
 mod bundle;
 mod check;
 mod generate;
@@ -23,6 +24,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Time a UNet step and a decoder pass (folders made by tests/bench/bench.py).
     Bench(bench::BenchArgs),
+    /// Time the fused decoupled cross-attention kernel against its tensor-op form (SD 1.5 layer sizes).
+    BenchAttention(bench_attention::BenchAttentionArgs),
     /// Build a bundle folder (manifest + tokenizer + weights) from model folders.
     Bundle(bundle::BundleArgs),
     /// Generate an image from a prompt and write it as a PNG.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchAttention(args) => bench_attention::run(args),
         Command::Bundle(args) => bundle::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
