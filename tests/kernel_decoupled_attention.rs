@@ -1,6 +1,6 @@
 //! The fused decoupled cross-attention kernel (shaders/decoupled_attention.wgsl) on the native wgpu
 //! device against the tensor-op form of the same formula (DESIGN.md §2):
-//! `w_c · Attn(q, k_c, v_c) + w_s · Attn(q, k_s, v_s)` with crate::models::nn's attention, computed on
+//! `w_c · Attn(q, k_c, v_c) + w_s · Attn(q, k_s, v_s)` (control::decoupled_attention_reference), computed on
 //! the CPU backend as an independent reference. Tolerance: max abs error ≤ 1e-5 on standard-normal
 //! inputs (f32 throughout; only the order of the sums and the exp implementation differ).
 //! Run with --nocapture to see the worst errors.
@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::block_on;
+use control_clip::control::decoupled_attention_reference;
 use control_clip::kernels::{decoupled_attention_fused, fused_attention_available};
 use control_clip::models::nn::scaled_dot_product_attention;
 use control_clip::rng::NoiseRng;
@@ -111,16 +112,11 @@ impl Case {
         values
     }
 
-    /// The tensor-op form, per batch row weights, on the CPU backend.
+    /// The tensor-op form (control::decoupled_attention_reference), per batch row weights, on the CPU backend.
     fn reference(&self) -> Vec<f32> {
         let device = Device::flex();
         let [q, k_c, v_c, k_s, v_s] = self.inputs(&device);
-        let w = self.weights(&device);
-        let w_c = w.clone().slice([0..self.batch, 0..1]).reshape([self.batch, 1, 1]);
-        let w_s = w.slice([0..self.batch, 1..2]).reshape([self.batch, 1, 1]);
-        let category = scaled_dot_product_attention(q.clone(), k_c, v_c, self.heads, None);
-        let style = scaled_dot_product_attention(q, k_s, v_s, self.heads, None);
-        let out = category * w_c + style * w_s;
+        let out = decoupled_attention_reference(q, k_c, v_c, k_s, v_s, self.weights(&device), self.heads);
         block_on(read_f32(out)).expect("read-back").1
     }
 

@@ -9,7 +9,8 @@
 //! The weights are per batch row, [B, 2], so that the unconditional half of a classifier-free-guidance
 //! batch runs ordinary attention on E(negative prompt) with weights (1, 0) in the same pass.
 //! [`decoupled_attention_reference`] is the formula in tensor ops (the CPU backend runs it, and it is what
-//! the fused WGSL kernel is tested against).
+//! the fused WGSL kernel in src/kernels/ is tested against); [`decoupled_attention`] picks the kernel on
+//! wgpu devices.
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -70,7 +71,9 @@ pub fn decoupled_attention_reference(
     scaled_dot_product_attention(q.clone(), k_c, v_c, heads, None) * w_c + scaled_dot_product_attention(q, k_s, v_s, heads, None) * w_s
 }
 
-/// Decoupled cross-attention on whatever backend `q` lives on.
+/// Decoupled cross-attention on whatever backend `q` lives on: the fused WGSL kernel
+/// (shaders/decoupled_attention.wgsl) on wgpu devices, the reference elsewhere, and the reference also
+/// for a layout the kernel declines (a head dim too large for its workgroup memory).
 pub fn decoupled_attention(
     q: Tensor<3>,
     k_c: Tensor<3>,
@@ -80,5 +83,19 @@ pub fn decoupled_attention(
     weights: Tensor<2>,
     heads: usize,
 ) -> Tensor<3> {
+    if crate::kernels::fused_attention_available(&q.device()) {
+        let fused = crate::kernels::decoupled_attention_fused(
+            q.clone(),
+            k_c.clone(),
+            v_c.clone(),
+            k_s.clone(),
+            v_s.clone(),
+            weights.clone(),
+            heads,
+        );
+        if let Ok(out) = fused {
+            return out;
+        }
+    }
     decoupled_attention_reference(q, k_c, v_c, k_s, v_s, weights, heads)
 }
