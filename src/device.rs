@@ -83,3 +83,23 @@ pub async fn read_f32<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Result
     let values = data.try_into_vec_as::<f32>().map_err(|e| Error::device(format!("unexpected result data: {e:?}")))?;
     Ok((shape, values))
 }
+
+/// Lets the browser's event loop run (a `setTimeout(0)` turn), so that messages such as a cancel request
+/// reach a worker between generation steps even when the CPU backend never awaits anything real.
+#[cfg(target_arch = "wasm32")]
+pub async fn yield_to_event_loop() {
+    use wasm_bindgen::{JsCast, JsValue};
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let global = js_sys::global();
+        let timer = js_sys::Reflect::get(&global, &JsValue::from_str("setTimeout")).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match timer {
+            Some(set_timeout) => {
+                let _ = set_timeout.call2(&global, &resolve, &JsValue::from(0));
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}

@@ -258,6 +258,8 @@ impl Pipeline {
             if !probe[0].is_finite() {
                 return Err(Error::device(format!("the latents became non-finite at step {}", i + 1)));
             }
+            #[cfg(target_arch = "wasm32")]
+            crate::device::yield_to_event_loop().await;
             let now = now_ms();
             if !progress(StepProgress { step: i + 1, total, step_ms: now - step_start, elapsed_ms: now - start }) {
                 return Err(Error::Cancelled);

@@ -3,6 +3,7 @@
 //! `console_error_panic_hook` but the API returns errors instead of panicking wherever it can.
 
 use js_sys::{Float32Array, Object, Reflect, Uint32Array};
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 use crate::config::ConfigJson;
@@ -158,4 +159,135 @@ pub async fn check_model(
     set(&out, "tolerance", report.tolerance);
     set(&out, "pass", report.pass);
     Ok(out)
+}
+
+/// Reads an optional field of a JS options object.
+fn field(options: &JsValue, name: &str) -> Option<JsValue> {
+    Reflect::get(options, &JsValue::from_str(name)).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+fn number_field(options: &JsValue, name: &str) -> Result<Option<f64>, JsError> {
+    field(options, name)
+        .map(|v| v.as_f64().ok_or_else(|| js_err(Error::invalid(name, format!("{v:?} is not a number")))))
+        .transpose()
+}
+
+fn count_field(options: &JsValue, name: &str) -> Result<Option<usize>, JsError> {
+    match number_field(options, name)? {
+        Some(v) if v < 0.0 || v.fract() != 0.0 || !v.is_finite() => Err(js_err(Error::invalid(name, format!("{v} is not a whole number ≥ 0")))),
+        v => Ok(v.map(|v| v as usize)),
+    }
+}
+
+fn string_field(options: &JsValue, name: &str) -> Result<Option<String>, JsError> {
+    field(options, name)
+        .map(|v| v.as_string().ok_or_else(|| js_err(Error::invalid(name, format!("{v:?} is not a string")))))
+        .transpose()
+}
+
+struct GeneratorInner {
+    pipeline: crate::pipeline::Pipeline,
+    cancel: std::cell::Cell<bool>,
+}
+
+/// A loaded bundle, ready to generate. Built by `Generator.load`; `generate` returns a Promise and can be
+/// stopped between steps by `cancel()`; `free()` (wasm-bindgen's) releases the model and its GPU memory.
+#[wasm_bindgen]
+pub struct Generator {
+    inner: std::rc::Rc<GeneratorInner>,
+}
+
+#[wasm_bindgen]
+impl Generator {
+    /// `origin` names the bundle in messages (its URL or "dropped files"); `manifest_json` is its
+    /// manifest.json; `fetch(name)` returns a Promise of the file's bytes (Uint8Array): the page streams,
+    /// verifies and caches them. Every file is checked against the manifest's size and sha256 again here.
+    pub async fn load(backend: String, origin: String, manifest_json: String, fetch: js_sys::Function) -> Result<Generator, JsError> {
+        let kind: BackendKind = backend.parse().map_err(js_err)?;
+        let device = init_device(kind).await.map_err(js_err)?;
+        let manifest = crate::bundle::Manifest::parse(&origin, &manifest_json).map_err(js_err)?;
+        let fetch = |name: String| {
+            let promise = fetch.call1(&JsValue::NULL, &JsValue::from_str(&name));
+            let origin = origin.clone();
+            async move {
+                let failed = |e: JsValue| Error::file(format!("{origin}/{name}"), format!("could not be loaded: {}", js_message(&e)));
+                let value = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&promise.map_err(failed)?)).await.map_err(failed)?;
+                Ok(js_sys::Uint8Array::new(&value).to_vec())
+            }
+        };
+        let pipeline = crate::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await.map_err(js_err)?;
+        Ok(Generator { inner: std::rc::Rc::new(GeneratorInner { pipeline, cancel: std::cell::Cell::new(false) }) })
+    }
+
+    /// `options`: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler,
+    /// width, height} (all but `prompt` optional); `on_step({step, total, stepMs, elapsedMs})` after every
+    /// step. Resolves to {width, height, rgba: Uint8ClampedArray, notices: [string]}; rejects with an Error
+    /// (message "cancelled" after `cancel()`).
+    pub fn generate(&self, options: JsValue, on_step: Option<js_sys::Function>) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let req = request_from(&options)?;
+            inner.cancel.set(false);
+            let mut progress = |p: crate::pipeline::StepProgress| {
+                if let Some(f) = &on_step {
+                    let o = Object::new();
+                    set(&o, "step", p.step as u32);
+                    set(&o, "total", p.total as u32);
+                    set(&o, "stepMs", p.step_ms);
+                    set(&o, "elapsedMs", p.elapsed_ms);
+                    let _ = f.call1(&JsValue::NULL, &o);
+                }
+                !inner.cancel.get()
+            };
+            let image = inner.pipeline.generate(&req, &mut progress).await.map_err(js_err)?;
+            let out = Object::new();
+            set(&out, "width", image.width as u32);
+            set(&out, "height", image.height as u32);
+            set(&out, "rgba", js_sys::Uint8ClampedArray::from(image.rgba.as_slice()));
+            set(&out, "notices", image.notices.iter().map(|n| JsValue::from_str(n)).collect::<js_sys::Array>());
+            Ok(out.into())
+        })
+    }
+
+    /// Stops a running generation after its current step.
+    pub fn cancel(&self) {
+        self.inner.cancel.set(true);
+    }
+}
+
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"))
+}
+
+fn request_from(options: &JsValue) -> Result<crate::pipeline::GenerateRequest, JsValue> {
+    use crate::pipeline::GenerateRequest;
+    let prompt = string_field(options, "prompt")?.ok_or_else(|| js_err(Error::invalid("prompt", "missing")))?;
+    let mut req = GenerateRequest::new(prompt);
+    if let Some(v) = string_field(options, "negativePrompt")? {
+        req.negative_prompt = v;
+    }
+    if let Some(v) = count_field(options, "steps")? {
+        req.steps = v;
+    }
+    if let Some(v) = number_field(options, "guidance")? {
+        req.guidance = v as f32;
+    }
+    if let Some(v) = number_field(options, "seed")? {
+        if !(v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_991.0) {
+            return Err(js_err(Error::invalid("seed", format!("{v} is not a whole number between 0 and 2^53 - 1"))).into());
+        }
+        req.seed = v as u64;
+    }
+    if let Some(v) = count_field(options, "width")? {
+        req.width = v;
+    }
+    if let Some(v) = count_field(options, "height")? {
+        req.height = v;
+    }
+    if let Some(v) = string_field(options, "scheduler")? {
+        req.scheduler = Some(v.parse().map_err(js_err)?);
+    }
+    let weight = |name: &str, default: f32| -> Result<f32, JsError> { Ok(number_field(options, name)?.map_or(default, |v| v as f32)) };
+    req.control = crate::control::ControlWeights::new(weight("categoryWeight", 1.0)?, weight("styleWeight", 0.0)?).map_err(js_err)?;
+    Ok(req)
 }

@@ -1,0 +1,241 @@
+// The page (www/index.html) and the embeddable element in headless Chromium: loading the default bundle with
+// progress, a seeded generation whose canvas equals the native CLI's PNG, cancel, broken bundles, no WebGPU,
+// offline after a first visit, the custom element, and screenshots at desktop and phone width.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+import { launch } from './browser.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const OUT = path.join(ROOT, 'tests/browser/out');
+const BUNDLES = path.join(OUT, 'bundles');
+// Canvas vs the native CLI's PNG of the same bundle, prompt, weights and seed: the wasm CPU backend runs the
+// same f32 code as the native CPU backend that wrote the PNG (1/255 for rounding); WebGPU sums in another
+// order (2/255, the pipeline's parity bound).
+const TOLERANCE = { cpu: 1, webgpu: 2 };
+const SETTINGS = 'prompt=a+cat+in+Pokemon+style&seed=1&steps=4&guidance=7.5&categoryWeight=1&styleWeight=0.8&width=64&height=64';
+
+let server, browser, base;
+before(async () => {
+  fs.mkdirSync(OUT, { recursive: true });
+  makeBrokenBundles();
+  server = await serve(ROOT);
+  base = `http://127.0.0.1:${server.address().port}`;
+  browser = await launch();
+});
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.close();
+});
+
+function makeBrokenBundles() {
+  const src = path.join(ROOT, 'www/models/default');
+  for (const name of ['bad-sha', 'missing-file', 'wrong-version']) {
+    const dir = path.join(BUNDLES, name);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.cpSync(src, dir, { recursive: true });
+  }
+  const unet = path.join(BUNDLES, 'bad-sha/unet.safetensors');
+  const bytes = fs.readFileSync(unet);
+  bytes[bytes.length - 10] ^= 0xff; // same size, different content
+  fs.writeFileSync(unet, bytes);
+  fs.rmSync(path.join(BUNDLES, 'missing-file/decoder.safetensors'));
+  const manifest = path.join(BUNDLES, 'wrong-version/manifest.json');
+  fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 1', '"format_version": 99'));
+}
+
+// A page that records the page's `control-clip` events and its errors.
+async function open(url, { width = 1280, height = 900, init } = {}) {
+  const page = await browser.context.newPage();
+  await page.setViewportSize({ width, height });
+  const errors = [];
+  page.on('pageerror', e => errors.push(e.message));
+  await page.addInitScript(() => {
+    window.__events = [];
+    window.addEventListener('control-clip', e => window.__events.push(e.detail));
+  });
+  if (init) await page.addInitScript(init);
+  await page.goto(url, { waitUntil: 'load' });
+  return { page, errors };
+}
+
+const state = (page, states, timeout = 300000) =>
+  page.waitForFunction(s => s.includes(document.body.dataset.state), states, { timeout });
+const events = (page, kind) => page.evaluate(k => window.__events.filter(e => e.kind === k), kind);
+
+// Worst difference between the main canvas and the committed native PNG, in 8-bit levels.
+async function canvasVsReference(page) {
+  return page.evaluate(async () => {
+    const img = new Image();
+    img.src = '/tests/browser/expected/default-seed1.png';
+    await img.decode();
+    const c = document.createElement('canvas');
+    c.width = img.width; c.height = img.height;
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const want = ctx.getImageData(0, 0, c.width, c.height).data;
+    const canvas = document.getElementById('canvas');
+    if (canvas.width !== c.width || canvas.height !== c.height) return Infinity;
+    const got = canvas.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    return worst;
+  });
+}
+
+for (const backend of ['cpu', 'webgpu']) {
+  test(`default bundle on ${backend}: progress, per-step progress, canvas equals the native PNG`, async () => {
+    const { page, errors } = await open(`${base}/www/index.html?backend=${backend}&${SETTINGS}`);
+    try {
+      await state(page, ['ready']);
+      const progress = await events(page, 'progress');
+      assert.ok(progress.length >= 7, `only ${progress.length} progress events`);
+      assert.ok(progress.some(p => p.file === 'unet.safetensors' && p.done === p.total));
+      if (backend === 'cpu') {
+        await page.screenshot({ path: path.join(OUT, 'page-1280-before.png'), fullPage: true });
+        await page.setViewportSize({ width: 390, height: 844 });
+        await page.screenshot({ path: path.join(OUT, 'page-390-before.png'), fullPage: true });
+        await page.setViewportSize({ width: 1280, height: 900 });
+      }
+      await page.click('#generate');
+      await state(page, ['done', 'error']);
+      assert.equal(await page.textContent('#error'), '');
+      const steps = (await events(page, 'step')).map(s => `${s.step}/${s.total}`);
+      assert.deepEqual(steps, ['1/4', '2/4', '3/4', '4/4']);
+      const worst = await canvasVsReference(page);
+      console.log(`# page ${backend}: canvas vs native PNG worst difference ${worst}/255; ${await page.textContent('#gen-status')}`);
+      assert.ok(worst <= TOLERANCE[backend], `canvas differs from the native PNG by ${worst}/255`);
+      assert.match(await page.textContent('#backend-info'), backend === 'cpu' ? /CPU/ : /WebGPU/);
+      if (backend === 'cpu') {
+        await page.screenshot({ path: path.join(OUT, 'page-1280-after.png'), fullPage: true });
+        await page.setViewportSize({ width: 390, height: 844 });
+        await page.screenshot({ path: path.join(OUT, 'page-390-after.png'), fullPage: true });
+        // The settings went into the URL: opening it again restores them.
+        assert.match(page.url(), /styleWeight=0\.8/);
+      }
+      assert.deepEqual(errors, []);
+    } finally {
+      await page.close();
+    }
+  });
+}
+
+test('a fallback adapter picks the CPU backend and says why', async () => {
+  const { page } = await open(`${base}/www/index.html`);
+  try {
+    await state(page, ['ready']);
+    const info = await page.textContent('#backend-info');
+    console.log(`# page default backend: ${info}`);
+    assert.match(info, /software fallback/);
+    assert.equal(await page.evaluate(() => document.body.dataset.backend), 'cpu');
+    assert.equal(await page.isVisible('#default-note'), true, 'the random-weights note is shown for the default bundle');
+  } finally {
+    await page.close();
+  }
+});
+
+test('cancel stops within one step and the next generation works', async () => {
+  const { page } = await open(`${base}/www/index.html?backend=cpu&steps=400&seed=3`);
+  try {
+    await state(page, ['ready']);
+    await page.click('#generate');
+    await page.waitForFunction(() => window.__events.some(e => e.kind === 'step'), null, { timeout: 60000 });
+    // Click Cancel in the page's own turn and note how many steps it had seen at that moment.
+    const atCancel = await page.evaluate(() => {
+      document.getElementById('cancel').click();
+      return window.__events.filter(e => e.kind === 'step').length;
+    });
+    await state(page, ['cancelled', 'done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'cancelled');
+    const after = (await events(page, 'step')).length;
+    // At most the step that was running when the cancel reached the worker, plus one step report that was
+    // already on its way to the page when Cancel was clicked.
+    console.log(`# page cancel: ${after - atCancel} step reports after the click (of 400 steps)`);
+    assert.ok(after - atCancel <= 2, `${after - atCancel} steps ran after the cancel`);
+    await page.fill('#steps', '2');
+    await page.click('#generate');
+    await state(page, ['done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'done');
+  } finally {
+    await page.close();
+  }
+});
+
+for (const [name, words] of [
+  ['bad-sha', ['unet.safetensors', 'sha256', 'does not match']],
+  ['missing-file', ['decoder.safetensors', '404', 'missing']],
+  ['wrong-version', ['format_version', '99', 'not supported']],
+]) {
+  test(`a broken bundle (${name}) shows a clear error and the page stays usable`, async () => {
+    const { page, errors } = await open(`${base}/www/index.html?backend=cpu&bundle=/tests/browser/out/bundles/${name}/`);
+    try {
+      await state(page, ['load-error', 'ready']);
+      const message = await page.textContent('#error');
+      console.log(`# page ${name}: ${message}`);
+      for (const w of words) assert.ok(message.includes(w), `"${w}" missing from: ${message}`);
+      assert.equal(await page.isEditable('#prompt'), true);
+      assert.deepEqual(errors, []);
+    } finally {
+      await page.close();
+    }
+  });
+}
+
+test('without navigator.gpu the page explains it and generates on the CPU', async () => {
+  const { page } = await open(`${base}/www/index.html?steps=2`, {
+    init: () => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined, configurable: true }),
+  });
+  try {
+    await state(page, ['ready']);
+    const info = await page.textContent('#backend-info');
+    assert.match(info, /no WebGPU/);
+    assert.match(info, /CPU/);
+    await page.click('#generate');
+    await state(page, ['done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'done');
+  } finally {
+    await page.close();
+  }
+});
+
+test('after one visit the page loads and generates offline', async () => {
+  const { page } = await open(`${base}/www/index.html?backend=cpu&steps=2`);
+  try {
+    await state(page, ['ready']);
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await page.reload(); // now controlled by the service worker, which caches what the page loads
+    await state(page, ['ready']);
+    await browser.context.setOffline(true);
+    await page.reload();
+    await state(page, ['ready', 'load-error']);
+    assert.equal(await page.textContent('#error'), '');
+    await page.click('#generate');
+    await state(page, ['done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'done');
+  } finally {
+    await browser.context.setOffline(false);
+    await page.close();
+  }
+});
+
+test('the custom element renders and generates inside embed-example.html', async () => {
+  const { page, errors } = await open(`${base}/www/embed-example.html`);
+  try {
+    await page.waitForSelector('control-clip-demo >> #generate:not([disabled])', { timeout: 300000 });
+    await page.evaluate(() => {
+      window.__generated = null;
+      document.querySelector('control-clip-demo').addEventListener('generated', e => { window.__generated = e.detail; });
+    });
+    await page.click('control-clip-demo >> #generate');
+    await page.waitForFunction(() => window.__generated, null, { timeout: 300000 });
+    const size = await page.evaluate(() => [window.__generated.width, window.__generated.height]);
+    assert.deepEqual(size, [64, 64]);
+    await page.screenshot({ path: path.join(OUT, 'embed-example.png'), fullPage: true });
+    assert.deepEqual(errors, []);
+  } finally {
+    await page.close();
+  }
+});

@@ -1,0 +1,115 @@
+// The page side of the generation worker, shared by the page (app.js) and the embeddable element
+// (element.js): picks the backend, and turns the worker's messages into promises and callbacks.
+
+const WORKER_URL = new URL('./worker.js', import.meta.url);
+
+// Which backend to use. On a software *fallback* WebGPU adapter (SwiftShader and the like) WebGPU is of no
+// use — the same small UNet ran ~130× slower there than on the wasm CPU path — so the CPU backend is chosen
+// and the page says why; `forced` ('webgpu' | 'cpu', from ?backend=) overrides the choice.
+export async function chooseBackend(forced) {
+  const adapterInfo = await describeAdapter();
+  if (forced === 'cpu') return { backend: 'cpu', reason: 'CPU backend forced by ?backend=cpu.', adapter: adapterInfo };
+  if (!adapterInfo.available) {
+    if (forced === 'webgpu') return { backend: 'wgpu', reason: `WebGPU forced, but ${adapterInfo.problem}`, adapter: adapterInfo };
+    return {
+      backend: 'cpu', adapter: adapterInfo, slow: true,
+      reason: `${adapterInfo.problem} WebGPU works in recent Chrome and Edge (and in Firefox and Safari where enabled; ` +
+        'on Linux Chrome may need chrome://flags/#enable-unsafe-webgpu). Running on the CPU instead, in WebAssembly: slower.',
+    };
+  }
+  if (forced === 'webgpu') return { backend: 'wgpu', reason: 'WebGPU forced by ?backend=webgpu.', adapter: adapterInfo };
+  if (adapterInfo.fallback) {
+    return {
+      backend: 'cpu', adapter: adapterInfo,
+      reason: 'The WebGPU adapter is a software fallback (no GPU is used), which is far slower than the CPU path: ' +
+        'running on the CPU in WebAssembly. Add ?backend=webgpu to use it anyway.',
+    };
+  }
+  return { backend: 'wgpu', reason: '', adapter: adapterInfo };
+}
+
+async function describeAdapter() {
+  if (!('gpu' in navigator) || !navigator.gpu) return { available: false, problem: 'This browser has no WebGPU (navigator.gpu is missing).' };
+  let adapter = null;
+  try { adapter = await navigator.gpu.requestAdapter(); } catch { adapter = null; }
+  if (!adapter) return { available: false, problem: 'WebGPU is present but gave no adapter (no usable GPU or driver).' };
+  const info = adapter.info || {};
+  return {
+    available: true,
+    name: [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ') || 'unknown adapter',
+    fallback: Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter),
+    shaderF16: adapter.features.has('shader-f16'),
+    limits: {
+      maxBufferSize: adapter.limits.maxBufferSize,
+      maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+      maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize,
+    },
+  };
+}
+
+// One worker with one loaded bundle. Every method returns a promise; failures reject with an Error whose
+// message says what went wrong.
+export class ControlClipClient {
+  constructor() {
+    this.worker = new Worker(WORKER_URL, { type: 'module' });
+    this.pending = new Map();
+    this.nextId = 1;
+    this.worker.onmessage = ({ data }) => {
+      const p = this.pending.get(data.id);
+      if (!p) return;
+      if (data.type === 'progress') p.onProgress?.(data);
+      else if (data.type === 'step') p.onStep?.(data);
+      else {
+        this.pending.delete(data.id);
+        if (data.type === 'error') p.reject(new Error(data.message));
+        else p.resolve(data);
+      }
+    };
+    this.worker.onerror = e => {
+      const error = new Error(`the generation worker failed: ${e.message || 'unknown error'}`);
+      for (const p of this.pending.values()) p.reject(error);
+      this.pending.clear();
+    };
+  }
+
+  request(message, callbacks = {}, transfer = []) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, ...callbacks });
+      this.worker.postMessage({ ...message, id }, transfer);
+    });
+  }
+
+  // bundle: URL of a bundle folder. onProgress({file, done, total, allDone, allTotal}).
+  async load(bundle, backend, onProgress) {
+    const base = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, location.href).href;
+    return (await this.request({ type: 'load', bundle: base, backend }, { onProgress })).info;
+  }
+
+  // files: FileList / array of File from a folder the user chose or dropped.
+  async loadFiles(files, backend, onProgress) {
+    const map = {};
+    for (const f of files) map[f.name] = await f.arrayBuffer();
+    return (await this.request({ type: 'load-files', files: map, backend }, { onProgress }, Object.values(map))).info;
+  }
+
+  // options: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler, width, height}.
+  // onStep({step, total, stepMs, elapsedMs}). Resolves to {width, height, rgba, notices}.
+  generate(options, onStep) {
+    return this.request({ type: 'generate', options }, { onStep });
+  }
+
+  cancel() { this.worker.postMessage({ type: 'cancel' }); }
+
+  async dispose() {
+    await this.request({ type: 'dispose' });
+    this.worker.terminate();
+  }
+}
+
+// Draws a result on a canvas (sized to the image).
+export function draw(canvas, result) {
+  canvas.width = result.width;
+  canvas.height = result.height;
+  canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(result.rgba), result.width, result.height), 0, 0);
+}

@@ -1,0 +1,160 @@
+// The generation worker: runs the wasm module and all GPU / CPU work off the main thread, so that the page
+// stays responsive. It streams bundle files with progress, verifies each against the manifest's size and
+// sha256 before use, and keeps verified files in the Cache Storage so that a reload needs no network.
+//
+// Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu')}
+//               {type: 'load-files', id, files: {name: ArrayBuffer}, backend}
+//               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}
+// Messages out: {type: 'progress', id, file, done, total, allDone, allTotal}  {type: 'loaded', id, info}
+//               {type: 'step', id, step, total, stepMs, elapsedMs}  {type: 'result', id, width, height, rgba, notices}
+//               {type: 'error', id, message}  {type: 'disposed', id}
+import init, { Generator } from './pkg/control_clip.js';
+
+const BUNDLE_CACHE = 'control-clip-bundles-v1';
+let ready = null;
+let generator = null;
+
+function post(message, transfer) { self.postMessage(message, transfer || []); }
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, b => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function openCache() {
+  try { return await caches.open(BUNDLE_CACHE); } catch { return null; } // no Cache Storage (e.g. file://)
+}
+
+// Reads a response body with progress callbacks.
+async function readWithProgress(response, onChunk) {
+  if (!response.body) return new Uint8Array(await response.arrayBuffer());
+  const reader = response.body.getReader();
+  const chunks = [];
+  let length = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    length += value.length;
+    onChunk(length);
+  }
+  const bytes = new Uint8Array(length);
+  let offset = 0;
+  for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
+  return bytes;
+}
+
+// The manifest: from the network when there is one, else the cached copy.
+async function fetchManifest(base) {
+  const url = new URL('manifest.json', base).href;
+  const cache = await openCache();
+  let text;
+  try {
+    const response = await fetch(url, { cache: 'no-cache' });
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}${response.status === 404 ? ' (no manifest.json: is this a control-clip bundle folder?)' : ''}`);
+    text = await response.text();
+    if (cache) await cache.put(url, new Response(text));
+  } catch (e) {
+    const cached = cache && await cache.match(url);
+    if (!cached) throw e;
+    text = await cached.text();
+  }
+  let manifest;
+  try { manifest = JSON.parse(text); } catch (e) { throw new Error(`${url}: not valid JSON (${e.message})`); }
+  return { url, text, manifest };
+}
+
+function entries(manifest) {
+  const components = (manifest && manifest.components) || {};
+  return Object.values(components).filter(c => c && typeof c.file === 'string');
+}
+
+function verifyError(where, entry, bytes, sha) {
+  if (bytes.length !== entry.bytes) return new Error(`${where}: ${bytes.length} bytes, the manifest says ${entry.bytes} (truncated or wrong file)`);
+  if (sha !== entry.sha256) return new Error(`${where}: sha256 ${sha} does not match the manifest's ${entry.sha256} (corrupt or wrong file)`);
+  return null;
+}
+
+async function loadFromUrl(id, base, backend) {
+  const { url: manifestUrl, text, manifest } = await fetchManifest(base);
+  const files = entries(manifest);
+  const allTotal = files.reduce((n, e) => n + (e.bytes || 0), 0);
+  const done = {};
+  const progress = (file, bytes, total) => {
+    done[file] = bytes;
+    post({ type: 'progress', id, file, done: bytes, total, allDone: Object.values(done).reduce((a, b) => a + b, 0), allTotal });
+  };
+  const cache = await openCache();
+  const fetchFile = async name => {
+    const entry = files.find(e => e.file === name);
+    const url = new URL(name, manifestUrl).href;
+    if (!entry) throw new Error(`${url}: not listed in the manifest`);
+    const cached = cache && await cache.match(url);
+    if (cached) {
+      const bytes = new Uint8Array(await cached.arrayBuffer());
+      if (!verifyError(url, entry, bytes, await sha256Hex(bytes))) {
+        progress(name, bytes.length, entry.bytes);
+        return bytes;
+      }
+      await cache.delete(url); // stale or damaged: fetch again
+    }
+    let response;
+    try { response = await fetch(url, { cache: 'no-cache' }); } catch (e) { throw new Error(`${url}: could not be fetched (${e.message}); offline?`); }
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}${response.status === 404 ? ' (the file is missing from the bundle)' : ''}`);
+    const bytes = await readWithProgress(response, n => progress(name, n, entry.bytes));
+    const bad = verifyError(url, entry, bytes, await sha256Hex(bytes));
+    if (bad) throw bad;
+    if (cache) await cache.put(url, new Response(bytes));
+    return bytes;
+  };
+  return { generator: await Generator.load(backend, manifestUrl.replace(/\/manifest\.json$/, ''), text, fetchFile), manifest };
+}
+
+async function loadFromFiles(id, files, backend) {
+  const text = files['manifest.json'] && new TextDecoder().decode(files['manifest.json']);
+  if (!text) throw new Error('the chosen files hold no manifest.json: choose a control-clip bundle folder');
+  let manifest;
+  try { manifest = JSON.parse(text); } catch (e) { throw new Error(`manifest.json: not valid JSON (${e.message})`); }
+  const fetchFile = async name => {
+    if (!files[name]) throw new Error(`${name}: missing from the chosen files`);
+    const bytes = new Uint8Array(files[name]);
+    post({ type: 'progress', id, file: name, done: bytes.length, total: bytes.length });
+    return bytes;
+  };
+  return { generator: await Generator.load(backend, 'chosen files', text, fetchFile), manifest };
+}
+
+function info(manifest, backend) {
+  const files = entries(manifest);
+  return {
+    name: manifest.name || 'unnamed model', licence: manifest.licence || 'unknown', backend,
+    bytes: files.reduce((n, e) => n + (e.bytes || 0), 0), defaults: manifest.defaults || {},
+    control: ['category_encoder', 'style_encoder', 'adapter'].filter(c => manifest.components && manifest.components[c]),
+  };
+}
+
+self.onmessage = async ({ data }) => {
+  const { id } = data;
+  try {
+    if (!ready) ready = init();
+    await ready;
+    if (data.type === 'load' || data.type === 'load-files') {
+      if (generator) { generator.free(); generator = null; }
+      const loaded = data.type === 'load' ? await loadFromUrl(id, data.bundle, data.backend) : await loadFromFiles(id, data.files, data.backend);
+      generator = loaded.generator;
+      post({ type: 'loaded', id, info: info(loaded.manifest, data.backend) });
+    } else if (data.type === 'generate') {
+      if (!generator) throw new Error('no bundle is loaded');
+      const out = await generator.generate(data.options, p => post({ type: 'step', id, ...p }));
+      const rgba = out.rgba;
+      post({ type: 'result', id, width: out.width, height: out.height, rgba, notices: Array.from(out.notices) }, [rgba.buffer]);
+    } else if (data.type === 'cancel') {
+      if (generator) generator.cancel();
+    } else if (data.type === 'dispose') {
+      if (generator) { generator.free(); generator = null; }
+      post({ type: 'disposed', id });
+    }
+  } catch (e) {
+    post({ type: 'error', id, message: String((e && e.message) || e) });
+  }
+};
