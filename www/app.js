@@ -168,6 +168,21 @@ function addToHistory(s) {
   }));
 }
 
+// The files of a drop: a dropped folder's files (one level), or the dropped files themselves.
+async function droppedFiles(transfer) {
+  const files = [];
+  const entries = Array.from(transfer.items || []).map(i => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  for (const entry of entries) {
+    if (entry.isDirectory) {
+      const children = await new Promise((resolve, reject) => entry.createReader().readEntries(resolve, reject));
+      for (const child of children.filter(c => c.isFile)) files.push(await new Promise((resolve, reject) => child.file(resolve, reject)));
+    } else if (entry.isFile) {
+      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+    }
+  }
+  return files.length ? files : Array.from(transfer.files || []);
+}
+
 function linkSliders(id) {
   $(id).addEventListener('input', () => { $(`${id}-value`).value = $(id).value; });
   $(`${id}-value`).addEventListener('input', () => { $(id).value = $(`${id}-value`).value; });
@@ -190,6 +205,13 @@ async function main() {
     a.click();
   });
   $('bundle-files').addEventListener('change', e => { if (e.target.files.length) loadBundle(Array.from(e.target.files)); });
+  // A bundle folder (or its files) dropped anywhere on the page.
+  document.addEventListener('dragover', e => e.preventDefault());
+  document.addEventListener('drop', async e => {
+    e.preventDefault();
+    const files = await droppedFiles(e.dataTransfer);
+    if (files.length) loadBundle(files);
+  });
 
   if ('serviceWorker' in navigator && location.protocol !== 'file:') {
     navigator.serviceWorker.register('sw.js').catch(e => console.warn('service worker not registered:', e.message));
