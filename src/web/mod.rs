@@ -210,7 +210,13 @@ impl Generator {
             let promise = fetch.call1(&JsValue::NULL, &JsValue::from_str(&name));
             let origin = origin.clone();
             async move {
-                let failed = |e: JsValue| Error::file(format!("{origin}/{name}"), format!("could not be loaded: {}", js_message(&e)));
+                let path = format!("{origin}/{name}");
+                // The page's own messages already start with the file's URL: do not say it twice.
+                let failed = |e: JsValue| {
+                    let message = js_message(&e);
+                    let message = message.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(message);
+                    Error::file(&path, message)
+                };
                 let value = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&promise.map_err(failed)?)).await.map_err(failed)?;
                 Ok(js_sys::Uint8Array::new(&value).to_vec())
             }
