@@ -145,9 +145,42 @@ pub fn group_norm(w: &WeightsView, name: &str, groups: usize, channels: usize, e
     })
 }
 
+/// The most score elements one attention pass may hold at once: 32 Mi f32 = 128 MiB, WebGPU's default
+/// `maxStorageBufferBindingSize` (lavapipe also refuses the 512 MiB score buffer of an unsplit SD
+/// self-attention at 64×64 latents). Larger problems are split along the queries.
+pub const MAX_SCORE_ELEMENTS: usize = 32 << 20;
+
 /// Per-head scaled dot-product attention, the one implementation every model here uses:
 /// q [B, Lq, H·d], k and v [B, Lk, H·d] → [B, Lq, H·d]; `mask` is added to the scores ([1|B, 1|H, Lq, Lk]).
+/// Queries are processed in chunks whose score matrix stays within [`MAX_SCORE_ELEMENTS`] (each query's
+/// softmax is independent of the others, so the result is the same).
 pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<4>>) -> Tensor<3> {
+    attention_in_chunks(q, k, v, heads, mask, MAX_SCORE_ELEMENTS)
+}
+
+/// As [`scaled_dot_product_attention`], with the chunk bound given (tests use small ones).
+pub fn attention_in_chunks(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<4>>, max_score_elements: usize) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
+    let chunk = (max_score_elements / (b * heads * lk).max(1)).clamp(1, lq.max(1));
+    if chunk >= lq {
+        return attention_pass(q, k, v, heads, mask);
+    }
+    let parts = (0..lq)
+        .step_by(chunk)
+        .map(|start| {
+            let end = (start + chunk).min(lq);
+            let mask = mask.clone().map(|m| {
+                let [mb, mh, ml, mk] = m.dims();
+                if ml == 1 { m } else { m.slice([0..mb, 0..mh, start..end, 0..mk]) }
+            });
+            attention_pass(q.clone().slice([0..b, start..end, 0..inner]), k.clone(), v.clone(), heads, mask)
+        })
+        .collect();
+    Tensor::cat(parts, 1)
+}
+
+fn attention_pass(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<4>>) -> Tensor<3> {
     let [b, lq, inner] = q.dims();
     let lk = k.dims()[1];
     let d = inner / heads;
@@ -157,4 +190,25 @@ pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, he
         scores = scores + mask;
     }
     activation::softmax(scores, 3).matmul(split(v, lk)).swap_dims(1, 2).reshape([b, lq, inner])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn attention_in_query_chunks_equals_one_pass() {
+        let device = Device::flex();
+        let normal = |shape: [usize; 3]| Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (normal([2, 37, 12]), normal([2, 19, 12]), normal([2, 19, 12]));
+        let mask = Tensor::<4>::random([1, 1, 37, 19], Distribution::Normal(0.0, 1.0), &device);
+        for mask in [None, Some(mask)] {
+            let whole = attention_pass(q.clone(), k.clone(), v.clone(), 3, mask.clone()).into_data().to_vec::<f32>().unwrap();
+            // 2 rows × 3 heads × 19 keys × 5 queries per chunk: 8 chunks, the last one short.
+            let chunked = attention_in_chunks(q.clone(), k.clone(), v.clone(), 3, mask, 2 * 3 * 19 * 5).into_data().to_vec::<f32>().unwrap();
+            let err = whole.iter().zip(&chunked).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-6, "chunked attention differs by {err}");
+        }
+    }
 }
