@@ -13,7 +13,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use control_clip::kernels::{decoupled_attention_fused, fused_attention_available};
-use control_clip::models::nn::scaled_dot_product_attention;
+use control_clip::control::decoupled_attention_reference;
+use crate::bench::median;
 use control_clip::rng::NoiseRng;
 use control_clip::{BackendKind, Error, init_device, read_f32};
 
@@ -55,11 +56,6 @@ pub fn run(args: BenchAttentionArgs) -> ExitCode {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 struct Inputs {
     q: Tensor<3>,
     k_c: Tensor<3>,
@@ -99,11 +95,15 @@ impl Inputs {
 
     /// The reference form: two attentions and a weighted sum, tensor ops only.
     fn reference(&self) -> Tensor<3> {
-        let w_c = self.weights.clone().slice([0..BATCH, 0..1]).reshape([BATCH, 1, 1]);
-        let w_s = self.weights.clone().slice([0..BATCH, 1..2]).reshape([BATCH, 1, 1]);
-        let category = scaled_dot_product_attention(self.q.clone(), self.k_c.clone(), self.v_c.clone(), HEADS, None);
-        let style = scaled_dot_product_attention(self.q.clone(), self.k_s.clone(), self.v_s.clone(), HEADS, None);
-        category * w_c + style * w_s
+        decoupled_attention_reference(
+            self.q.clone(),
+            self.k_c.clone(),
+            self.v_c.clone(),
+            self.k_s.clone(),
+            self.v_s.clone(),
+            self.weights.clone(),
+            HEADS,
+        )
     }
 }
 
