@@ -21,6 +21,7 @@ use crate::models::vae::VaeDecoder;
 use crate::rng::NoiseRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, MAX_POSITIONS};
+use crate::weights::SafeTensors;
 
 /// The image decoder a bundle ships: the full AutoencoderKL decoder or the tiny TAESD one.
 #[derive(Debug)]
@@ -84,6 +85,9 @@ pub struct GenerateRequest {
     /// λ_c and λ_s; the default (1, 0) with no Control-CLIP encoders is plain generation.
     pub control: ControlWeights,
     pub init_latents: Option<Tensor<4>>,
+    /// Decode each step's estimate of the clean latents with the tiny decoder, at low resolution, into
+    /// `StepProgress::preview` (bundles with a full AutoencoderKL decoder get a notice instead).
+    pub preview: bool,
 }
 
 impl GenerateRequest {
@@ -100,6 +104,7 @@ impl GenerateRequest {
             clip_skip: 0,
             control: ControlWeights::default(),
             init_latents: None,
+            preview: false,
         }
     }
 }
@@ -120,13 +125,30 @@ impl UNetConditioning {
 }
 
 /// Reported after every step; return `false` from the callback to cancel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepProgress {
     pub step: usize,
     pub total: usize,
     pub step_ms: f64,
     pub elapsed_ms: f64,
+    /// With `GenerateRequest::preview`: the step's estimate of the final image, low resolution.
+    pub preview: Option<Preview>,
 }
+
+/// A low-resolution picture of where a generation is heading: the tiny decoder applied to the step's
+/// estimate of the clean latents, average-pooled first so that the preview is at most
+/// `PREVIEW_MAX_LATENT` latents (×8 pixels) on its long side.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major RGBA8.
+    pub rgba: Vec<u8>,
+}
+
+/// Previews decode at most 32 latents per side (256 px with an 8× decoder): a 512² generation's preview
+/// costs a quarter of a full tiny-decoder pass.
+pub const PREVIEW_MAX_LATENT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct GeneratedImage {
@@ -238,6 +260,10 @@ impl Pipeline {
         };
         let mut latents = latents * scheduler.init_noise_sigma();
 
+        let preview = req.preview && matches!(self.decoder, Decoder::Tiny(_));
+        if req.preview && !preview {
+            notices.push("no preview: it needs a tiny (TAESD) decoder and this bundle has the full AutoencoderKL".to_string());
+        }
         let total = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
             let step_start = now_ms();
@@ -252,7 +278,8 @@ impl Pipeline {
                 out
             };
             let noise = if scheduler.needs_noise() { Some(self.noise(&mut rng, shape)) } else { None };
-            latents = scheduler.step(noise_pred, i, latents, noise)?;
+            let out = scheduler.step(noise_pred, i, latents, noise)?;
+            latents = out.prev_sample;
             // Waiting for the step keeps progress honest and lets a cancel land between steps.
             let (_, probe) = read_f32(latents.clone().slice([0..1, 0..1, 0..1, 0..1])).await?;
             if !probe[0].is_finite() {
@@ -260,12 +287,22 @@ impl Pipeline {
             }
             #[cfg(target_arch = "wasm32")]
             crate::device::yield_to_event_loop().await;
+            let preview = match preview {
+                true => Some(self.preview(out.denoised).await?),
+                false => None,
+            };
             let now = now_ms();
-            if !progress(StepProgress { step: i + 1, total, step_ms: now - step_start, elapsed_ms: now - start }) {
+            if !progress(StepProgress { step: i + 1, total, step_ms: now - step_start, elapsed_ms: now - start, preview }) {
                 return Err(Error::Cancelled);
             }
         }
 
+        let (w, h, rgba, values) = self.decode_pixels(latents).await?;
+        Ok(GeneratedImage { width: w, height: h, rgba, image: values[..3 * h * w].to_vec(), notices })
+    }
+
+    /// Decodes latents and reads the image back: (width, height, RGBA8, [0, 1] values in CHW order).
+    async fn decode_pixels(&self, latents: Tensor<4>) -> Result<(usize, usize, Vec<u8>, Vec<f32>)> {
         let image = self.decoder.decode(latents);
         // diffusers' postprocess: [-1, 1] → [0, 1], clamped.
         let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
@@ -277,7 +314,19 @@ impl Pipeline {
                 rgba[p * 4 + c] = (values[c * h * w + p] * 255.0).round() as u8;
             }
         }
-        Ok(GeneratedImage { width: w, height: h, rgba, image: values[..3 * h * w].to_vec(), notices })
+        Ok((w, h, rgba, values))
+    }
+
+    /// The preview of a step's clean-latent estimate (see `Preview`).
+    async fn preview(&self, denoised: Tensor<4>) -> Result<Preview> {
+        let [_, _, lh, lw] = denoised.dims();
+        let factor = lh.max(lw).div_ceil(PREVIEW_MAX_LATENT);
+        let pooled = match factor {
+            1 => denoised,
+            f => burn::tensor::module::avg_pool2d(denoised, burn::tensor::ops::AvgPoolOptions::new([f, f])),
+        };
+        let (width, height, rgba, _) = self.decode_pixels(pooled).await?;
+        Ok(Preview { width, height, rgba })
     }
 
     fn noise(&self, rng: &mut NoiseRng, shape: [usize; 4]) -> Tensor<4> {
@@ -335,28 +384,42 @@ impl Pipeline {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
+        // Every file of a component, fetched and verified; weights split into shards are read as one set.
         let load = |component: &'static str| {
             let fetch = &fetch;
             async move {
-                let (name, _, _) = manifest.file(component)?;
-                let bytes = fetch(name.clone()).await?;
-                manifest.verify(component, &bytes)?;
-                Ok::<_, Error>((format!("{}/{name}", manifest.origin), bytes))
+                let mut parts = Vec::new();
+                for file in manifest.files(component)? {
+                    let bytes = fetch(file.name.clone()).await?;
+                    manifest.verify(&file, &bytes)?;
+                    parts.push((format!("{}/{}", manifest.origin, file.name), bytes));
+                }
+                Ok::<_, Error>(parts)
             }
         };
-        let (name, bytes) = load("tokenizer").await?;
-        let tokenizer = ClipTokenizer::from_bytes(&name, &bytes)?;
-        let (name, bytes) = load("text_encoder").await?;
+        let weights = |component: &'static str| {
+            let load = &load;
+            async move {
+                let mut shards = load(component).await?.into_iter().map(|(name, bytes)| SafeTensors::from_bytes(name, bytes)).collect::<Result<Vec<_>>>()?;
+                match shards.len() {
+                    1 => Ok(shards.pop().expect("one shard")),
+                    n => SafeTensors::from_shards(format!("{}/{component} ({n} shards)", manifest.origin), shards),
+                }
+            }
+        };
+        let tokenizer = match load("tokenizer").await?.as_slice() {
+            [(name, bytes)] => ClipTokenizer::from_bytes(name, bytes)?,
+            _ => return Err(Error::config(format!("{}/{}", manifest.origin, crate::bundle::MANIFEST), "components.tokenizer", "must be one file, not shards")),
+        };
         let base_config = manifest.config("text_encoder")?;
-        let base_weights = crate::weights::SafeTensors::from_bytes(name, bytes)?;
+        let base_weights = weights("text_encoder").await?;
         let text_encoder = ClipTextModel::load(&base_config, &base_weights, device)?;
         let mut sources = Vec::new();
         for component in ["category_encoder", "style_encoder"] {
             sources.push(match manifest.has(component) {
                 false => None,
                 true => {
-                    let (name, bytes) = load(component).await?;
-                    let weights = crate::weights::SafeTensors::from_bytes(name, bytes)?;
+                    let weights = weights(component).await?;
                     let config = manifest.config(component)?;
                     Some(match manifest.form(component)? {
                         "lora" => EncoderSource::Deltas(LowRankDeltas::load(&config, &weights)?),
@@ -367,19 +430,14 @@ impl Pipeline {
         }
         let adapter = match manifest.has("adapter") {
             false => None,
-            true => {
-                let (name, bytes) = load("adapter").await?;
-                Some(Adapter::load(&manifest.config("adapter")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?)
-            }
+            true => Some(Adapter::load(&manifest.config("adapter")?, &weights("adapter").await?, device)?),
         };
         let style = sources.pop().flatten();
         let category = sources.pop().flatten();
         let control = ControlEncoders::load((&base_config, &base_weights), category, style, adapter, device)?;
         drop(base_weights);
-        let (name, bytes) = load("unet").await?;
-        let unet = UNet2DConditionModel::load(&manifest.config("unet")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
-        let (name, bytes) = load("decoder").await?;
-        let decoder = Decoder::load(&manifest.config("decoder")?, &crate::weights::SafeTensors::from_bytes(name, bytes)?, device)?;
+        let unet = UNet2DConditionModel::load(&manifest.config("unet")?, &weights("unet").await?, device)?;
+        let decoder = Decoder::load(&manifest.config("decoder")?, &weights("decoder").await?, device)?;
         let scheduler_config = SchedulerConfig::from_json(&manifest.config("scheduler")?)?;
         Ok(Self { tokenizer, text_encoder, control, unet, decoder, scheduler_config, device: device.clone() })
     }

@@ -51,15 +51,20 @@ impl DType {
 struct Entry {
     dtype: DType,
     shape: Vec<usize>,
-    /// Absolute byte range inside the file.
+    /// Which of the files (shards) holds the tensor.
+    file: usize,
+    /// Absolute byte range inside that file.
     start: usize,
     end: usize,
 }
 
-/// A safetensors file held in memory (bytes from disk natively, from `fetch` in the browser).
+/// A safetensors file held in memory (bytes from disk natively, from `fetch` in the browser), or the
+/// shards of one component read as a single set of tensors.
 pub struct SafeTensors {
+    /// Names the whole set in messages about a missing tensor.
     name: String,
-    bytes: Vec<u8>,
+    /// Each file's name (for messages about its tensors) and bytes.
+    files: Vec<(String, Vec<u8>)>,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -139,14 +144,45 @@ impl SafeTensors {
             }
             entries.insert(
                 key.clone(),
-                Entry { dtype, shape, start: data_start + begin as usize, end: data_start + end as usize },
+                Entry { dtype, shape, file: 0, start: data_start + begin as usize, end: data_start + end as usize },
             );
         }
-        Ok(Self { name, bytes, entries })
+        Ok(Self { name: name.clone(), files: vec![(name, bytes)], entries })
+    }
+
+    /// The shards of one component as one set of tensors; `name` names the set in messages. A tensor
+    /// name that two shards both hold is refused, naming both.
+    pub fn from_shards(name: impl Into<String>, shards: Vec<SafeTensors>) -> Result<Self> {
+        let name = name.into();
+        let mut out = Self { name, files: Vec::new(), entries: BTreeMap::new() };
+        for shard in shards {
+            let offset = out.files.len();
+            for (key, mut entry) in shard.entries {
+                entry.file += offset;
+                if let Some(other) = out.entries.get(&key) {
+                    let first = &out.files[other.file].0;
+                    return Err(Error::tensor(&shard.files[entry.file - offset].0, &key, format!("also in {first}: shards must not overlap")));
+                }
+                out.entries.insert(key, entry);
+            }
+            out.files.extend(shard.files);
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a tensor and the name of the file that holds it.
+    fn data(&self, e: &Entry) -> (&str, &[u8]) {
+        let (file, bytes) = &self.files[e.file];
+        (file.as_str(), &bytes[e.start..e.end])
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name of the file (shard) that holds `key`, for messages; the set's name if none does.
+    pub fn file_of(&self, key: &str) -> &str {
+        self.entries.get(key).map_or(&self.name, |e| &self.files[e.file].0)
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -168,10 +204,10 @@ impl SafeTensors {
     /// A float tensor widened to f32, with its shape. Refuses int tensors and non-finite values.
     pub fn f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let e = self.entry(key)?;
+        let (file, raw) = self.data(e);
         if !e.dtype.is_float() {
-            return Err(Error::tensor(&self.name, key, format!("expected a float tensor, found {:?}", e.dtype)));
+            return Err(Error::tensor(file, key, format!("expected a float tensor, found {:?}", e.dtype)));
         }
-        let raw = &self.bytes[e.start..e.end];
         let values: Vec<f32> = match e.dtype {
             DType::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
             DType::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
@@ -180,7 +216,7 @@ impl SafeTensors {
             DType::I64 | DType::I32 => unreachable!(),
         };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(&self.name, key, format!("non-finite value {} at flat index {i}", values[i])));
+            return Err(Error::tensor(file, key, format!("non-finite value {} at flat index {i}", values[i])));
         }
         Ok((e.shape.clone(), values))
     }
@@ -188,12 +224,12 @@ impl SafeTensors {
     /// An integer tensor as i64, with its shape.
     pub fn i64(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let e = self.entry(key)?;
-        let raw = &self.bytes[e.start..e.end];
+        let (file, raw) = self.data(e);
         let values = match e.dtype {
             DType::I64 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             DType::I32 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
             other => {
-                return Err(Error::tensor(&self.name, key, format!("expected an integer tensor, found {other:?}")));
+                return Err(Error::tensor(file, key, format!("expected an integer tensor, found {other:?}")));
             }
         };
         Ok((e.shape.clone(), values))
@@ -203,7 +239,7 @@ impl SafeTensors {
     pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
         let (found, values) = self.f32(key)?;
         if found != shape {
-            return Err(Error::tensor(&self.name, key, format!("expected shape {shape:?}, found {found:?}")));
+            return Err(Error::tensor(self.file_of(key), key, format!("expected shape {shape:?}, found {found:?}")));
         }
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
@@ -212,7 +248,7 @@ impl SafeTensors {
     pub fn int_tensor<const D: usize>(&self, key: &str, device: &Device) -> Result<Tensor<D, Int>> {
         let (shape, values) = self.i64(key)?;
         let shape: [usize; D] = shape.clone().try_into().map_err(|_| {
-            Error::tensor(&self.name, key, format!("expected a rank-{D} tensor, found shape {shape:?}"))
+            Error::tensor(self.file_of(key), key, format!("expected a rank-{D} tensor, found shape {shape:?}"))
         })?;
         let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
@@ -262,7 +298,8 @@ impl<'a> WeightsView<'a> {
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
         let (found, values) = self.f32(name)?;
         if found != shape {
-            return Err(Error::tensor(self.file.name(), &self.key(name), format!("expected shape {shape:?}, found {found:?}")));
+            let key = self.key(name);
+            return Err(Error::tensor(self.file.file_of(&key), &key, format!("expected shape {shape:?}, found {found:?}")));
         }
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
@@ -291,7 +328,7 @@ impl SafeTensors {
                 name: name.clone(),
                 dtype: e.dtype,
                 shape: e.shape.clone(),
-                bytes: self.bytes[e.start..e.end].to_vec(),
+                bytes: self.data(e).1.to_vec(),
             })
             .collect()
     }

@@ -91,11 +91,76 @@ fn broken_bundles_are_refused_by_name() {
 
     let manifest = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    std::fs::write(&manifest, text.replace("\"format_version\": 2", "\"format_version\": 99")).unwrap();
     let e = err_of(&dir);
-    assert!(e.contains("format_version") && e.contains("99"), "{e}");
+    assert!(e.contains("format_version") && e.contains("99") && e.contains("not supported"), "{e}");
+    // Version 1 (one file per component, no shards) is still read.
+    std::fs::write(&manifest, text.replace("\"format_version\": 2", "\"format_version\": 1")).unwrap();
+    load(&dir).unwrap();
     std::fs::write(&manifest, text).unwrap();
     load(&dir).unwrap();
+}
+
+fn manifest_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn sharded_bundle_gives_the_single_file_bundles_image_and_names_a_bad_shard() {
+    let limit = 256 * 1024;
+    let dir = make_bundle_with("sharded", "f32", &["--shard-size".as_ref(), "256K".as_ref()]);
+    let manifest = manifest_of(&dir);
+    let shards = manifest["components"]["unet"]["shards"].as_array().expect("the 0.9 MB UNet is sharded").clone();
+    assert!(shards.len() >= 4, "{shards:?}");
+    assert!(manifest["components"]["unet"].get("file").is_none());
+    for (i, shard) in shards.iter().enumerate() {
+        let name = shard["file"].as_str().unwrap();
+        assert_eq!(name, format!("unet-{:05}-of-{:05}.safetensors", i + 1, shards.len()));
+        let file = SafeTensors::read(&dir.join(name)).unwrap();
+        let data: usize = file.raw_tensors().iter().map(|t| t.bytes.len()).sum();
+        assert!(data <= limit || file.keys().count() == 1, "{name}: {data} bytes of tensor data");
+    }
+
+    // The same tensors, so the same image, bit for bit, as the single-file bundle.
+    let single = load(&make_bundle("single-for-shards", "f32")).unwrap();
+    let sharded = load(&dir).unwrap();
+    assert_eq!(worst_error(&sharded), worst_error(&single));
+
+    // A damaged shard is named.
+    let second = dir.join(shards[1]["file"].as_str().unwrap());
+    let good = std::fs::read(&second).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 1;
+    std::fs::write(&second, &bad).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("unet-00002-of-") && e.contains("sha256"), "{e}");
+    std::fs::write(&second, &good).unwrap();
+
+    // Two shards that hold the same tensor are refused, naming the tensor and both files.
+    let first = dir.join(shards[0]["file"].as_str().unwrap());
+    let mut dup = SafeTensors::read(&first).unwrap().raw_tensors();
+    let extra = SafeTensors::read(&second).unwrap().raw_tensors().remove(0);
+    let dup_name = extra.name.clone();
+    dup.push(extra);
+    let bytes = control_clip::weights::serialize(&dup);
+    std::fs::write(&first, &bytes).unwrap();
+    let mut manifest = manifest;
+    manifest["components"]["unet"]["shards"][0]["bytes"] = bytes.len().into();
+    manifest["components"]["unet"]["shards"][0]["sha256"] = control_clip::bundle::sha256_hex(&bytes).into();
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string(&manifest).unwrap()).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains(&dup_name) && e.contains("unet-00001-of-") && e.contains("unet-00002-of-") && e.contains("overlap"), "{e}");
+}
+
+#[test]
+fn shard_size_is_validated() {
+    for bad in ["0", "abc", "12X", "-3M", "99999999999G"] {
+        let e = control_clip::bundle::parse_size(bad).unwrap_err().to_string();
+        assert!(e.contains("--shard-size") && e.contains(bad), "{bad}: {e}");
+    }
+    assert_eq!(control_clip::bundle::parse_size("32M").unwrap(), 32 << 20);
+    assert_eq!(control_clip::bundle::parse_size("256k").unwrap(), 256 << 10);
+    assert_eq!(control_clip::bundle::parse_size("1000").unwrap(), 1000);
 }
 
 #[test]
@@ -151,4 +216,14 @@ fn bundle_with_control_encoders_records_them_and_reproduces_the_control_fixture(
         control_clip::control::ControlEncoders::read_dirs(&f.join("clip_text/sd-mini-f16"), Some(&other), None, None, &device).err().unwrap()
     });
     assert!(err.to_string().contains("encoder.layers.7."), "{err}");
+}
+
+#[test]
+fn preview_without_a_tiny_decoder_is_a_notice() {
+    // The fixture bundle's decoder is the full AutoencoderKL: no previews, and the caller is told why.
+    let pipeline = load(&make_bundle("kl-preview", "f16")).unwrap();
+    let mut req = GenerateRequest::new("a cat");
+    (req.steps, req.width, req.height, req.preview) = (1, 64, 64, true);
+    let image = block_on(pipeline.generate(&req, &mut |p| p.preview.is_none())).unwrap();
+    assert!(image.notices.iter().any(|n| n.contains("no preview") && n.contains("AutoencoderKL")), "{:?}", image.notices);
 }

@@ -34,3 +34,47 @@ fn default_bundle_reproduces_the_committed_reference_image() {
         assert!(worst <= bound, "{backend}: worst pixel difference {worst}/255");
     }
 }
+
+/// Previews: one per step, each the tiny decoder's picture of that step's clean-latent estimate. With LCM the
+/// last step's estimate *is* the final latents, so the last preview equals the image exactly; a larger
+/// image's preview is pooled down to at most PREVIEW_MAX_LATENT latents per side.
+#[test]
+fn previews_follow_the_steps_and_end_at_the_image() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for backend in backends() {
+        block_on(async {
+            let device = init_device(backend).await.unwrap();
+            let pipeline = Pipeline::read_bundle(&root.join("www/models/default"), &device).await.unwrap();
+            let mut req = GenerateRequest::new("a cat in Pokemon style");
+            (req.seed, req.steps, req.width, req.height, req.preview) = (3, 3, 64, 64, true);
+            req.scheduler = Some(control_clip::schedulers::SchedulerKind::Lcm);
+            let mut previews = Vec::new();
+            let image = pipeline.generate(&req, &mut |p| {
+                previews.push(p.preview.expect("a preview every step"));
+                true
+            }).await.unwrap();
+            assert_eq!(previews.len(), 3);
+            assert!(previews.iter().all(|p| (p.width, p.height, p.rgba.len()) == (64, 64, 64 * 64 * 4)));
+            assert_ne!(previews[0].rgba, previews[2].rgba, "the estimate moves between steps");
+            assert_eq!(previews[2].rgba, image.rgba, "{backend}: LCM's last estimate is the result");
+
+            if backend != control_clip::BackendKind::Cpu {
+                // The pooled preview below needs new kernel shapes, which cost lavapipe minutes to tune and
+                // compile; pooling is checked on the CPU backend.
+                return;
+            }
+            // 320² is 40 latents a side: pooled by 2 to 20, so a 160² preview.
+            (req.steps, req.width, req.height) = (1, 320, 320);
+            let mut sizes = Vec::new();
+            let image = pipeline.generate(&req, &mut |p| {
+                sizes.push(p.preview.map(|p| (p.width, p.height)));
+                true
+            }).await.unwrap();
+            assert_eq!((image.width, sizes), (320, vec![Some((160, 160))]));
+            assert!(image.notices.is_empty(), "{:?}", image.notices);
+
+            req.preview = false;
+            pipeline.generate(&req, &mut |p| p.preview.is_none()).await.unwrap();
+        });
+    }
+}

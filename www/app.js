@@ -103,10 +103,13 @@ async function loadBundle(source) {
   }
 }
 
-async function run(options, label) {
+// One generation; the canvas shows a low-resolution preview after every step (when the bundle's decoder
+// is the tiny one) and then the image.
+async function run(options, label, canvas) {
   const start = performance.now();
-  const result = await client.generate(options, p => {
-    announce('step', p);
+  const result = await client.generate({ ...options, preview: true }, p => {
+    announce('step', { step: p.step, total: p.total, stepMs: p.stepMs, elapsedMs: p.elapsedMs, preview: Boolean(p.preview) });
+    if (p.preview) draw(canvas, p.preview);
     $('gen-progress').value = p.step / p.total;
     const left = p.elapsedMs / p.step * (p.total - p.step);
     $('gen-status').textContent = `${label}step ${p.step} of ${p.total} — ${(left / 1000).toFixed(1)} s left`;
@@ -126,11 +129,12 @@ async function generate() {
   try {
     let plain = null;
     if ($('compare').checked) {
-      plain = await run({ ...s, styleWeight: 0 }, 'style weight 0: ');
+      $('figure-plain').hidden = false;
+      plain = await run({ ...s, styleWeight: 0 }, 'style weight 0: ', $('canvas-plain'));
       draw($('canvas-plain'), plain);
     }
     $('figure-plain').hidden = !plain;
-    const result = await run(s, plain ? `style weight ${s.styleWeight}: ` : '');
+    const result = await run(s, plain ? `style weight ${s.styleWeight}: ` : '', $('canvas'));
     draw($('canvas'), result);
     $('caption').textContent = `seed ${s.seed}, λc ${s.categoryWeight}, λs ${s.styleWeight}`;
     $('gen-status').textContent = `done in ${(result.ms / 1000).toFixed(1)} s` + (result.notices.length ? ` — ${result.notices.join('; ')}` : '');

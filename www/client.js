@@ -48,13 +48,22 @@ async function describeAdapter() {
 }
 
 // One worker with one loaded bundle. Every method returns a promise; failures reject with an Error whose
-// message says what went wrong.
+// message says what went wrong. When the worker reports a fatal error (a lost GPU device, a trapped wasm
+// module) or dies, the running request fails with that message and the worker is dropped; the next
+// `generate` starts a fresh worker and loads the same bundle again (from the Cache Storage, so quickly).
 export class ControlClipClient {
   constructor() {
-    this.worker = new Worker(WORKER_URL, { type: 'module' });
     this.pending = new Map();
     this.nextId = 1;
-    this.worker.onmessage = ({ data }) => {
+    this.source = null;
+    this.worker = null;
+    this.restarts = 0;
+  }
+
+  startWorker() {
+    const worker = new Worker(WORKER_URL, { type: 'module' });
+    worker.onmessage = ({ data }) => {
+      if (data.type === 'fatal') return this.fail(worker, data.message);
       const p = this.pending.get(data.id);
       if (!p) return;
       if (data.type === 'progress') p.onProgress?.(data);
@@ -65,45 +74,71 @@ export class ControlClipClient {
         else p.resolve(data);
       }
     };
-    this.worker.onerror = e => {
-      const error = new Error(`the generation worker failed: ${e.message || 'unknown error'}`);
-      for (const p of this.pending.values()) p.reject(error);
-      this.pending.clear();
-    };
+    worker.onerror = e => this.fail(worker, `the generation worker failed: ${e.message || 'unknown error'}`);
+    this.worker = worker;
+    return worker;
+  }
+
+  // Drops a broken worker; every request in flight fails with `message`.
+  fail(worker, message) {
+    if (worker !== this.worker) return;
+    worker.terminate();
+    this.worker = null;
+    const error = new Error(message);
+    for (const p of this.pending.values()) p.reject(error);
+    this.pending.clear();
   }
 
   request(message, callbacks = {}, transfer = []) {
+    const worker = this.worker || this.startWorker();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, ...callbacks });
-      this.worker.postMessage({ ...message, id }, transfer);
+      worker.postMessage({ ...message, id }, transfer);
     });
   }
 
   // bundle: URL of a bundle folder. onProgress({file, done, total, allDone, allTotal}).
   async load(bundle, backend, onProgress) {
     const base = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, location.href).href;
+    this.source = { bundle: base, backend };
     return (await this.request({ type: 'load', bundle: base, backend }, { onProgress })).info;
   }
 
   // files: FileList / array of File from a folder the user chose or dropped.
   async loadFiles(files, backend, onProgress) {
+    this.source = { files: Array.from(files), backend };
+    return this.sendFiles(this.source.files, backend, onProgress);
+  }
+
+  async sendFiles(files, backend, onProgress) {
     const map = {};
     for (const f of files) map[f.name] = await f.arrayBuffer();
     return (await this.request({ type: 'load-files', files: map, backend }, { onProgress }, Object.values(map))).info;
   }
 
-  // options: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler, width, height}.
-  // onStep({step, total, stepMs, elapsedMs}). Resolves to {width, height, rgba, notices}.
-  generate(options, onStep) {
+  // options: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler, width, height,
+  // preview}. onStep({step, total, stepMs, elapsedMs, preview: {width, height, rgba} | null}). Resolves to
+  // {width, height, rgba, notices}.
+  async generate(options, onStep) {
+    if (!this.worker && this.source) {
+      // The last worker was dropped (see the class comment): a fresh one, with the same bundle.
+      this.restarts += 1;
+      const { bundle, files, backend } = this.source;
+      if (bundle) await this.request({ type: 'load', bundle, backend });
+      else await this.sendFiles(files, backend);
+    }
     return this.request({ type: 'generate', options }, { onStep });
   }
 
-  cancel() { this.worker.postMessage({ type: 'cancel' }); }
+  cancel() { if (this.worker) this.worker.postMessage({ type: 'cancel' }); }
 
   async dispose() {
+    if (!this.worker) return;
     await this.request({ type: 'dispose' });
     this.worker.terminate();
+    this.worker = null;
+    this.source = null;
   }
 }
 

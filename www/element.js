@@ -91,12 +91,13 @@ class ControlClipDemo extends HTMLElement {
     const options = {
       prompt: $('prompt').value, categoryWeight: Number($('category').value), styleWeight: Number($('style').value),
       steps: num('steps', d.steps || 4), guidance: num('guidance', d.guidance ?? 7.5), seed: num('seed', 1),
-      width: num('width', d.width || 64), height: num('height', d.height || 64),
+      width: num('width', d.width || 64), height: num('height', d.height || 64), preview: true,
     };
     try {
       const result = await this.client.generate(options, p => {
         $('progress').value = p.step / p.total;
         $('status').textContent = `step ${p.step} of ${p.total}`;
+        if (p.preview) draw($('canvas'), p.preview);
         this.dispatchEvent(new CustomEvent('step', { detail: p, bubbles: true }));
       });
       draw($('canvas'), result);

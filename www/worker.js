@@ -6,8 +6,10 @@
 //               {type: 'load-files', id, files: {name: ArrayBuffer}, backend}
 //               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}
 // Messages out: {type: 'progress', id, file, done, total, allDone, allTotal}  {type: 'loaded', id, info}
-//               {type: 'step', id, step, total, stepMs, elapsedMs}  {type: 'result', id, width, height, rgba, notices}
+//               {type: 'step', id, step, total, stepMs, elapsedMs, preview}  {type: 'result', id, width, height, rgba, notices}
 //               {type: 'error', id, message}  {type: 'disposed', id}
+//               {type: 'fatal', message}: the GPU device was lost or the wasm module trapped; this worker is
+//               done and the client starts a fresh one.
 import init, { Generator } from './pkg/control_clip.js';
 
 const BUNDLE_CACHE = 'control-clip-bundles-v1';
@@ -15,6 +17,29 @@ let ready = null;
 let generator = null;
 
 function post(message, transfer) { self.postMessage(message, transfer || []); }
+
+// A lost GPU device (driver reset, GPU process crash, the system reclaiming it) cannot be recovered inside
+// this worker: burn keeps its device for the life of the module. So every device the wasm asks for is
+// watched, and its loss is reported at once — a generation waiting on the GPU may never finish by itself.
+// Tests destroy `self.controlClipDevices` to simulate a loss.
+self.controlClipDevices = [];
+if (self.GPUAdapter && GPUAdapter.prototype.requestDevice) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    self.controlClipDevices.push(device);
+    device.lost.then(info => post({
+      type: 'fatal', lost: true,
+      message: `The GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}). ` +
+        'The generation was stopped; the next one starts on a fresh device.',
+    }));
+    return device;
+  };
+}
+// A Rust panic traps the wasm module, which cannot be used after that.
+const trapped = e => post({ type: 'fatal', message: `The generator stopped with an internal error (${(e && e.message) || e}); the next generation starts afresh.` });
+self.addEventListener('error', e => trapped(e.error || e.message));
+self.addEventListener('unhandledrejection', e => trapped(e.reason));
 
 async function sha256Hex(bytes) {
   const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
@@ -64,9 +89,10 @@ async function fetchManifest(base) {
   return { url, text, manifest };
 }
 
+// Every file of the manifest: each component's one file, or its shards.
 function entries(manifest) {
   const components = (manifest && manifest.components) || {};
-  return Object.values(components).filter(c => c && typeof c.file === 'string');
+  return Object.values(components).flatMap(c => (c && Array.isArray(c.shards) ? c.shards : [c])).filter(c => c && typeof c.file === 'string');
 }
 
 function verifyError(where, entry, bytes, sha) {
@@ -145,7 +171,7 @@ self.onmessage = async ({ data }) => {
       post({ type: 'loaded', id, info: info(loaded.manifest, data.backend) });
     } else if (data.type === 'generate') {
       if (!generator) throw new Error('no bundle is loaded');
-      const out = await generator.generate(data.options, p => post({ type: 'step', id, ...p }));
+      const out = await generator.generate(data.options, p => post({ type: 'step', id, ...p }, p.preview ? [p.preview.rgba.buffer] : []));
       const rgba = out.rgba;
       post({ type: 'result', id, width: out.width, height: out.height, rgba, notices: Array.from(out.notices) }, [rgba.buffer]);
     } else if (data.type === 'cancel') {

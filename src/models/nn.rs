@@ -14,7 +14,7 @@ pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool
     let key = w.key(&format!("{name}.weight"));
     let (shape, values) = w.f32(&format!("{name}.weight"))?;
     if shape != [d_out, d_in] {
-        return Err(Error::tensor(w.file.name(), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
+        return Err(Error::tensor(w.file.file_of(&key), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
     }
     let mut transposed = vec![0f32; values.len()];
     for o in 0..d_out {
@@ -204,9 +204,9 @@ mod tests {
         let (q, k, v) = (normal([2, 37, 12]), normal([2, 19, 12]), normal([2, 19, 12]));
         let mask = Tensor::<4>::random([1, 1, 37, 19], Distribution::Normal(0.0, 1.0), &device);
         for mask in [None, Some(mask)] {
-            let whole = attention_pass(q.clone(), k.clone(), v.clone(), 3, mask.clone()).into_data().to_vec::<f32>().unwrap();
+            let whole = attention_pass(q.clone(), k.clone(), v.clone(), 3, mask.clone()).into_data().try_to_vec::<f32>().unwrap();
             // 2 rows × 3 heads × 19 keys × 5 queries per chunk: 8 chunks, the last one short.
-            let chunked = attention_in_chunks(q.clone(), k.clone(), v.clone(), 3, mask, 2 * 3 * 19 * 5).into_data().to_vec::<f32>().unwrap();
+            let chunked = attention_in_chunks(q.clone(), k.clone(), v.clone(), 3, mask, 2 * 3 * 19 * 5).into_data().try_to_vec::<f32>().unwrap();
             let err = whole.iter().zip(&chunked).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err <= 1e-6, "chunked attention differs by {err}");
         }

@@ -47,7 +47,7 @@ pub async fn check_scheduler(io: &SafeTensors, config: &ConfigJson, device: &Dev
             let (shape, values) = read_f32(scheduler.scale_model_input(sample.clone(), i)).await?;
             outputs.push(compare(io, &input_key, &shape, &values)?);
         }
-        let prev_sample = scheduler.step(model_output, i, sample, noise)?;
+        let prev_sample = scheduler.step(model_output, i, sample, noise)?.prev_sample;
         let (shape, values) = read_f32(prev_sample).await?;
         outputs.push(compare(io, &format!("prev_sample_{i}"), &shape, &values)?);
     }

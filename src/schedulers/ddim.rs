@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, TimestepSpacing, check_step_count, spaced_timesteps, step_out_of_range};
+use super::{LINEAR_BETAS, Prediction, Scheduler, StepOutput, SchedulerConfig, TimestepSpacing, check_step_count, spaced_timesteps, step_out_of_range};
 use crate::error::{Error, Result};
 
 pub struct Ddim {
@@ -63,7 +63,7 @@ impl Scheduler for Ddim {
         false
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Result<Tensor<4>> {
+    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Result<StepOutput> {
         let &t = self.timesteps.get(step_index).ok_or_else(|| step_out_of_range(step_index, self.timesteps.len()))?;
         let t = t as usize;
         // diffusers steps back by a fixed N // n whatever the spacing (with linspace that is not the
@@ -90,6 +90,7 @@ impl Scheduler for Ddim {
         };
         // eta = 0: no variance term, so the direction keeps all of 1 - alpha_prod_t_prev.
         let direction = pred_epsilon.mul_scalar((1.0 - alpha_prod_t_prev).sqrt());
-        Ok(pred_original_sample.mul_scalar(alpha_prod_t_prev.sqrt()) + direction)
+        let prev_sample = pred_original_sample.clone().mul_scalar(alpha_prod_t_prev.sqrt()) + direction;
+        Ok(StepOutput { prev_sample, denoised: pred_original_sample })
     }
 }

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use super::{
-    LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, TimestepSpacing, check_step_count, np_arange, np_interp, np_linspace,
+    LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, check_step_count, np_arange, np_interp, np_linspace,
     step_out_of_range, train_sigmas,
 };
 use crate::error::{Error, Result};
@@ -168,7 +168,7 @@ impl Scheduler for DpmPp2m {
         false
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Result<Tensor<4>> {
+    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Result<StepOutput> {
         let steps = self.timesteps.len();
         if step_index >= steps {
             return Err(step_out_of_range(step_index, steps));
@@ -206,9 +206,9 @@ impl Scheduler for DpmPp2m {
             }
             _ => sample.mul_scalar(sigma_t / sigma_s0) - x0.clone().mul_scalar(coefficient),
         };
-        self.previous_x0 = Some(x0);
+        self.previous_x0 = Some(x0.clone());
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.solver_order);
         self.next_step = step_index + 1;
-        Ok(prev_sample)
+        Ok(StepOutput { prev_sample, denoised: x0 })
     }
 }

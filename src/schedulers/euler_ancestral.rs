@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use super::{
-    LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, TimestepSpacing, check_step_count, missing_noise, np_interp, spaced_timesteps,
+    LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, check_step_count, missing_noise, np_interp, spaced_timesteps,
     step_out_of_range, train_sigmas,
 };
 use crate::error::Result;
@@ -84,7 +84,7 @@ impl Scheduler for EulerAncestral {
         true
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Result<Tensor<4>> {
+    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Result<StepOutput> {
         if step_index >= self.timesteps.len() {
             return Err(step_out_of_range(step_index, self.timesteps.len()));
         }
@@ -97,13 +97,13 @@ impl Scheduler for EulerAncestral {
         };
         let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
-        let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma);
+        let derivative = (sample.clone() - pred_original_sample.clone()).div_scalar(sigma);
         let prev_sample = sample + derivative.mul_scalar(sigma_down - sigma);
         // On the last step sigma_up is 0: no noise to add.
         if sigma_up == 0.0 {
-            return Ok(prev_sample);
+            return Ok(StepOutput { prev_sample, denoised: pred_original_sample });
         }
         let noise = noise.ok_or_else(|| missing_noise(step_index))?;
-        Ok(prev_sample + noise.mul_scalar(sigma_up))
+        Ok(StepOutput { prev_sample: prev_sample + noise.mul_scalar(sigma_up), denoised: pred_original_sample })
     }
 }

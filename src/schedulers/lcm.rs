@@ -6,7 +6,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{BetaDefaults, Prediction, Scheduler, SchedulerConfig, missing_noise, step_out_of_range};
+use super::{BetaDefaults, Prediction, Scheduler, StepOutput, SchedulerConfig, missing_noise, step_out_of_range};
 use crate::error::{Error, Result};
 
 /// LCM's defaults are Stable Diffusion's betas.
@@ -81,7 +81,7 @@ impl Scheduler for Lcm {
         true
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Result<Tensor<4>> {
+    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Result<StepOutput> {
         let &t = self.timesteps.get(step_index).ok_or_else(|| step_out_of_range(step_index, self.timesteps.len()))?;
         let alpha_prod_t = self.alphas_cumprod[t as usize];
         let beta_prod_t = 1.0 - alpha_prod_t;
@@ -96,11 +96,11 @@ impl Scheduler for Lcm {
         };
         let denoised = pred_original_sample.mul_scalar(c_out) + sample.mul_scalar(c_skip);
         let Some(&prev_t) = self.timesteps.get(step_index + 1) else {
-            return Ok(denoised);
+            return Ok(StepOutput { prev_sample: denoised.clone(), denoised });
         };
         let alpha_prod_t_prev = self.alphas_cumprod[prev_t as usize];
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         let noise = noise.ok_or_else(|| missing_noise(step_index))?;
-        Ok(denoised.mul_scalar(alpha_prod_t_prev.sqrt()) + noise.mul_scalar(beta_prod_t_prev.sqrt()))
+        Ok(StepOutput { prev_sample: denoised.clone().mul_scalar(alpha_prod_t_prev.sqrt()) + noise.mul_scalar(beta_prod_t_prev.sqrt()), denoised })
     }
 }

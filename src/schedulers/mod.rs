@@ -44,8 +44,18 @@ pub trait Scheduler {
     }
     /// Whether `step` takes fresh noise (every step but the last, where it is ignored and may be `None`).
     fn needs_noise(&self) -> bool;
-    /// The sample for the next step (on the last step, the denoised sample).
-    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Result<Tensor<4>>;
+    /// The sample for the next step (on the last step, the denoised sample) and this step's estimate of
+    /// the clean sample.
+    fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Result<StepOutput>;
+}
+
+/// What a step returns, as diffusers' scheduler outputs do.
+pub struct StepOutput {
+    /// The sample for the next step.
+    pub prev_sample: Tensor<4>,
+    /// The step's estimate of the fully denoised sample (diffusers' `pred_original_sample`, LCM's
+    /// `denoised`): what a preview shows.
+    pub denoised: Tensor<4>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

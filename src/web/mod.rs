@@ -226,8 +226,10 @@ impl Generator {
     }
 
     /// `options`: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler,
-    /// width, height} (all but `prompt` optional); `on_step({step, total, stepMs, elapsedMs})` after every
-    /// step. Resolves to {width, height, rgba: Uint8ClampedArray, notices: [string]}; rejects with an Error
+    /// width, height, preview} (all but `prompt` optional); `on_step({step, total, stepMs, elapsedMs,
+    /// preview})` after every step, where `preview` is `{width, height, rgba: Uint8ClampedArray}` (a
+    /// low-resolution decode of the step's estimate, when `preview: true` and the bundle's decoder is the
+    /// tiny one) or null. Resolves to {width, height, rgba: Uint8ClampedArray, notices: [string]}; rejects with an Error
     /// (message "cancelled" after `cancel()`).
     pub fn generate(&self, options: JsValue, on_step: Option<js_sys::Function>) -> js_sys::Promise {
         let inner = self.inner.clone();
@@ -241,6 +243,14 @@ impl Generator {
                     set(&o, "total", p.total as u32);
                     set(&o, "stepMs", p.step_ms);
                     set(&o, "elapsedMs", p.elapsed_ms);
+                    let preview = p.preview.map_or(JsValue::NULL, |image| {
+                        let v = Object::new();
+                        set(&v, "width", image.width as u32);
+                        set(&v, "height", image.height as u32);
+                        set(&v, "rgba", js_sys::Uint8ClampedArray::from(image.rgba.as_slice()));
+                        v.into()
+                    });
+                    set(&o, "preview", preview);
                     let _ = f.call1(&JsValue::NULL, &o);
                 }
                 !inner.cancel.get()
@@ -289,6 +299,9 @@ fn request_from(options: &JsValue) -> Result<crate::pipeline::GenerateRequest, J
     }
     if let Some(v) = count_field(options, "height")? {
         req.height = v;
+    }
+    if let Some(v) = field(options, "preview") {
+        req.preview = v.as_bool().ok_or_else(|| js_err(Error::invalid("preview", format!("{v:?} is not true or false"))))?;
     }
     if let Some(v) = string_field(options, "scheduler")? {
         req.scheduler = Some(v.parse().map_err(js_err)?);

@@ -183,12 +183,23 @@ def write_report(rows, args):
         lines.append("| %s | %d² | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, size, backend, fmt(u), fmt(r), ratio(u, r), fmt(ours.get("decoder_ms")), fmt(ref.get("decoder_ms")),
             fmt(g), fmt(gr), ratio(g, gr), fmt(ours.get("peak_rss_mib")), fmt(ours.get("device_reserved_mib"))))
-    section = "\n".join(lines) + "\n"
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(path).read()
     start = text.find(title + "\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
+        old = text[start:end if end >= 0 else len(text)]
+        # Rows of models this run did not measure stay (one model per run fits a session on slow backends);
+        # they keep their own numbers, and the command line above names only this run's models.
+        measured = {("| %s | %d² | %s |" % (name, size, backend)) for name, size, backend, _, _ in rows}
+        kept = [l for l in old.splitlines() if l.startswith("| ") and not l.startswith("| model") and l.count("|") > 10
+                and not any(l.startswith(m) for m in measured)]
+        if kept:
+            lines[2] = lines[2].replace("--models %s " % args.models, "--models MODEL ").replace(
+                "` (", "`, one run per model of the table (", 1)
+        lines.extend(kept)
+    section = "\n".join(lines) + "\n"
+    if start >= 0:
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

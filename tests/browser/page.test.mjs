@@ -1,6 +1,6 @@
 // The page (www/index.html) and the embeddable element in headless Chromium: loading the default bundle with
 // progress, a seeded generation whose canvas equals the native CLI's PNG, cancel, broken bundles, no WebGPU,
-// offline after a first visit, the custom element, and screenshots at desktop and phone width.
+// offline after a first visit, the custom element, a lost GPU device, and screenshots at desktop and phone width.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -17,6 +17,8 @@ const BUNDLES = path.join(OUT, 'bundles');
 // order (2/255, the pipeline's parity bound).
 const TOLERANCE = { cpu: 1, webgpu: 2 };
 const SETTINGS = 'prompt=a+cat+in+Pokemon+style&seed=1&steps=4&guidance=7.5&categoryWeight=1&styleWeight=0.8&width=64&height=64';
+// The default bundle is sharded (www/models/make_default.sh): the UNet's shards, from its manifest.
+const UNET_SHARDS = JSON.parse(fs.readFileSync(path.join(ROOT, 'www/models/default/manifest.json'), 'utf8')).components.unet.shards.map(s => s.file);
 
 let server, browser, base;
 before(async () => {
@@ -38,13 +40,13 @@ function makeBrokenBundles() {
     fs.rmSync(dir, { recursive: true, force: true });
     fs.cpSync(src, dir, { recursive: true });
   }
-  const unet = path.join(BUNDLES, 'bad-sha/unet.safetensors');
+  const unet = path.join(BUNDLES, 'bad-sha', UNET_SHARDS[1]);
   const bytes = fs.readFileSync(unet);
   bytes[bytes.length - 10] ^= 0xff; // same size, different content
   fs.writeFileSync(unet, bytes);
   fs.rmSync(path.join(BUNDLES, 'missing-file/decoder.safetensors'));
   const manifest = path.join(BUNDLES, 'wrong-version/manifest.json');
-  fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 1', '"format_version": 99'));
+  fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 2', '"format_version": 99'));
 }
 
 // A page that records the page's `control-clip` events and its errors.
@@ -93,7 +95,8 @@ for (const backend of ['cpu', 'webgpu']) {
       await state(page, ['ready']);
       const progress = await events(page, 'progress');
       assert.ok(progress.length >= 7, `only ${progress.length} progress events`);
-      assert.ok(progress.some(p => p.file === 'unet.safetensors' && p.done === p.total));
+      assert.ok(UNET_SHARDS.length >= 2, `the default bundle's UNet should be sharded: ${UNET_SHARDS}`);
+      for (const shard of UNET_SHARDS) assert.ok(progress.some(p => p.file === shard && p.done === p.total), `no complete progress for ${shard}`);
       if (backend === 'cpu') {
         await page.screenshot({ path: path.join(OUT, 'page-1280-before.png'), fullPage: true });
         await page.setViewportSize({ width: 390, height: 844 });
@@ -103,8 +106,9 @@ for (const backend of ['cpu', 'webgpu']) {
       await page.click('#generate');
       await state(page, ['done', 'error']);
       assert.equal(await page.textContent('#error'), '');
-      const steps = (await events(page, 'step')).map(s => `${s.step}/${s.total}`);
-      assert.deepEqual(steps, ['1/4', '2/4', '3/4', '4/4']);
+      const steps = await events(page, 'step');
+      assert.deepEqual(steps.map(s => `${s.step}/${s.total}`), ['1/4', '2/4', '3/4', '4/4']);
+      assert.ok(steps.every(s => s.preview), 'every step brought a preview');
       const worst = await canvasVsReference(page);
       console.log(`# page ${backend}: canvas vs native PNG worst difference ${worst}/255; ${await page.textContent('#gen-status')}`);
       assert.ok(worst <= TOLERANCE[backend], `canvas differs from the native PNG by ${worst}/255`);
@@ -165,7 +169,7 @@ test('cancel stops within one step and the next generation works', async () => {
 });
 
 for (const [name, words] of [
-  ['bad-sha', ['unet.safetensors', 'sha256', 'does not match']],
+  ['bad-sha', [UNET_SHARDS[1], 'sha256', 'does not match']],
   ['missing-file', ['decoder.safetensors', '404', 'missing']],
   ['wrong-version', ['format_version', '99', 'not supported']],
 ]) {
@@ -234,6 +238,37 @@ test('the custom element renders and generates inside embed-example.html', async
     const size = await page.evaluate(() => [window.__generated.width, window.__generated.height]);
     assert.deepEqual(size, [64, 64]);
     await page.screenshot({ path: path.join(OUT, 'embed-example.png'), fullPage: true });
+    assert.deepEqual(errors, []);
+  } finally {
+    await page.close();
+  }
+});
+
+test('a lost GPU device ends the generation with a message and the next one starts fresh', async () => {
+  const { page, errors } = await open(`${base}/www/index.html?backend=webgpu&steps=3&seed=2`);
+  try {
+    await state(page, ['ready']);
+    await page.click('#generate');
+    await page.waitForFunction(() => window.__events.some(e => e.kind === 'step'), null, { timeout: 300000 });
+    // The worker keeps the devices the wasm asked for; destroying them is what a driver reset looks like.
+    const workers = page.workers();
+    const destroyed = (await Promise.all(workers.map(w => w.evaluate(() => {
+      for (const d of self.controlClipDevices || []) d.destroy();
+      return (self.controlClipDevices || []).length;
+    })))).reduce((a, b) => a + b, 0);
+    assert.ok(destroyed >= 1, 'no GPU device to destroy');
+    await state(page, ['error', 'done']);
+    const message = await page.textContent('#error');
+    console.log(`# page lost device: ${message}`);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'error');
+    assert.match(message, /GPU device was lost/);
+    assert.match(message, /next one starts on a fresh device/);
+    const before = (await events(page, 'step')).length;
+    await page.click('#generate');
+    await state(page, ['done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'done', await page.textContent('#error'));
+    const steps = (await events(page, 'step')).slice(before).map(s => `${s.step}/${s.total}`);
+    assert.deepEqual(steps, ['1/3', '2/3', '3/3']);
     assert.deepEqual(errors, []);
   } finally {
     await page.close();

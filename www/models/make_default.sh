@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds www/models/default/, the bundle the page loads when no other is named: the project's tiny test
-# fixtures (random weights, so its images are noise) with Control-CLIP encoders, in f16.
+# fixtures (random weights, so its images are noise) with Control-CLIP encoders, in f16, sharded at 256 KiB
+# (far below the 32 MiB default) so that the browser tests load, verify and cache a sharded bundle.
 #   CONTROL_CLIP=path/to/control-clip bash www/models/make_default.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,4 +20,5 @@ rm -rf www/models/default
   --dtype f16 --name "control-clip demo bundle (tiny, random weights)" \
   --licence "MIT OR Apache-2.0 (the project's own test fixtures)" \
   --steps 4 --guidance 7.5 --width 64 --height 64 --category-weight 1 --style-weight 0.8 \
+  --shard-size 256K \
   --out www/models/default

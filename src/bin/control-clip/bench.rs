@@ -1,6 +1,8 @@
 //! `control-clip bench`: times a UNet step, a decoder pass and (when the folder has a text encoder) a
 //! whole guided generation on a model folder made by tests/bench/bench.py (which times diffusers on the
-//! same inputs and writes docs/benchmarks.md). Prints one JSON line. Speed is reported, never asserted.
+//! same inputs and writes docs/benchmarks.md); or, with `--bundle`, loading a bundle and generating with
+//! its defaults as the page does (tests/browser/bench.mjs sets it beside the browser's numbers). Prints
+//! one JSON line. Speed is reported, never asserted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,20 +21,29 @@ pub struct BenchArgs {
     /// Folder with unet/ (and optionally decoder/) and io.safetensors (`sample`, `timestep`,
     /// `encoder_hidden_states`, optional `latents` for the decoder). With decoder/, text_encoder/,
     /// tokenizer.json and scheduler/scheduler_config.json as well, a whole generation is timed too.
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    dir: Option<PathBuf>,
+    /// A bundle folder: time its loading and a generation with its recommended settings (steps, size,
+    /// guidance, weights; `--generation-steps` overrides the steps), prompt "a cat in Pokemon style".
     #[arg(long)]
-    dir: PathBuf,
+    bundle: Option<PathBuf>,
     #[arg(long, default_value = "wgpu")]
     backend: String,
     /// Timed runs after one warm-up run; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Steps of the timed whole generation (guidance 7.5, so the UNet runs at batch 2).
-    #[arg(long, default_value_t = 2)]
-    generation_steps: usize,
+    /// Steps of the timed whole generation (guidance 7.5, so the UNet runs at batch 2); default 2, or
+    /// the bundle's recommended steps with --bundle.
+    #[arg(long)]
+    generation_steps: Option<usize>,
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
-    match pollster::block_on(bench(&args)) {
+    let result = match &args.bundle {
+        Some(dir) => pollster::block_on(bench_bundle(dir, &args)),
+        None => pollster::block_on(bench(&args)),
+    };
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -56,16 +67,77 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
+/// A bundle as the page runs it: load time, the first generation (which on wgpu compiles the kernels),
+/// then the median generation and step of `--runs` more.
+async fn bench_bundle(dir: &std::path::Path, args: &BenchArgs) -> control_clip::Result<String> {
     if args.runs == 0 {
         return Err(Error::invalid("--runs", "must be at least 1"));
     }
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
     let t = Instant::now();
-    let unet = UNet2DConditionModel::read_dir(&args.dir.join("unet"), &device)?;
+    let pipeline = Pipeline::read_bundle(dir, &device).await?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let io = SafeTensors::read(&args.dir.join("io.safetensors"))?;
+    let manifest_path = dir.join(control_clip::bundle::MANIFEST);
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::file(manifest_path.display().to_string(), format!("cannot read: {e}")))?;
+    let manifest = control_clip::bundle::Manifest::parse(&dir.display().to_string(), &text)?;
+    let defaults = &manifest.value["defaults"];
+    let number = |key: &str| defaults[key].as_f64();
+    let mut req = GenerateRequest::new("a cat in Pokemon style");
+    req.steps = args.generation_steps.or(number("steps").map(|v| v as usize)).unwrap_or(req.steps);
+    req.guidance = number("guidance").map_or(req.guidance, |v| v as f32);
+    req.width = number("width").map_or(req.width, |v| v as usize);
+    req.height = number("height").map_or(req.height, |v| v as usize);
+    req.seed = 1;
+    req.control = control_clip::control::ControlWeights::new(
+        number("category_weight").map_or(1.0, |v| v as f32),
+        number("style_weight").map_or(0.0, |v| v as f32),
+    )?;
+    let (mut first_ms, mut generation_ms, mut step_ms) = (0.0, Vec::new(), Vec::new());
+    for run in 0..=args.runs {
+        let t = Instant::now();
+        let mut steps = Vec::new();
+        pipeline
+            .generate(&req, &mut |p| {
+                steps.push(p.step_ms);
+                true
+            })
+            .await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if run == 0 {
+            first_ms = ms;
+        } else {
+            generation_ms.push(ms);
+            step_ms.extend(steps);
+        }
+    }
+    Ok(serde_json::json!({
+        "backend": backend.name(),
+        "bundle": dir.display().to_string(),
+        "load_ms": load_ms,
+        "first_generation_ms": first_ms,
+        "generation_ms": median(generation_ms),
+        "step_ms": median(step_ms),
+        "steps": req.steps,
+        "size": [req.width, req.height],
+        "runs": args.runs,
+        "peak_rss_mib": peak_rss_mib(),
+    })
+    .to_string())
+}
+
+async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
+    if args.runs == 0 {
+        return Err(Error::invalid("--runs", "must be at least 1"));
+    }
+    let dir = args.dir.as_deref().expect("clap requires --dir without --bundle");
+    let generation_steps = args.generation_steps.unwrap_or(2);
+    let backend: BackendKind = args.backend.parse()?;
+    let device = init_device(backend).await?;
+    let t = Instant::now();
+    let unet = UNet2DConditionModel::read_dir(&dir.join("unet"), &device)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let io = SafeTensors::read(&dir.join("io.safetensors"))?;
     let dims = |name: &str| -> control_clip::Result<Vec<usize>> { Ok(io.shape(name)?.to_vec()) };
     let s = dims("sample")?;
     let c = dims("encoder_hidden_states")?;
@@ -79,12 +151,13 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         let t = Instant::now();
         let out = unet.forward(sample.clone(), &timesteps, &context)?;
         read_f32(out).await?;
+        eprintln!("unet run {run}: {:.0} ms{}", t.elapsed().as_secs_f64() * 1000.0, if run == 0 { " (warm-up)" } else { "" });
         if run > 0 {
             unet_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
     let mut decoder_ms = Vec::new();
-    let decoder_dir = args.dir.join("decoder");
+    let decoder_dir = dir.join("decoder");
     let decoder = if decoder_dir.exists() { Some(Decoder::read_dir(&decoder_dir, &device)?) } else { None };
     if let Some(decoder) = &decoder {
         let l = dims("latents")?;
@@ -101,20 +174,20 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     // A whole generation: two prompts through the text encoder, `generation_steps` guided UNet steps with
     // the scheduler, the decoder and the read-back of the pixels, as `control-clip generate` does it.
     let mut generation_ms = Vec::new();
-    let text_encoder_dir = args.dir.join("text_encoder");
+    let text_encoder_dir = dir.join("text_encoder");
     if let (Some(decoder), true) = (decoder, text_encoder_dir.exists()) {
         let scale = decoder.scale_factor();
         let pipeline = Pipeline {
-            tokenizer: ClipTokenizer::read(&args.dir.join("tokenizer.json"))?,
+            tokenizer: ClipTokenizer::read(&dir.join("tokenizer.json"))?,
             text_encoder: ClipTextModel::read_dir(&text_encoder_dir, &device)?,
             control: control_clip::control::ControlEncoders::default(),
             unet,
             decoder,
-            scheduler_config: SchedulerConfig::read(&args.dir.join("scheduler").join("scheduler_config.json"))?,
+            scheduler_config: SchedulerConfig::read(&dir.join("scheduler").join("scheduler_config.json"))?,
             device: device.clone(),
         };
         let mut req = GenerateRequest::new("a cat in Pokemon style");
-        req.steps = args.generation_steps;
+        req.steps = generation_steps;
         (req.width, req.height) = (s[3] * scale, s[2] * scale);
         for run in 0..=args.runs {
             let t = Instant::now();
@@ -130,7 +203,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         "unet_step_ms": median(unet_ms),
         "decoder_ms": (!decoder_ms.is_empty()).then(|| median(decoder_ms)),
         "generation_ms": (!generation_ms.is_empty()).then(|| median(generation_ms)),
-        "generation_steps": args.generation_steps,
+        "generation_steps": generation_steps,
         "batch": s[0],
         "latent_size": [s[2], s[3]],
         "runs": args.runs,

@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use control_clip::bundle::{FORMAT, FORMAT_VERSION, MANIFEST, StoreDType, convert_weights, file_entry};
+use control_clip::bundle::{FORMAT, FORMAT_VERSION, MANIFEST, StoreDType, convert_weights, file_entry, parse_size, shard_file_names, shard_tensors};
 use control_clip::config::ConfigJson;
 use control_clip::models::clip::find_weights_file;
 use control_clip::schedulers::read_config_json;
+use control_clip::weights::serialize;
 use control_clip::{ClipTokenizer, Error, SafeTensors};
 use serde_json::{Value, json};
 
@@ -57,6 +58,11 @@ pub struct BundleArgs {
     width: usize,
     #[arg(long, default_value_t = 512)]
     height: usize,
+    /// Most tensor data per weights file, in bytes or with a K / M / G suffix (KiB, MiB, GiB): a larger
+    /// component is split into shards (docs/bundle.md says why 32M). A single tensor larger than this
+    /// gets a shard of its own.
+    #[arg(long, default_value = "32M")]
+    shard_size: String,
     /// Output folder (created; must not exist or be empty).
     #[arg(long)]
     out: PathBuf,
@@ -84,6 +90,7 @@ fn write(path: &Path, bytes: &[u8]) -> control_clip::Result<()> {
 
 fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let dtype: StoreDType = args.dtype.parse()?;
+    let shard_bytes = parse_size(&args.shard_size)?;
     control_clip::control::ControlWeights::new(args.category_weight, args.style_weight.unwrap_or(0.0))?;
     let style_weight = args.style_weight.unwrap_or(if args.style_encoder.is_some() || args.adapter.is_some() { 1.0 } else { 0.0 });
     let out = &args.out;
@@ -125,11 +132,24 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     for (component, dir, config_name) in parts {
         let config = ConfigJson::read(&dir.join(config_name))?;
         let weights = SafeTensors::read(&find_weights_file(dir)?)?;
-        let bytes = convert_weights(&weights, dtype)?;
-        let file = format!("{component}.safetensors");
-        write(&out.join(&file), &bytes)?;
-        total += bytes.len() as u64;
-        let mut entry = file_entry(&file, &bytes);
+        let shards = shard_tensors(convert_weights(&weights, dtype)?, shard_bytes);
+        let names = shard_file_names(component, shards.len());
+        let mut files = Vec::new();
+        for (name, tensors) in names.iter().zip(&shards) {
+            let bytes = serialize(tensors);
+            if let [t] = tensors.as_slice()
+                && t.bytes.len() > shard_bytes
+            {
+                eprintln!("note: {name} is over --shard-size {}: its one tensor {} alone is {} bytes", args.shard_size, t.name, t.bytes.len());
+            }
+            write(&out.join(name), &bytes)?;
+            total += bytes.len() as u64;
+            files.push(file_entry(name, &bytes));
+        }
+        let mut entry = match files.len() {
+            1 => files.pop().expect("one file"),
+            _ => json!({"shards": files}),
+        };
         entry["dtype"] = json!(args.dtype);
         if component.ends_with("_encoder") && component != "text_encoder" {
             entry["form"] = json!(if config_name == "adapter_config.json" { "lora" } else { "full" });
