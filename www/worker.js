@@ -23,16 +23,19 @@ function post(message, transfer) { self.postMessage(message, transfer || []); }
 // watched, and its loss is reported at once — a generation waiting on the GPU may never finish by itself.
 // Tests destroy `self.controlClipDevices` to simulate a loss.
 self.controlClipDevices = [];
+let reportLoss;
+const lostMessage = new Promise(resolve => { reportLoss = resolve; });
 if (self.GPUAdapter && GPUAdapter.prototype.requestDevice) {
   const requestDevice = GPUAdapter.prototype.requestDevice;
   GPUAdapter.prototype.requestDevice = async function (...args) {
     const device = await requestDevice.apply(this, args);
     self.controlClipDevices.push(device);
-    device.lost.then(info => post({
-      type: 'fatal', lost: true,
-      message: `The GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}). ` +
-        'The generation was stopped; the next one starts on a fresh device.',
-    }));
+    device.lost.then(info => {
+      const message = `The GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}). ` +
+        'The generation was stopped; the next one starts on a fresh device.';
+      reportLoss(message);
+      post({ type: 'fatal', lost: true, message });
+    });
     return device;
   };
 }
@@ -181,6 +184,12 @@ self.onmessage = async ({ data }) => {
       post({ type: 'disposed', id });
     }
   } catch (e) {
-    post({ type: 'error', id, message: String((e && e.message) || e) });
+    const message = String((e && e.message) || e);
+    // A failure caused by a lost device (a read-back that could not map, say) can arrive before the device's
+    // `lost` promise settles: wait a moment for it, and let the loss be the message (posted as 'fatal').
+    if (self.controlClipDevices.length && !/cancel/.test(message)) {
+      if (await Promise.race([lostMessage, new Promise(resolve => setTimeout(resolve, 250, null))])) return;
+    }
+    post({ type: 'error', id, message });
   }
 };
