@@ -103,3 +103,46 @@ fn a_failed_run_writes_nothing() {
     assert!(stderr.contains("warp-drive"), "{stderr}");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+/// `--batch`: every line's picture is written (relative to the batch file), each the picture the single
+/// command makes with the same settings; a bad line is refused by file and line before anything is made.
+#[test]
+fn batch_generates_every_line_and_names_a_bad_line() {
+    let tmp = tempdir("batch");
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny-random");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_control-clip"))
+            .arg("generate").arg("--bundle").arg(&bundle)
+            .args(["--steps", "2", "--width", "64", "--height", "64", "--backend", "cpu"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let batch = tmp.join("batch.jsonl");
+    std::fs::write(&batch, concat!(
+        r#"{"prompt": "a cat", "seed": 3, "out": "one.png"}"#, "\n\n",
+        r#"{"prompt": "a dog", "seed": 4, "out": "two.png", "style_weight": 0.5}"#, "\n",
+    )).unwrap();
+    let out = run(&["--batch", batch.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let single = tmp.join("single.png");
+    let out = run(&["--prompt", "a dog", "--seed", "4", "--style-weight", "0.5", "--out", single.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tmp.join("one.png").exists());
+    assert_eq!(std::fs::read(tmp.join("two.png")).unwrap(), std::fs::read(&single).unwrap());
+
+    for (line, want) in [
+        (r#"{"prompt": "a cat", "seed": 1}"#, "missing field `out`"),
+        (r#"{"prompt": "a cat", "seed": 1, "out": "x.jpg"}"#, "must end in .png"),
+        (r#"{"prompt": "a cat", "seed": 1, "out": "x.png", "style_weight": "high"}"#, "invalid type"),
+        (r#"{"prompt": "a cat", "seed": 1, "out": "x.png", "colour": "red"}"#, "unknown field `colour`"),
+    ] {
+        let bad = tmp.join("bad.jsonl");
+        std::fs::write(&bad, format!("{}\n{line}\n", r#"{"prompt": "fine", "seed": 1, "out": "fine.png"}"#)).unwrap();
+        let out = run(&["--batch", bad.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("bad.jsonl, line 2") && stderr.contains(want), "{stderr}");
+        assert!(!tmp.join("fine.png").exists(), "nothing is generated before every line is read");
+    }
+}

@@ -84,6 +84,7 @@ async function loadBundle(source) {
       (info.control.length ? ` — Control-CLIP: ${info.control.join(', ').replaceAll('_', ' ')}` : ' — no Control-CLIP encoders (plain generator)');
     $('default-note').hidden = !(typeof source === 'string' && source === DEFAULT_BUNDLE);
     const d = info.defaults || {};
+    if (!params.has('prompt') && d.prompt) $('prompt').value = d.prompt;
     if (!params.has('steps') && d.steps) $('steps').value = d.steps;
     if (!params.has('guidance') && d.guidance !== undefined) $('guidance').value = d.guidance;
     if (!params.has('width') && d.width) $('width').value = d.width;

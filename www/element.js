@@ -1,7 +1,7 @@
 // <control-clip-demo>: the generator as one element that a project page adds with a single script tag:
 //
 //   <script type="module" src="https://…/element.js"></script>
-//   <control-clip-demo bundle="models/default/" prompt="a cat in Pokemon style" style-weight="0.8"></control-clip-demo>
+//   <control-clip-demo bundle="models/default/" prompt="a blue heart with stripes" style-weight="0"></control-clip-demo>
 //
 // Attributes: bundle (URL of a bundle folder; default: the bundle next to this script), prompt,
 // category-weight, style-weight, steps, guidance, seed, width, height, backend (webgpu | cpu). It renders a
@@ -43,7 +43,7 @@ class ControlClipDemo extends HTMLElement {
     root.innerHTML = TEMPLATE;
     const $ = id => root.getElementById(id);
     this.$ = $;
-    $('prompt').value = this.getAttribute('prompt') || 'a cat in Pokemon style';
+    $('prompt').value = this.getAttribute('prompt') || '';
     for (const [id, attr, dflt] of [['category', 'category-weight', '1'], ['style', 'style-weight', '1']]) {
       $(id).value = this.getAttribute(attr) ?? dflt;
       $(`${id}-value`).textContent = $(id).value;
@@ -70,6 +70,8 @@ class ControlClipDemo extends HTMLElement {
         if (p.allTotal) $('progress').value = p.allDone / p.allTotal;
         $('status').textContent = `loading ${p.file}…`;
       });
+      const d = this.info.defaults || {};
+      if (!$('prompt').value && d.prompt) $('prompt').value = d.prompt;
       $('status').textContent = `${this.info.name} on ${choice.backend === 'wgpu' ? 'WebGPU' : 'the CPU'}` + (choice.reason ? ` (${choice.reason})` : '');
       $('generate').disabled = false;
       this.dispatchEvent(new CustomEvent('ready', { detail: this.info, bubbles: true }));

@@ -22,7 +22,12 @@ import { launch } from './browser.mjs';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNS = Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3;
 const TARGET = process.env.CARGO_TARGET_DIR || path.join(os.homedir(), '.cache/control-clip/target');
-const BINARY = path.join(TARGET, 'release/control-clip');
+// CONTROL_CLIP names another build (the dev profile builds every dependency at opt-level 3, so its times are
+// within a few per cent of release; the report says which binary ran).
+const BINARY = process.env.CONTROL_CLIP || path.join(TARGET, 'release/control-clip');
+const argValue = (flag, fallback) => (process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : fallback);
+// Native backends to time beside the browser (lavapipe spends minutes autotuning a new model: `--native cpu`).
+const NATIVE = argValue('--native', 'cpu,wgpu').split(',');
 const BUNDLE = 'www/models/default';
 
 const median = v => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
@@ -34,7 +39,7 @@ async function measure({ backend, runs }) {
   const { ControlClipClient } = await import('/www/client.js');
   const manifest = await (await fetch('/www/models/default/manifest.json')).json();
   const d = manifest.defaults;
-  const options = { prompt: 'a cat in Pokemon style', seed: 1, steps: d.steps, guidance: d.guidance, width: d.width, height: d.height, categoryWeight: d.category_weight, styleWeight: d.style_weight };
+  const options = { prompt: d.prompt || 'a blue heart with stripes', seed: 1, steps: d.steps, guidance: d.guidance, width: d.width, height: d.height, categoryWeight: d.category_weight, styleWeight: d.style_weight };
   const loads = [];
   let client;
   for (let i = 0; i < 2; i++) {
@@ -98,7 +103,7 @@ async function main() {
       await browser.close();
     }
   }
-  for (const backend of ['cpu', 'wgpu']) {
+  for (const backend of NATIVE) {
     const n = nativeBench(backend);
     rows.push({ where: 'native', backend: backend === 'wgpu' ? 'wgpu (lavapipe)' : 'CPU', load: n.load_ms, first: n.first_generation_ms, generation: n.generation_ms, step: n.step_ms, error: n.error });
     console.log('native', backend, JSON.stringify(n));
@@ -109,15 +114,16 @@ async function main() {
   const sizes = gzipSizes();
   const total = sizes.reduce((a, s) => a + s.gzip, 0);
   const bundleBytes = JSON.parse(fs.readFileSync(path.join(ROOT, BUNDLE, 'manifest.json'), 'utf8'));
+  const manifestDefaults = bundleBytes.defaults;
   const lines = [
-    '## In the browser: the default bundle (issue 5)', '',
-    `Command: \`node tests/browser/bench.mjs --runs ${RUNS}\` (after \`./build.sh\` and \`cargo build --release --bin control-clip\`). ` +
+    '## In the browser: the trained default bundle (issue 16)', '',
+    `Command: \`node tests/browser/bench.mjs --runs ${RUNS} --native ${NATIVE.join(',')}\` (after \`./build.sh\`; native binary: ${path.relative(TARGET, BINARY)}). ` +
     `Machine: ${os.cpus().length} cores (${os.cpus()[0].model}), no GPU; ${chromium} headless; WebGPU adapter: ${adapter}. Date: ${new Date().toISOString().slice(0, 10)}.`, '',
-    'The default bundle (tiny random-weight models, 64², 4 DDIM steps at guidance 7.5, so the UNet runs at batch 2). ' +
+    `The default bundle (the trained shapes model: ${manifestDefaults.width}², ${manifestDefaults.steps} steps of its scheduler at guidance ${manifestDefaults.guidance}, so the UNet runs at batch 2). ` +
     'Load: a fresh worker until the bundle is ready (wasm fetch + compile, bundle fetch + sha256 + model build); first from the ' +
     'server, then again from the Cache Storage. First generation: includes compiling the kernels. Generation and step: medians of ' +
     `${RUNS} more runs (step without the preview, and with the tiny decoder's preview beside it). Native rows: \`control-clip bench --bundle ` +
-    `${BUNDLE} --backend cpu|wgpu --runs ${RUNS}\` (release build).`, '',
+    `${BUNDLE} --backend cpu|wgpu --runs ${RUNS}\`.`, '',
     '| where | backend | load ms (cold / cached) | first generation ms | generation ms | step ms | step ms with preview |',
     '|---|---|---|---|---|---|---|',
     ...rows.map(r => r.error ? `| ${r.where} | ${r.backend} | failed: ${r.error} | | | | |`

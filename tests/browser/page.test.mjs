@@ -16,7 +16,12 @@ const BUNDLES = path.join(OUT, 'bundles');
 // same f32 code as the native CPU backend that wrote the PNG (1/255 for rounding); WebGPU sums in another
 // order (2/255, the pipeline's parity bound).
 const TOLERANCE = { cpu: 1, webgpu: 2 };
-const SETTINGS = 'prompt=a+cat+in+Pokemon+style&seed=1&steps=4&guidance=7.5&categoryWeight=1&styleWeight=0.8&width=64&height=64';
+// The page's default settings for the trained default bundle, shared with tests/default_bundle.rs, which checks
+// that the native pipeline still makes tests/browser/expected/default.png from them.
+const DEFAULT = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests/browser/expected/default.json'), 'utf8'));
+const SETTINGS = new URLSearchParams(Object.entries(DEFAULT).map(([k, v]) => [k, String(v)])).toString();
+// The random-weight test bundle: fast on SwiftShader, for the tests that are about the page, not the model.
+const TINY = '/tests/fixtures/bundles/tiny-random/';
 // The default bundle is sharded (www/models/make_default.sh): the UNet's shards, from its manifest.
 const UNET_SHARDS = JSON.parse(fs.readFileSync(path.join(ROOT, 'www/models/default/manifest.json'), 'utf8')).components.unet.shards.map(s => s.file);
 
@@ -72,7 +77,7 @@ const events = (page, kind) => page.evaluate(k => window.__events.filter(e => e.
 async function canvasVsReference(page) {
   return page.evaluate(async () => {
     const img = new Image();
-    img.src = '/tests/browser/expected/default-seed1.png';
+    img.src = '/tests/browser/expected/default.png';
     await img.decode();
     const c = document.createElement('canvas');
     c.width = img.width; c.height = img.height;
@@ -107,7 +112,7 @@ for (const backend of ['cpu', 'webgpu']) {
       await state(page, ['done', 'error']);
       assert.equal(await page.textContent('#error'), '');
       const steps = await events(page, 'step');
-      assert.deepEqual(steps.map(s => `${s.step}/${s.total}`), ['1/4', '2/4', '3/4', '4/4']);
+      assert.deepEqual(steps.map(s => `${s.step}/${s.total}`), Array.from({ length: DEFAULT.steps }, (_, i) => `${i + 1}/${DEFAULT.steps}`));
       assert.ok(steps.every(s => s.preview), 'every step brought a preview');
       const worst = await canvasVsReference(page);
       console.log(`# page ${backend}: canvas vs native PNG worst difference ${worst}/255; ${await page.textContent('#gen-status')}`);
@@ -118,7 +123,7 @@ for (const backend of ['cpu', 'webgpu']) {
         await page.setViewportSize({ width: 390, height: 844 });
         await page.screenshot({ path: path.join(OUT, 'page-390-after.png'), fullPage: true });
         // The settings went into the URL: opening it again restores them.
-        assert.match(page.url(), /styleWeight=0\.8/);
+        assert.match(page.url(), new RegExp(`prompt=${encodeURIComponent(DEFAULT.prompt).replace(/%20/g, '\\+')}`));
       }
       assert.deepEqual(errors, []);
     } finally {
@@ -135,7 +140,7 @@ test('a fallback adapter picks the CPU backend and says why', async () => {
     console.log(`# page default backend: ${info}`);
     assert.match(info, /software fallback/);
     assert.equal(await page.evaluate(() => document.body.dataset.backend), 'cpu');
-    assert.equal(await page.isVisible('#default-note'), true, 'the random-weights note is shown for the default bundle');
+    assert.equal(await page.isVisible('#default-note'), true, 'the note on what the default model is shows for the default bundle');
   } finally {
     await page.close();
   }
@@ -236,7 +241,7 @@ test('the custom element renders and generates inside embed-example.html', async
     await page.click('control-clip-demo >> #generate');
     await page.waitForFunction(() => window.__generated, null, { timeout: 300000 });
     const size = await page.evaluate(() => [window.__generated.width, window.__generated.height]);
-    assert.deepEqual(size, [64, 64]);
+    assert.deepEqual(size, [DEFAULT.width, DEFAULT.height]);
     await page.screenshot({ path: path.join(OUT, 'embed-example.png'), fullPage: true });
     assert.deepEqual(errors, []);
   } finally {
@@ -245,7 +250,7 @@ test('the custom element renders and generates inside embed-example.html', async
 });
 
 test('a lost GPU device ends the generation with a message and the next one starts fresh', async () => {
-  const { page, errors } = await open(`${base}/www/index.html?backend=webgpu&steps=3&seed=2`);
+  const { page, errors } = await open(`${base}/www/index.html?backend=webgpu&steps=3&seed=2&width=64&height=64&bundle=${TINY}`);
   try {
     await state(page, ['ready']);
     await page.click('#generate');

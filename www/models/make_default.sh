@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Rebuilds www/models/default/, the bundle the page loads when no other is named: the project's tiny test
-# fixtures (random weights, so its images are noise) with Control-CLIP encoders, in f16, sharded at 256 KiB
-# (far below the 32 MiB default) so that the browser tests load, verify and cache a sharded bundle.
+# Rebuilds www/models/default/, the bundle the page loads when no other is named: the small text-to-image model
+# the project trained on its shapes domain (docs/default-model.md; the folders under tools/shapes/model/, made
+# by the scripts beside them), converted by `control-clip bundle` as any user's checkpoint is. f16, sharded at
+# 4 MiB so that the page streams, verifies and caches it piece by piece (and the browser tests see shards).
 #   CONTROL_CLIP=path/to/control-clip bash www/models/make_default.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${CONTROL_CLIP:-${CARGO_TARGET_DIR:-$HOME/.cache/control-clip/target}/debug/control-clip}
-F=tests/fixtures
+M=tools/shapes/model
+CONTROL=()
+# The Control-CLIP encoders, once `control-clip finetune` has made them (docs/control-results.md).
+if [ -d $M/control ]; then
+  CONTROL=(--category-encoder $M/control/category_encoder --style-encoder $M/control/style_encoder
+           --adapter $M/control/adapter)
+fi
 rm -rf www/models/default
 "$BIN" bundle \
-  --tokenizer $F/tokenizer.json \
-  --text-encoder $F/clip_text/sd-mini-f16 \
-  --unet $F/unet/sd-tiny \
-  --decoder $F/tiny_decoder/taesd-narrow \
-  --scheduler-config $F/pipeline/ddim-2-steps/scheduler_config.json \
-  --category-encoder $F/control/encoders/category_lora \
-  --style-encoder $F/control/encoders/style_full \
-  --adapter $F/control/encoders/adapter \
-  --dtype f16 --name "control-clip demo bundle (tiny, random weights)" \
-  --licence "MIT OR Apache-2.0 (the project's own test fixtures)" \
-  --steps 4 --guidance 7.5 --width 64 --height 64 --category-weight 1 --style-weight 0.8 \
-  --shard-size 256K \
+  --tokenizer $M/clip/tokenizer.json \
+  --text-encoder $M/pipeline/text_encoder \
+  --unet $M/pipeline/unet \
+  --decoder $M/pipeline/vae \
+  --scheduler-config $M/pipeline/scheduler/scheduler_config.json \
+  "${CONTROL[@]}" \
+  --dtype f16 --name "control-clip shapes (the project's own small model)" \
+  --licence "MIT OR Apache-2.0 (trained by the project on pictures it renders itself)" \
+  --steps "${STEPS:-15}" --guidance "${GUIDANCE:-4}" --width 128 --height 128 \
+  --prompt "a blue heart with stripes" \
+  --shard-size 4M \
   --out www/models/default

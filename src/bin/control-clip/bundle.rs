@@ -58,6 +58,9 @@ pub struct BundleArgs {
     width: usize,
     #[arg(long, default_value_t = 512)]
     height: usize,
+    /// A prompt that shows what the model can do; the page starts with it.
+    #[arg(long)]
+    prompt: Option<String>,
     /// Most tensor data per weights file, in bytes or with a K / M / G suffix (KiB, MiB, GiB): a larger
     /// component is split into shards (docs/bundle.md says why 32M). A single tensor larger than this
     /// gets a shard of its own.
@@ -160,16 +163,20 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let scheduler = read_config_json(&args.scheduler_config)?;
     components.insert("scheduler".into(), json!({"config": Value::Object(scheduler.object)}));
 
+    let mut defaults = json!({
+        "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
+        "category_weight": args.category_weight, "style_weight": style_weight,
+    });
+    if let Some(prompt) = &args.prompt {
+        defaults["prompt"] = json!(prompt);
+    }
     let manifest = json!({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": args.name,
         "licence": args.licence,
         "created_by": format!("control-clip {}", env!("CARGO_PKG_VERSION")),
-        "defaults": {
-            "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
-            "category_weight": args.category_weight, "style_weight": style_weight,
-        },
+        "defaults": defaults,
         "components": components,
     });
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");

@@ -1,5 +1,10 @@
 //! `control-clip generate`: prompt → PNG, with a progress line on stderr. The PNG is written to a
 //! temporary name next to the target and renamed, so a failed or cancelled run leaves no half file.
+//!
+//! `--batch FILE.jsonl` generates many pictures with the models loaded once (evaluation runs thousands):
+//! one JSON object per line, `{"prompt", "seed", "out"}` plus optional `negative_prompt`,
+//! `category_weight` and `style_weight`; every other setting comes from the command line. `out` is relative
+//! to the batch file's folder. A bad line is refused, with the file and line, before anything is generated.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,8 +53,11 @@ pub struct GenerateArgs {
     /// style branch off.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     style_weight: f32,
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    prompt: Option<String>,
+    /// Many generations from one JSON line each (see the module docs), instead of --prompt / --out.
     #[arg(long)]
-    prompt: String,
+    batch: Option<PathBuf>,
     #[arg(long, default_value = "")]
     negative_prompt: String,
     #[arg(long, default_value_t = 20)]
@@ -73,8 +81,75 @@ pub struct GenerateArgs {
     /// Start from these latents (safetensors, tensor `latents` [1, C, H/f, W/f]) instead of seeded noise.
     #[arg(long)]
     init_latents: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    out: Option<PathBuf>,
+}
+
+/// One line of a `--batch` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    prompt: String,
+    seed: u64,
     out: PathBuf,
+    negative_prompt: Option<String>,
+    category_weight: Option<f32>,
+    style_weight: Option<f32>,
+}
+
+/// What one generation differs in: prompt, seed, output and the weights.
+struct Job {
+    prompt: String,
+    negative_prompt: String,
+    seed: u64,
+    control: ControlWeights,
+    out: PathBuf,
+}
+
+fn check_png_name(flag: &str, path: &Path) -> control_clip::Result<()> {
+    if path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("png") {
+        return Err(Error::invalid(flag, format!("{} must end in .png", path.display())));
+    }
+    Ok(())
+}
+
+fn jobs(args: &GenerateArgs) -> control_clip::Result<Vec<Job>> {
+    let Some(batch) = &args.batch else {
+        let out = args.out.clone().expect("clap requires --out without --batch");
+        check_png_name("--out", &out)?;
+        return Ok(vec![Job {
+            prompt: args.prompt.clone().expect("clap requires --prompt without --batch"),
+            negative_prompt: args.negative_prompt.clone(),
+            seed: args.seed,
+            control: ControlWeights::new(args.category_weight, args.style_weight)?,
+            out,
+        }]);
+    };
+    let name = batch.display().to_string();
+    let text = std::fs::read_to_string(batch).map_err(|e| Error::file(&name, format!("cannot read: {e}")))?;
+    let folder = batch.parent().unwrap_or(Path::new("."));
+    let mut jobs = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = format!("{name}, line {}", i + 1);
+        let l: BatchLine = serde_json::from_str(line).map_err(|e| Error::file(&at, format!("not a batch line: {e}")))?;
+        check_png_name(&at, &l.out)?;
+        let control = ControlWeights::new(
+            l.category_weight.unwrap_or(args.category_weight),
+            l.style_weight.unwrap_or(args.style_weight),
+        )
+        .map_err(|e| Error::file(&at, e.to_string()))?;
+        jobs.push(Job {
+            prompt: l.prompt,
+            negative_prompt: l.negative_prompt.unwrap_or_else(|| args.negative_prompt.clone()),
+            seed: l.seed,
+            control,
+            out: folder.join(l.out),
+        });
+    }
+    if jobs.is_empty() {
+        return Err(Error::file(&name, "has no lines"));
+    }
+    Ok(jobs)
 }
 
 pub fn run(args: GenerateArgs) -> ExitCode {
@@ -88,9 +163,7 @@ pub fn run(args: GenerateArgs) -> ExitCode {
 }
 
 async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
-    if args.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("png") {
-        return Err(Error::invalid("--out", format!("{} must end in .png", args.out.display())));
-    }
+    let jobs = jobs(args)?;
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
     let pipeline = match &args.bundle {
@@ -111,15 +184,12 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
             pipeline
         }
     };
-    let mut req = GenerateRequest::new(args.prompt.clone());
-    req.negative_prompt = args.negative_prompt.clone();
+    let mut req = GenerateRequest::new("");
     req.steps = args.steps;
     req.guidance = args.guidance;
-    req.seed = args.seed;
     req.width = args.width;
     req.height = args.height;
     req.clip_skip = args.clip_skip;
-    req.control = ControlWeights::new(args.category_weight, args.style_weight)?;
     req.scheduler = args.scheduler.as_deref().map(str::parse::<SchedulerKind>).transpose()?;
     if let Some(path) = &args.init_latents {
         let io = SafeTensors::read(path)?;
@@ -130,20 +200,32 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
             .map_err(|_| Error::tensor(io.name(), "latents", format!("expected [1, C, H, W], found {shape:?}")))?;
         req.init_latents = Some(io.tensor("latents", shape, &device)?);
     }
-    let image = pipeline
-        .generate(&req, &mut |p| {
-            let left = p.elapsed_ms / p.step as f64 * (p.total - p.step) as f64;
-            eprint!("\rstep {}/{}  {:.2} s/step  {:.1} s left   ", p.step, p.total, p.step_ms / 1000.0, left / 1000.0);
-            let _ = std::io::stderr().flush();
-            true
-        })
-        .await?;
-    eprintln!();
-    for notice in &image.notices {
-        eprintln!("warning: {notice}");
+    let count = jobs.len();
+    for (n, job) in jobs.into_iter().enumerate() {
+        (req.prompt, req.negative_prompt, req.seed, req.control) = (job.prompt, job.negative_prompt, job.seed, job.control);
+        let image = pipeline
+            .generate(&req, &mut |p| {
+                let left = p.elapsed_ms / p.step as f64 * (p.total - p.step) as f64;
+                let of = if count > 1 { format!("image {}/{count}  ", n + 1) } else { String::new() };
+                eprint!("\r{of}step {}/{}  {:.2} s/step  {:.1} s left   ", p.step, p.total, p.step_ms / 1000.0, left / 1000.0);
+                let _ = std::io::stderr().flush();
+                true
+            })
+            .await?;
+        if count == 1 {
+            eprintln!();
+        }
+        for notice in &image.notices {
+            eprintln!("\nwarning: {notice}");
+        }
+        write_png_atomically(&job.out, image.width, image.height, &image.rgba)?;
+        if count == 1 {
+            eprintln!("wrote {} ({}×{})", job.out.display(), image.width, image.height);
+        }
     }
-    write_png_atomically(&args.out, image.width, image.height, &image.rgba)?;
-    eprintln!("wrote {} ({}×{})", args.out.display(), image.width, image.height);
+    if count > 1 {
+        eprintln!("\nwrote {count} images");
+    }
     Ok(())
 }
 
