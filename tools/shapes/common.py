@@ -69,14 +69,28 @@ def step_generator(seed, step, salt):
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + salt)
 
 
-def save_checkpoint(path, state):
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+class Checkpoint:
+    """The state of a run after some step: every named object with a state_dict (model, EMA, optimiser,
+    learning-rate schedule). `resume()` loads it into the objects and returns the step (0 for a new run);
+    `save(step)` writes it to a temporary name and renames it, so an interrupted save leaves the last one."""
 
+    def __init__(self, path, **objects):
+        self.path = path
+        self.objects = objects
 
-def load_checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None
+    def resume(self):
+        if not os.path.exists(self.path):
+            return 0
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        for name, obj in self.objects.items():
+            obj.load_state_dict(state[name])
+        print(f"resumed at step {state['step']}")
+        return state["step"]
+
+    def save(self, step):
+        tmp = self.path + ".tmp"
+        torch.save(dict({k: v.state_dict() for k, v in self.objects.items()}, step=step), tmp)
+        os.replace(tmp, self.path)
 
 
 class Log:

@@ -57,14 +57,8 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     ckpt_path = os.path.join(args.work, "checkpoint.pt")
-    start = 0
-    state = common.load_checkpoint(ckpt_path)
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
-        print(f"resumed at step {start}")
+    checkpoint = common.Checkpoint(ckpt_path, model=model, opt=opt, sched=sched)
+    start = checkpoint.resume()
     log = common.Log(os.path.join(args.work, "log.jsonl"))
 
     model.train()
@@ -90,8 +84,7 @@ def main():
             log(step + 1, args.steps, l1=rec_l1.item(), mse=rec_l2.item(), latent_rms=reg.sqrt().item(),
                 lr=sched.get_last_lr()[0])
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(ckpt_path, dict(model=model.state_dict(), opt=opt.state_dict(),
-                                                   sched=sched.state_dict(), step=step + 1))
+            checkpoint.save(step + 1)
 
     model.eval()
     with torch.no_grad():

@@ -82,14 +82,8 @@ def main():
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + torch.cos(torch.tensor(s / args.steps * 3.14159)).item()))
     ckpt_path = os.path.join(args.work, "checkpoint.pt")
-    start = 0
-    state = common.load_checkpoint(ckpt_path)
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
-        print(f"resumed at step {start}")
+    checkpoint = common.Checkpoint(ckpt_path, model=model, opt=opt, sched=sched)
+    start = checkpoint.resume()
     log = common.Log(os.path.join(args.work, "log.jsonl"))
 
     model.train()
@@ -123,8 +117,7 @@ def main():
             log(step + 1, args.steps, loss=loss.item(), logit_scale=model.logit_scale.exp().item(),
                 lr=sched.get_last_lr()[0])
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(ckpt_path, dict(model=model.state_dict(), opt=opt.state_dict(),
-                                                   sched=sched.state_dict(), step=step + 1))
+            checkpoint.save(step + 1)
 
     tmp = args.out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -98,21 +98,10 @@ def main():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * (
         0.1 + 0.45 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
     ckpt_path = os.path.join(args.work, "checkpoint.pt")
-    start = 0
-    state = common.load_checkpoint(ckpt_path)
-    if state:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
-        print(f"resumed at step {start}")
+    checkpoint = common.Checkpoint(ckpt_path, model=unet, ema=ema, opt=opt, sched=sched)
+    start = checkpoint.resume()
     print(f"unet parameters: {sum(p.numel() for p in unet.parameters()):,}")
     log = common.Log(os.path.join(args.work, "log.jsonl"))
-
-    def checkpoint(step):
-        common.save_checkpoint(ckpt_path, dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
-                                               sched=sched.state_dict(), step=step))
 
     unet.train()
     end = args.steps if not args.stop_after else min(args.steps, start + args.stop_after)
@@ -149,7 +138,7 @@ def main():
         if (step + 1) % 25 == 0 or step == start:
             log(step + 1, args.steps, loss=loss.item(), grad_norm=gn.item(), lr=sched.get_last_lr()[0])
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == end:
-            checkpoint(step + 1)
+            checkpoint.save(step + 1)
     if end < args.steps:
         print(f"stopped at step {end} of {args.steps}; rerun the same command to continue")
         return
