@@ -72,8 +72,9 @@ pub fn compare_values(name: &str, actual: &[f32], expected: &[f32]) -> OutputErr
     OutputError { name: name.into(), max_abs_err, max_rel_err: max_abs_err / scale.max(f32::MIN_POSITIVE) }
 }
 
-/// Runs the text encoder on the io file's `input_ids` and compares `last_hidden_state`, `pooler_output`,
-/// `text_embeds` (when the reference has it) and every `last_hidden_state_clip_skip_<k>`.
+/// Runs the text encoder on the io file's `input_ids` and compares `last_hidden_state`, and whichever of
+/// `pooler_output`, `text_embeds` and `last_hidden_state_clip_skip_<k>` the reference has (a
+/// `CLIPTextModelWithProjection` returns `text_embeds` and no `pooler_output`); the report names each.
 pub async fn check_text_encoder(model: &ClipTextModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
     let (shape, ids) = io.i64("input_ids")?;
     if shape.len() != 2 {
@@ -95,8 +96,10 @@ pub async fn check_text_encoder(model: &ClipTextModel, io: &SafeTensors, toleran
     let out = model.forward(&rows, 0)?;
     let (s, v) = read_f32(out.last_hidden_state).await?;
     outputs.push(compare(io, "last_hidden_state", &s, &v)?);
-    let (s, v) = read_f32(out.pooler_output).await?;
-    outputs.push(compare(io, "pooler_output", &s, &v)?);
+    if io.contains("pooler_output") {
+        let (s, v) = read_f32(out.pooler_output).await?;
+        outputs.push(compare(io, "pooler_output", &s, &v)?);
+    }
     if io.contains("text_embeds") {
         let (s, v) = read_f32(out.text_embeds.expect("checked above")).await?;
         outputs.push(compare(io, "text_embeds", &s, &v)?);
@@ -126,9 +129,14 @@ pub async fn check_unet(model: &UNet2DConditionModel, io: &SafeTensors, toleranc
     Ok(CheckReport::new("unet", vec![compare(io, "out", &s, &v)?], tolerance))
 }
 
-/// `timestep`: one value for the whole batch or one per row.
+/// `timestep`: one value for the whole batch or one per row; float, or integer as diffusers' schedulers
+/// hand it to the UNet.
 fn io_timesteps(io: &SafeTensors, batch: usize) -> Result<Vec<f32>> {
-    let (_, t) = io.f32("timestep")?;
+    let t = if io.is_float("timestep")? {
+        io.f32("timestep")?.1
+    } else {
+        io.i64("timestep")?.1.into_iter().map(|t| t as f32).collect()
+    };
     match t.len() {
         1 => Ok(vec![t[0]; batch]),
         n if n == batch => Ok(t),

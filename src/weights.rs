@@ -197,6 +197,11 @@ impl SafeTensors {
         Ok(&self.entry(key)?.shape)
     }
 
+    /// Whether a tensor holds floats (else integers).
+    pub fn is_float(&self, key: &str) -> Result<bool> {
+        Ok(self.entry(key)?.dtype.is_float())
+    }
+
     fn entry(&self, key: &str) -> Result<&Entry> {
         self.entries.get(key).ok_or_else(|| Error::tensor(&self.name, key, "missing from the file"))
     }

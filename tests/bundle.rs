@@ -164,6 +164,19 @@ fn shard_size_is_validated() {
 }
 
 #[test]
+fn recommended_numbers_are_written_as_given() {
+    // f32 would write 0.8 as 0.800000011920929, and the page would show that.
+    let args = ["--category-weight", "0.7", "--style-weight", "0.8", "--guidance", "4.1"].map(std::ffi::OsStr::new);
+    let dir = make_bundle_with("numbers", "f16", &args);
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (key, want) in [("category_weight", 0.7), ("style_weight", 0.8), ("guidance", 4.1)] {
+        assert_eq!(manifest["defaults"][key].as_f64(), Some(want), "{key} in {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bundle_with_control_encoders_records_them_and_reproduces_the_control_fixture() {
     let f = fixtures();
     let enc = f.join("control/encoders");

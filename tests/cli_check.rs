@@ -146,3 +146,37 @@ fn control_checks_pass_on_their_fixtures_and_fail_on_a_perturbed_one() {
     assert_eq!(result.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&result.stderr).contains("context_category"), "{}", String::from_utf8_lossy(&result.stderr));
 }
+
+/// The io the reference libraries hand a user, made from the committed reference fixtures by changing only
+/// the container: diffusers' schedulers give the UNet int64 timesteps, and a `CLIPTextModelWithProjection`
+/// returns `text_embeds` and `last_hidden_state` without `pooler_output`. Both are accepted, and the report
+/// names what it compared.
+#[test]
+fn accepts_integer_timesteps_and_a_projection_models_outputs() {
+    let f = fixtures();
+    let tmp = tempdir("reference-io");
+
+    let unet = f.join("unet/sd-tiny");
+    let io = SafeTensors::read(&unet.join("io.safetensors")).unwrap();
+    let (shape, t) = io.f32("timestep").unwrap();
+    let mut tensors = io.raw_tensors();
+    let timestep = tensors.iter_mut().find(|t| t.name == "timestep").unwrap();
+    timestep.dtype = control_clip::weights::DType::I64;
+    timestep.bytes = t.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
+    timestep.shape = shape;
+    let path = tmp.join("unet-int-timestep.safetensors");
+    std::fs::write(&path, serialize(&tensors)).unwrap();
+    let out = check_component("unet", &unet, &path, "1e-4");
+    assert_eq!(out.status.code(), Some(0), "int64 timestep: {}", String::from_utf8_lossy(&out.stderr));
+
+    let text = f.join("clip_text/proj-gelu");
+    let io = SafeTensors::read(&text.join("io.safetensors")).unwrap();
+    let tensors: Vec<_> = io.raw_tensors().into_iter().filter(|t| t.name != "pooler_output").collect();
+    let path = tmp.join("text-with-projection.safetensors");
+    std::fs::write(&path, serialize(&tensors)).unwrap();
+    let out = check_component("text-encoder", &text, &path, "1e-4");
+    assert_eq!(out.status.code(), Some(0), "no pooler_output: {}", String::from_utf8_lossy(&out.stderr));
+    let compared: Vec<String> =
+        report(&out)["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(compared, ["last_hidden_state", "text_embeds", "last_hidden_state_clip_skip_1"]);
+}

@@ -1,7 +1,7 @@
 // The page: loads a bundle in the generation worker, turns the controls into requests, shows progress,
 // draws results, keeps the session's history and the settings in the URL (a shared link reproduces
 // the image).
-import { ControlClipClient, chooseBackend, draw } from './client.js';
+import { ControlClipClient, bundleDefaults, chooseBackend, draw, isCancelled } from './client.js';
 
 const $ = id => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -83,14 +83,10 @@ async function loadBundle(source) {
     $('model-info').textContent = `${info.name} — licence: ${info.licence} — ${formatBytes(info.bytes)}` +
       (info.control.length ? ` — Control-CLIP: ${info.control.join(', ').replaceAll('_', ' ')}` : ' — no Control-CLIP encoders (plain generator)');
     $('default-note').hidden = !(typeof source === 'string' && source === DEFAULT_BUNDLE);
-    const d = info.defaults || {};
-    if (!params.has('prompt') && d.prompt) $('prompt').value = d.prompt;
-    if (!params.has('steps') && d.steps) $('steps').value = d.steps;
-    if (!params.has('guidance') && d.guidance !== undefined) $('guidance').value = d.guidance;
-    if (!params.has('width') && d.width) $('width').value = d.width;
-    if (!params.has('height') && d.height) $('height').value = d.height;
-    if (!params.has('categoryWeight') && d.category_weight !== undefined) applySettings({ categoryWeight: d.category_weight });
-    if (!params.has('styleWeight') && d.style_weight !== undefined) applySettings({ styleWeight: d.style_weight });
+    // The bundle's recommended settings, except where the URL names its own.
+    const d = bundleDefaults(info.defaults);
+    applySettings(Object.fromEntries(['prompt', 'steps', 'guidance', 'width', 'height', 'categoryWeight', 'styleWeight']
+      .filter(key => !params.has(key)).map(key => [key, d[key]])));
     document.body.dataset.state = 'ready';
     announce('loaded', info);
   } catch (e) {
@@ -144,7 +140,7 @@ async function generate() {
     document.body.dataset.state = 'done';
     announce('done', { width: result.width, height: result.height });
   } catch (e) {
-    const cancelled = e.message === 'cancelled' || /cancel/i.test(e.message);
+    const cancelled = isCancelled(e);
     $('gen-status').textContent = cancelled ? 'cancelled' : 'failed';
     if (!cancelled) showError(`Generation failed: ${e.message}`);
     document.body.dataset.state = cancelled ? 'cancelled' : 'error';

@@ -47,8 +47,29 @@ async function describeAdapter() {
   };
 }
 
+// Generation settings when neither the caller nor the bundle's manifest names them (the page and the element
+// both resolve their defaults through `bundleDefaults`, so they agree). No fallback prompt: the page and the
+// element keep the one they show.
+const FALLBACK_SETTINGS = Object.freeze({ steps: 20, guidance: 7.5, width: 512, height: 512, categoryWeight: 1, styleWeight: 0, seed: 1 });
+
+// A manifest's `defaults` ({prompt, steps, guidance, width, height, category_weight, style_weight}) as
+// generation options, each missing one from FALLBACK_SETTINGS.
+export function bundleDefaults(defaults) {
+  const d = defaults || {};
+  const given = { prompt: d.prompt, steps: d.steps, guidance: d.guidance, width: d.width, height: d.height,
+    categoryWeight: d.category_weight, styleWeight: d.style_weight };
+  const out = { ...FALLBACK_SETTINGS };
+  for (const [k, v] of Object.entries(given)) if (v !== undefined && v !== null) out[k] = v;
+  return out;
+}
+
+// A generation that was cancelled rejects with this (a DOMException named AbortError); any other failure is
+// an Error. Tell them apart by the name, never by the message.
+export const isCancelled = e => Boolean(e && e.name === 'AbortError');
+
 // One worker with one loaded bundle. Every method returns a promise; failures reject with an Error whose
-// message says what went wrong. When the worker reports a fatal error (a lost GPU device, a trapped wasm
+// message says what went wrong (for a cancelled generation see `isCancelled`). When the worker reports a
+// fatal error (a lost GPU device, a trapped wasm
 // module) or dies, the running request fails with that message and the worker is dropped; the next
 // `generate` starts a fresh worker and loads the same bundle again (from the Cache Storage, so quickly).
 export class ControlClipClient {
@@ -70,7 +91,7 @@ export class ControlClipClient {
       else if (data.type === 'step') p.onStep?.(data);
       else {
         this.pending.delete(data.id);
-        if (data.type === 'error') p.reject(new Error(data.message));
+        if (data.type === 'error') p.reject(data.cancelled ? new DOMException(data.message, 'AbortError') : new Error(data.message));
         else p.resolve(data);
       }
     };

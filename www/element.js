@@ -1,13 +1,13 @@
 // <control-clip-demo>: the generator as one element that a project page adds with a single script tag:
 //
 //   <script type="module" src="https://…/element.js"></script>
-//   <control-clip-demo bundle="models/default/" prompt="a blue heart with stripes" style-weight="0"></control-clip-demo>
+//   <control-clip-demo bundle="models/default/" prompt="a red star with stripes" style-weight="0"></control-clip-demo>
 //
 // Attributes: bundle (URL of a bundle folder; default: the bundle next to this script), prompt,
 // category-weight, style-weight, steps, guidance, seed, width, height, backend (webgpu | cpu). It renders a
 // prompt box, the two weight sliders, Generate / Cancel, progress and the image; events `ready`, `step`
 // and `generated` (detail: the result) bubble out. The work runs in a worker, like the page's.
-import { ControlClipClient, chooseBackend, draw } from './client.js';
+import { ControlClipClient, bundleDefaults, chooseBackend, draw, isCancelled } from './client.js';
 
 const TEMPLATE = `
 <style>
@@ -70,8 +70,12 @@ class ControlClipDemo extends HTMLElement {
         if (p.allTotal) $('progress').value = p.allDone / p.allTotal;
         $('status').textContent = `loading ${p.file}…`;
       });
-      const d = this.info.defaults || {};
+      const d = bundleDefaults(this.info.defaults);
       if (!$('prompt').value && d.prompt) $('prompt').value = d.prompt;
+      // Sliders the page did not set by attribute start at the bundle's recommended weights.
+      for (const [id, attr, key] of [['category', 'category-weight', 'categoryWeight'], ['style', 'style-weight', 'styleWeight']]) {
+        if (!this.hasAttribute(attr)) { $(id).value = d[key]; $(`${id}-value`).textContent = $(id).value; }
+      }
       $('status').textContent = `${this.info.name} on ${choice.backend === 'wgpu' ? 'WebGPU' : 'the CPU'}` + (choice.reason ? ` (${choice.reason})` : '');
       $('generate').disabled = false;
       this.dispatchEvent(new CustomEvent('ready', { detail: this.info, bubbles: true }));
@@ -88,12 +92,12 @@ class ControlClipDemo extends HTMLElement {
     $('generate').disabled = true;
     $('cancel').disabled = false;
     $('error').hidden = true;
-    const d = (this.info && this.info.defaults) || {};
-    const num = (attr, fallback) => (this.hasAttribute(attr) ? Number(this.getAttribute(attr)) : fallback);
+    const d = bundleDefaults(this.info && this.info.defaults);
+    const num = (attr, key) => (this.hasAttribute(attr) ? Number(this.getAttribute(attr)) : d[key]);
     const options = {
       prompt: $('prompt').value, categoryWeight: Number($('category').value), styleWeight: Number($('style').value),
-      steps: num('steps', d.steps || 4), guidance: num('guidance', d.guidance ?? 7.5), seed: num('seed', 1),
-      width: num('width', d.width || 64), height: num('height', d.height || 64), preview: true,
+      steps: num('steps', 'steps'), guidance: num('guidance', 'guidance'), seed: num('seed', 'seed'),
+      width: num('width', 'width'), height: num('height', 'height'), preview: true,
     };
     try {
       const result = await this.client.generate(options, p => {
@@ -106,7 +110,7 @@ class ControlClipDemo extends HTMLElement {
       $('status').textContent = 'done';
       this.dispatchEvent(new CustomEvent('generated', { detail: result, bubbles: true }));
     } catch (e) {
-      if (/cancel/i.test(e.message)) $('status').textContent = 'cancelled';
+      if (isCancelled(e)) $('status').textContent = 'cancelled';
       else { $('error').textContent = `Generation failed: ${e.message}`; $('error').hidden = false; }
     } finally {
       this.busy = false;

@@ -7,7 +7,9 @@
 //               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}
 // Messages out: {type: 'progress', id, file, done, total, allDone, allTotal}  {type: 'loaded', id, info}
 //               {type: 'step', id, step, total, stepMs, elapsedMs, preview}  {type: 'result', id, width, height, rgba, notices}
-//               {type: 'error', id, message}  {type: 'disposed', id}
+//               {type: 'error', id, message, cancelled}: `cancelled` is true when the generation was stopped by
+//               a cancel (the wasm rejects with an AbortError), never inferred from the message's text
+//               {type: 'disposed', id}
 //               {type: 'fatal', message}: the GPU device was lost or the wasm module trapped; this worker is
 //               done and the client starts a fresh one.
 import init, { Generator } from './pkg/control_clip.js';
@@ -185,11 +187,12 @@ self.onmessage = async ({ data }) => {
     }
   } catch (e) {
     const message = String((e && e.message) || e);
+    const cancelled = Boolean(e && e.name === 'AbortError');
     // A failure caused by a lost device (a read-back that could not map, say) can arrive before the device's
     // `lost` promise settles: wait a moment for it, and let the loss be the message (posted as 'fatal').
-    if (self.controlClipDevices.length && !/cancel/.test(message)) {
+    if (self.controlClipDevices.length && !cancelled) {
       if (await Promise.race([lostMessage, new Promise(resolve => setTimeout(resolve, 250, null))])) return;
     }
-    post({ type: 'error', id, message });
+    post({ type: 'error', id, message, cancelled });
   }
 };

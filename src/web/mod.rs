@@ -17,6 +17,19 @@ fn js_err(e: Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// A generation's failure as a JS Error; a cancelled one is named "AbortError" (the DOM's name for an
+/// aborted operation), so that callers tell a cancel from a failure by its type, never by its text.
+fn generate_err(e: Error) -> JsValue {
+    match e {
+        Error::Cancelled => {
+            let error = js_sys::Error::new(&e.to_string());
+            error.set_name("AbortError");
+            error.into()
+        }
+        e => js_err(e).into(),
+    }
+}
+
 fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
     // Setting a property on a fresh plain object cannot fail.
     let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
@@ -230,7 +243,7 @@ impl Generator {
     /// preview})` after every step, where `preview` is `{width, height, rgba: Uint8ClampedArray}` (a
     /// low-resolution decode of the step's estimate, when `preview: true` and the bundle's decoder is the
     /// tiny one) or null. Resolves to {width, height, rgba: Uint8ClampedArray, notices: [string]}; rejects with an Error
-    /// (message "cancelled" after `cancel()`).
+    /// (named "AbortError" after `cancel()`).
     pub fn generate(&self, options: JsValue, on_step: Option<js_sys::Function>) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
@@ -255,7 +268,7 @@ impl Generator {
                 }
                 !inner.cancel.get()
             };
-            let image = inner.pipeline.generate(&req, &mut progress).await.map_err(js_err)?;
+            let image = inner.pipeline.generate(&req, &mut progress).await.map_err(generate_err)?;
             let out = Object::new();
             set(&out, "width", image.width as u32);
             set(&out, "height", image.height as u32);

@@ -39,7 +39,7 @@ async function measure({ backend, runs }) {
   const { ControlClipClient } = await import('/www/client.js');
   const manifest = await (await fetch('/www/models/default/manifest.json')).json();
   const d = manifest.defaults;
-  const options = { prompt: d.prompt || 'a blue heart with stripes', seed: 1, steps: d.steps, guidance: d.guidance, width: d.width, height: d.height, categoryWeight: d.category_weight, styleWeight: d.style_weight };
+  const options = { prompt: d.prompt || 'a red star with stripes', seed: 1, steps: d.steps, guidance: d.guidance, width: d.width, height: d.height, categoryWeight: d.category_weight, styleWeight: d.style_weight };
   const loads = [];
   let client;
   for (let i = 0; i < 2; i++) {

@@ -1,5 +1,6 @@
 // The page (www/index.html) and the embeddable element in headless Chromium: loading the default bundle with
-// progress, a seeded generation whose canvas equals the native CLI's PNG, cancel, broken bundles, no WebGPU,
+// progress, a seeded generation whose canvas equals the native CLI's PNG, cancel (and a failure that only
+// mentions cancelling), broken bundles, no WebGPU,
 // offline after a first visit, the custom element, a lost GPU device, and screenshots at desktop and phone width.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -205,6 +206,35 @@ test('without navigator.gpu the page explains it and generates on the CPU', asyn
     await page.click('#generate');
     await state(page, ['done', 'error']);
     assert.equal(await page.evaluate(() => document.body.dataset.state), 'done');
+  } finally {
+    await page.close();
+  }
+});
+
+test('a failure whose message mentions "cancel" is shown as a failure, not as a cancel', async () => {
+  // The worker's answer to this page's generate requests is replaced by a failure that merely mentions
+  // cancelling: only a typed cancellation ({cancelled: true} from the worker, an AbortError) may read as one.
+  const init = () => {
+    const RealWorker = window.Worker;
+    window.Worker = class extends RealWorker {
+      postMessage(message, transfer) {
+        if (message && message.type === 'generate') {
+          const data = { type: 'error', id: message.id, message: 'the scheduler could not cancel its noise (test)' };
+          setTimeout(() => this.onmessage({ data }), 0);
+          return;
+        }
+        super.postMessage(message, transfer);
+      }
+    };
+  };
+  const { page } = await open(`${base}/www/index.html?backend=cpu&steps=2&width=64&height=64&bundle=${TINY}`, { init });
+  try {
+    await state(page, ['ready']);
+    await page.click('#generate');
+    await state(page, ['cancelled', 'done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'error');
+    assert.match(await page.textContent('#error'), /Generation failed: the scheduler could not cancel its noise/);
+    assert.equal(await page.textContent('#gen-status'), 'failed');
   } finally {
     await page.close();
   }

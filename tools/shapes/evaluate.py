@@ -15,6 +15,9 @@ guidance and size, the CPU backend). Rows:
 - diversity: the mean pairwise distance between the seeds of one plain prompt (root mean square over
   pixels and channels, in [0, 1] units), and the same figure for renders of those pairs as a yardstick.
 The evaluation seeds are never used to choose settings (docs/default-model.md).
+`--grid PNG` also writes a picture of what was judged: one row per category, one column per style, the
+descriptive prompt on the left half and the style-name prompt on the right (the first colour of that
+row's evaluated pairs, the first seed).
 
     python3 tools/shapes/evaluate.py --check-expected --judge tools/shapes/model/judge
 
@@ -88,6 +91,27 @@ def diversity(paths_by_prompt):
     return float(np.mean(dists))
 
 
+def write_grid(path, work, todo):
+    """Rows: categories; columns: the styles with descriptive prompts, then with style-name prompts."""
+    cells = {}
+    for r in todo:
+        if r["kind"] in ("descriptive", "style-name"):
+            cells.setdefault((r["kind"], r["category"], r["style"]), r)
+    size, gap = 128, 4
+    cols = [("descriptive", st) for st in STYLES] + [("style-name", st) for st in STYLES]
+    grid = Image.new("RGB", (len(cols) * (size + gap) + gap * 3, len(CATEGORIES) * (size + gap)), "white")
+    for y, k in enumerate(CATEGORIES):
+        for x, (kind, st) in enumerate(cols):
+            r = cells.get((kind, k, st))
+            if r:
+                grid.paste(Image.open(os.path.join(work, r["file"])).convert("RGB"),
+                           (x * (size + gap) + (gap * 3 if kind == "style-name" else 0), y * (size + gap)))
+    tmp = path + ".tmp.png"
+    grid.save(tmp)
+    os.replace(tmp, path)
+    print(f"grid: {path}")
+
+
 def labels_of_prompt(prompt):
     """The domain words a prompt names; the style from its plain description or its style name."""
     words = prompt.replace(",", " ").split()
@@ -131,6 +155,7 @@ def main():
     ap.add_argument("--renders", help="a rendered folder (render.py --per-class) for the diversity yardstick")
     ap.add_argument("--all-triples", action="store_true")
     ap.add_argument("--jobs", type=int, default=2, help="generate processes side by side (each uses one core)")
+    ap.add_argument("--grid", help="write a grid picture of the descriptive and style-name rows here")
     ap.add_argument("--extra", default="", help="more options for generate, e.g. '--style-weight 1'")
     args = ap.parse_args()
     if args.check_expected:
@@ -170,6 +195,8 @@ def main():
         for l in labels:
             groups.setdefault((l["category"], l["color"]), []).append(os.path.join(args.renders, l["file"]))
         result["diversity_renders"] = diversity([g[: len(seeds)] for g in groups.values()])
+    if args.grid:
+        write_grid(args.grid, args.work, todo)
     tmp = args.out + ".tmp"
     common.write_json(tmp, result)
     os.replace(tmp, args.out)

@@ -179,12 +179,25 @@ def render(seed, index, triple=None):
     return out, category, color, style, rng
 
 
+def render_one(job):
+    """Renders and saves picture i; returns its labels.jsonl line. Depends on (seed, i) only."""
+    out, seed, i, triple, describe_fraction = job
+    img, k, c, s, rng = render(seed, i, triple)
+    name = f"{i:06d}.png"
+    img.save(os.path.join(out, name))
+    import random
+    crng = random.Random(int(rng.integers(1 << 62)))
+    caption = base_caption(crng, k, c, s, describe_style=crng.random() < describe_fraction)
+    return json.dumps({"file": name, "category": k, "color": c, "style": s, "caption": caption})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--count", type=int, default=0, help="pictures with a random (category, colour, style)")
     ap.add_argument("--per-class", type=int, default=0, help="pictures per (category, colour, style) triple")
     ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--jobs", type=int, default=1, help="render in this many processes (same pictures)")
     ap.add_argument("--describe-fraction", type=float, default=0.25,
                     help="share of captions that describe the style in plain words")
     args = ap.parse_args()
@@ -195,15 +208,13 @@ def main():
         jobs = [t for _ in range(args.per_class) for t in triples]
     else:
         jobs = [None] * args.count
-    lines = []
-    for i, triple in enumerate(jobs):
-        img, k, c, s, rng = render(args.seed, i, triple)
-        name = f"{i:06d}.png"
-        img.save(os.path.join(args.out, name))
-        import random
-        crng = random.Random(int(rng.integers(1 << 62)))
-        caption = base_caption(crng, k, c, s, describe_style=crng.random() < args.describe_fraction)
-        lines.append(json.dumps({"file": name, "category": k, "color": c, "style": s, "caption": caption}))
+    work = [(args.out, args.seed, i, triple, args.describe_fraction) for i, triple in enumerate(jobs)]
+    if args.jobs > 1:
+        import multiprocessing
+        with multiprocessing.Pool(args.jobs) as pool:
+            lines = pool.map(render_one, work, chunksize=64)
+    else:
+        lines = [render_one(w) for w in work]
     tmp = os.path.join(args.out, "labels.jsonl.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")

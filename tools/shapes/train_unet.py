@@ -7,8 +7,8 @@
 E is the CLIP model's text tower exactly as stage 1 left it, frozen, as SD's CLIP is; the UNet reads its
 last hidden state over all 77 positions (what the pipeline hands it). Captions are drawn afresh each step
 from the labels (a quarter describe the style in plain words); 10 % are empty, for classifier-free
-guidance. DDPM training (epsilon prediction, SD's scaled-linear betas), AdamW with a warm-up and a cosine
-decay, an EMA of the weights; the
+guidance. DDPM training (epsilon prediction, SD's scaled-linear betas; optionally Min-SNR-weighted),
+AdamW with a warm-up and a cosine decay, an EMA of the weights; the
 EMA is what is saved. Writes OUT/unet, OUT/text_encoder (E as a CLIPTextModel folder) and
 OUT/scheduler/scheduler_config.json. Resumable as the other stages; every checkpoint also keeps the EMA.
 """
@@ -49,7 +49,7 @@ def encode_latents(folder, labels, images, ae_dir):
     """Latents of every training picture, scaled by the autoencoder's scaling_factor; cached in the folder."""
     path = os.path.join(folder, "latents.npy")
     ae = AutoencoderTiny.from_pretrained(ae_dir).eval()
-    key = f"{ae.config.scaling_factor}"
+    key = f"{os.path.abspath(ae_dir)} {ae.config.scaling_factor}"
     if os.path.exists(path) and open(path + ".key").read() == key:
         return torch.from_numpy(np.load(path))
     with torch.no_grad():
@@ -78,6 +78,10 @@ def main():
     ap.add_argument("--describe-fraction", type=float, default=0.25)
     ap.add_argument("--empty-fraction", type=float, default=0.1)
     ap.add_argument("--checkpoint-every", type=int, default=200)
+    ap.add_argument("--min-snr-gamma", type=float, default=0.0,
+                    help="weight each sample's loss by min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023); 0: plain MSE")
+    ap.add_argument("--init", help="start from this UNet2DConditionModel folder, or from the EMA in another run's "
+                    "checkpoint.pt, instead of at random")
     ap.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after this many steps of this run")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -87,9 +91,14 @@ def main():
     images = common.load_images(args.data, labels)
     latents = encode_latents(args.data, labels, images, args.autoencoder)
     del images
-    text_encoder = CLIPTextModel.from_pretrained(args.clip).eval().requires_grad_(False)
+    # f32 whatever the folder's dtype (the committed folders are f16; every consumer widens to f32 on load).
+    text_encoder = CLIPTextModel.from_pretrained(args.clip).float().eval().requires_grad_(False)
     tok = common.ClipTokenizer()
     unet = make_unet(text_encoder.config.hidden_size)
+    if args.init and args.init.endswith(".pt"):
+        unet.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["ema"])
+    elif args.init:
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init).float().state_dict())
     ema = copy.deepcopy(unet).requires_grad_(False)
     noise_sched = make_scheduler()
     alphas = noise_sched.alphas_cumprod
@@ -125,7 +134,14 @@ def main():
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=context).sample
-        loss = F.mse_loss(pred, noise)
+        if args.min_snr_gamma:
+            # Min-SNR weighting: low-noise steps (high SNR), where the epsilon loss is easy and only fine
+            # texture is at stake, count less; the high-noise steps that decide the shape count fully.
+            snr = (a / (1 - a)).view(-1)
+            weight = snr.clamp(max=args.min_snr_gamma) / snr
+            loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        else:
+            loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -25,6 +25,6 @@ rm -rf www/models/default
   --dtype f16 --name "control-clip shapes (the project's own small model)" \
   --licence "MIT OR Apache-2.0 (trained by the project on pictures it renders itself)" \
   --steps "${STEPS:-15}" --guidance "${GUIDANCE:-4}" --width 128 --height 128 \
-  --prompt "a blue heart with stripes" \
+  --prompt "a red star with stripes" \
   --shard-size 4M \
   --out www/models/default

@@ -35,12 +35,13 @@ pub struct BundleArgs {
     /// The style branch's adapter folder (config.json + safetensors).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Recommended category weight λ_c.
+    /// Recommended category weight λ_c. (The recommended numbers are f64 so that the manifest carries them
+    /// as the user wrote them: 0.8, not f32's 0.800000011920929.)
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    category_weight: f32,
+    category_weight: f64,
     /// Recommended style weight λ_s (default 1 with a style encoder or adapter, else 0).
     #[arg(long, allow_negative_numbers = true)]
-    style_weight: Option<f32>,
+    style_weight: Option<f64>,
     /// Weights precision in the bundle.
     #[arg(long, default_value = "f16")]
     dtype: String,
@@ -53,7 +54,7 @@ pub struct BundleArgs {
     #[arg(long, default_value_t = 20)]
     steps: usize,
     #[arg(long, default_value_t = 7.5)]
-    guidance: f32,
+    guidance: f64,
     #[arg(long, default_value_t = 512)]
     width: usize,
     #[arg(long, default_value_t = 512)]
@@ -94,7 +95,7 @@ fn write(path: &Path, bytes: &[u8]) -> control_clip::Result<()> {
 fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let dtype: StoreDType = args.dtype.parse()?;
     let shard_bytes = parse_size(&args.shard_size)?;
-    control_clip::control::ControlWeights::new(args.category_weight, args.style_weight.unwrap_or(0.0))?;
+    control_clip::control::ControlWeights::new(args.category_weight as f32, args.style_weight.unwrap_or(0.0) as f32)?;
     let style_weight = args.style_weight.unwrap_or(if args.style_encoder.is_some() || args.adapter.is_some() { 1.0 } else { 0.0 });
     let out = &args.out;
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
