@@ -32,7 +32,7 @@ pub struct CheckReport {
     pub max_rel_err: f32,
     pub tolerance: f32,
     pub pass: bool,
-    #[serde(skip)]
+    /// Every output compared, by name: the report says what it checked.
     pub outputs: Vec<OutputError>,
 }
 
