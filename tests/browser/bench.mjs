@@ -36,10 +36,9 @@ const fmt = v => (v === undefined || v === null ? '—' : v >= 100 ? v.toFixed(0
 // Runs in the page: load the default bundle in a fresh worker, then generate RUNS + 1 times without and
 // RUNS times with previews.
 async function measure({ backend, runs }) {
-  const { ControlClipClient } = await import('/www/client.js');
+  const { ControlClipClient, bundleDefaults } = await import('/www/client.js');
   const manifest = await (await fetch('/www/models/default/manifest.json')).json();
-  const d = manifest.defaults;
-  const options = { prompt: d.prompt || 'a red star with stripes', seed: 1, steps: d.steps, guidance: d.guidance, width: d.width, height: d.height, categoryWeight: d.category_weight, styleWeight: d.style_weight };
+  const options = { ...bundleDefaults(manifest.defaults), seed: 1 };
   const loads = [];
   let client;
   for (let i = 0; i < 2; i++) {

@@ -2,7 +2,9 @@
 """A quick probe of a UNet checkpoint during training (diffusers' pipeline, not the evaluation protocol).
 
     CK=WORK/unet-c/checkpoint.pt G=4 python3 tools/shapes/probe.py OUT_DIR
-    python3 tools/shapes/judge.py classify --judge tools/shapes/model/judge --folder OUT_DIR
+
+(With OUT_DIR it has the judge, tools/shapes/model/judge, classify the pictures and prints the counts that
+docs/default-model.md tabulates.)
 
 Loads the checkpoint's EMA UNet with the committed E and the committed autoencoder (or AE=DIR), writes six sample prompts side by side (seeds 500-505) and, with OUT_DIR,
 96 pictures — every (category, colour) pair once with the plain prompt (seeds 600-647) and once with a
@@ -35,7 +37,9 @@ grid = np.concatenate([(np.clip(im, 0, 1) * 255).astype(np.uint8) for im in ims]
 Image.fromarray(grid).save(f'./probe-step{ck["step"]}.png')
 
 if len(sys.argv) > 1:
-    import json, os, itertools
+    import itertools
+    import json
+    import subprocess
     from domain import CATEGORIES, COLORS, STYLES, plain_prompt, descriptive_prompt
     out = sys.argv[1]; os.makedirs(out, exist_ok=True)
     rows = []
@@ -50,3 +54,10 @@ if len(sys.argv) > 1:
         Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).save(os.path.join(out, r['file']))
     with open(os.path.join(out, 'labels.jsonl'), 'w') as f:
         for r in rows: f.write(json.dumps(r) + '\n')
+    subprocess.run([sys.executable, os.path.join(HERE, 'judge.py'), 'classify', '--judge', os.path.join(HERE, 'model', 'judge'),
+                    '--folder', out], check=True)
+    judged = [json.loads(l) for l in open(os.path.join(out, 'judged.jsonl'))]
+    for kind in ('plain', 'descriptive'):
+        sel = [r for r in judged if r['kind'] == kind]
+        print(kind, {h: f"{sum(r[h] == r['pred_' + h] for r in sel if r.get(h))}/{sum(1 for r in sel if r.get(h))}"
+                     for h in ('category', 'color', 'style') if any(r.get(h) for r in sel)})

@@ -72,7 +72,6 @@ def main():
     ap.add_argument("--latent-penalty", type=float, default=1e-3)
     ap.add_argument("--mean-penalty", type=float, default=0.0, help="weight of the per-channel latent mean penalty")
     ap.add_argument("--init", help="start from this AutoencoderTiny folder (its latents re-centred)")
-    ap.add_argument("--pct-start", type=float, default=0.05, help="one-cycle warm-up fraction")
     ap.add_argument("--checkpoint-every", type=int, default=100)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -94,7 +93,7 @@ def main():
         print(f"--init {args.init}: reconstruction MSE {mse:.5f}; encoder latents shifted by "
               f"{[round(v, 4) for v in mean.tolist()]} (unscaled; latent std {zs.std().item():.4f})")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=args.pct_start)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     ckpt_path = os.path.join(args.work, "checkpoint.pt")
     checkpoint = common.Checkpoint(ckpt_path, model=model, opt=opt, sched=sched)
     start = checkpoint.resume()
