@@ -4,7 +4,8 @@
 //! carries the components' configs inline; the weights are safetensors (f16 or f32). Loading verifies
 //! every file before use, so a corrupt or truncated download is reported by name.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigJson;
@@ -112,28 +113,188 @@ pub fn shard_file_names(component: &str, count: usize) -> Vec<String> {
     }
 }
 
-/// One file of a bundle as the manifest records it.
-pub fn file_entry(name: &str, bytes: &[u8]) -> Value {
-    json!({"file": name, "sha256": sha256_hex(bytes), "bytes": bytes.len()})
+/// The components' names in a manifest (and in the file names `control-clip bundle` gives their weights).
+pub mod component {
+    pub const TOKENIZER: &str = "tokenizer";
+    pub const TEXT_ENCODER: &str = "text_encoder";
+    pub const UNET: &str = "unet";
+    pub const DECODER: &str = "decoder";
+    pub const SCHEDULER: &str = "scheduler";
+    pub const CATEGORY_ENCODER: &str = "category_encoder";
+    pub const STYLE_ENCODER: &str = "style_encoder";
+    pub const ADAPTER: &str = "adapter";
+    /// The weights components, in the order a bundle lists them.
+    pub const WEIGHTS: [&str; 6] = [TEXT_ENCODER, UNET, DECODER, CATEGORY_ENCODER, STYLE_ENCODER, ADAPTER];
+    /// The optional Control-CLIP components.
+    pub const CONTROL: [&str; 3] = [CATEGORY_ENCODER, STYLE_ENCODER, ADAPTER];
+    /// Those a bundle must have.
+    pub const REQUIRED: [&str; 5] = [TOKENIZER, TEXT_ENCODER, UNET, DECODER, SCHEDULER];
 }
 
 /// One file of a bundle: its name in the folder, sha256 and size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleFile {
-    pub name: String,
+    pub file: String,
     pub sha256: String,
     pub bytes: u64,
 }
 
-/// A parsed, version-checked manifest.
-#[derive(Debug, Clone)]
+impl BundleFile {
+    /// The entry for `bytes` written as `name`.
+    pub fn of(name: &str, bytes: &[u8]) -> Self {
+        Self { file: name.to_string(), sha256: sha256_hex(bytes), bytes: bytes.len() as u64 }
+    }
+}
+
+/// A weights component's files: one file, or shards (format version 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Files {
+    Shards { shards: Vec<BundleFile> },
+    One(BundleFile),
+}
+
+impl Files {
+    pub fn list(&self) -> &[BundleFile] {
+        match self {
+            Files::Shards { shards } => shards,
+            Files::One(f) => std::slice::from_ref(f),
+        }
+    }
+
+    /// One file, or shards when there are several.
+    pub fn from_list(mut files: Vec<BundleFile>) -> Self {
+        match files.len() {
+            1 => Files::One(files.pop().expect("one file")),
+            _ => Files::Shards { shards: files },
+        }
+    }
+}
+
+/// How a Control-CLIP encoder is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderForm {
+    /// A CLIP text model of E's architecture; `config` is its config.json.
+    Full,
+    /// Low-rank deltas over E; `config` is PEFT's adapter_config.json.
+    Lora,
+}
+
+/// A component with weights: its files, storage dtype, form (encoders) and inline config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WeightsComponent {
+    #[serde(flatten)]
+    pub files: Files,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<EncoderForm>,
+    pub config: Map<String, Value>,
+}
+
+/// The scheduler: a config only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchedulerComponent {
+    pub config: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Components {
+    pub tokenizer: BundleFile,
+    pub text_encoder: WeightsComponent,
+    pub unet: WeightsComponent,
+    pub decoder: WeightsComponent,
+    pub scheduler: SchedulerComponent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_encoder: Option<WeightsComponent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_encoder: Option<WeightsComponent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<WeightsComponent>,
+}
+
+impl Components {
+    /// The weights component called `name` (one of [`component::WEIGHTS`]), if the bundle has it.
+    pub fn weights(&self, name: &str) -> Option<&WeightsComponent> {
+        match name {
+            component::TEXT_ENCODER => Some(&self.text_encoder),
+            component::UNET => Some(&self.unet),
+            component::DECODER => Some(&self.decoder),
+            component::CATEGORY_ENCODER => self.category_encoder.as_ref(),
+            component::STYLE_ENCODER => self.style_encoder.as_ref(),
+            component::ADAPTER => self.adapter.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Every file of the bundle but the manifest: the tokenizer, then each weights component's files.
+    pub fn files(&self) -> Vec<&BundleFile> {
+        let weights = component::WEIGHTS.iter().filter_map(|name| self.weights(name)).flat_map(|c| c.files.list());
+        std::iter::once(&self.tokenizer).chain(weights).collect()
+    }
+}
+
+/// The settings a page starts from (`control-clip bundle --steps …`); numbers as the user wrote them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Defaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_weight: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_weight: Option<f64>,
+}
+
+/// `manifest.json`: the one definition of the format (docs/bundle.md), read by the pipeline and the page
+/// (through wasm) and written by `control-clip bundle`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
-    pub value: Value,
-    /// Where the manifest came from (folder or URL), for messages.
+    pub format: String,
+    pub format_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    pub components: Components,
+    /// Where the manifest came from (folder or URL), for messages; not part of the file.
+    #[serde(skip)]
     pub origin: String,
 }
 
 impl Manifest {
+    /// A new manifest of the current format version.
+    pub fn new(name: &str, licence: &str, defaults: Defaults, components: Components) -> Self {
+        Self {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            name: Some(name.to_string()),
+            licence: Some(licence.to_string()),
+            created_by: Some(format!("control-clip {}", env!("CARGO_PKG_VERSION"))),
+            defaults,
+            components,
+            origin: String::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest serializes")
+    }
+
+    /// Parses and checks a manifest: its format and version first (so that another file or a newer
+    /// bundle is named as such), then each component, naming the field that is wrong.
     pub fn parse(origin: &str, text: &str) -> Result<Self> {
         let file = format!("{origin}/{MANIFEST}");
         let c = ConfigJson::parse(&file, text)?;
@@ -152,71 +313,81 @@ impl Manifest {
                 ),
             ));
         }
-        Ok(Self { value: Value::Object(c.object), origin: origin.to_string() })
-    }
-
-    fn component(&self, name: &str) -> Result<&Value> {
-        self.value["components"].get(name).ok_or_else(|| Error::config(format!("{}/{MANIFEST}", self.origin), format!("components.{name}"), "missing"))
-    }
-
-    /// Whether the manifest lists an (optional) component.
-    pub fn has(&self, component: &str) -> bool {
-        self.value["components"].get(component).is_some()
-    }
-
-    /// How an encoder component is stored: "full" (a CLIP text model) or "lora" (deltas over the text
-    /// encoder); absent means full.
-    pub fn form(&self, component: &str) -> Result<&str> {
-        match self.component(component)?.get("form") {
-            None => Ok("full"),
-            Some(Value::String(f)) if f == "full" || f == "lora" => Ok(f),
-            Some(other) => Err(Error::config(
-                format!("{}/{MANIFEST}", self.origin),
-                format!("components.{component}.form"),
-                format!("{other} is not a known form (\"full\" or \"lora\")"),
-            )),
+        let components = match c.object.get("components") {
+            Some(Value::Object(o)) => o,
+            _ => return Err(Error::config(&file, "components", "missing or not an object")),
+        };
+        // Component by component, so that a message names the one that is wrong.
+        for name in component::REQUIRED {
+            if !components.contains_key(name) {
+                return Err(Error::config(&file, format!("components.{name}"), "missing"));
+            }
         }
+        let wrong = |name: &str, e: serde_json::Error| Error::config(&file, format!("components.{name}"), e.to_string());
+        for (name, value) in components {
+            match name.as_str() {
+                component::TOKENIZER => serde_json::from_value::<BundleFile>(value.clone()).map(drop),
+                component::SCHEDULER => serde_json::from_value::<SchedulerComponent>(value.clone()).map(drop),
+                _ => serde_json::from_value::<WeightsComponent>(value.clone()).map(drop),
+            }
+            .map_err(|e| wrong(name, e))?;
+        }
+        let mut manifest: Manifest = serde_json::from_value(Value::Object(c.object)).map_err(|e| Error::file(&file, format!("not a valid manifest: {e}")))?;
+        manifest.origin = origin.to_string();
+        Ok(manifest)
     }
 
     /// The inline config of a component, as a ConfigJson named after the manifest.
-    pub fn config(&self, component: &str) -> Result<ConfigJson> {
-        let file = format!("{}/{MANIFEST} (components.{component}.config)", self.origin);
-        match self.component(component)?.get("config") {
-            Some(Value::Object(o)) => Ok(ConfigJson { file, object: o.clone() }),
-            _ => Err(Error::config(format!("{}/{MANIFEST}", self.origin), format!("components.{component}.config"), "missing or not an object")),
-        }
-    }
-
-    /// The files of a component, in order: its one `file`, or its `shards` (format version 2).
-    pub fn files(&self, component: &str) -> Result<Vec<BundleFile>> {
-        let c = self.component(component)?;
-        let field = |f: String| Error::config(format!("{}/{MANIFEST}", self.origin), format!("components.{component}.{f}"), "missing or of the wrong type");
-        let entry = |e: &Value, at: &str| -> Result<BundleFile> {
-            Ok(BundleFile {
-                name: e["file"].as_str().ok_or_else(|| field(format!("{at}file")))?.to_string(),
-                sha256: e["sha256"].as_str().ok_or_else(|| field(format!("{at}sha256")))?.to_string(),
-                bytes: e["bytes"].as_u64().ok_or_else(|| field(format!("{at}bytes")))?,
-            })
+    pub fn config(&self, name: &str) -> Result<ConfigJson> {
+        let object = match name {
+            component::SCHEDULER => &self.components.scheduler.config,
+            _ => &self.component(name)?.config,
         };
-        match c.get("shards") {
-            None => Ok(vec![entry(c, "")?]),
-            Some(Value::Array(shards)) if !shards.is_empty() => {
-                shards.iter().enumerate().map(|(i, s)| entry(s, &format!("shards[{i}]."))).collect()
-            }
-            Some(_) => Err(Error::config(format!("{}/{MANIFEST}", self.origin), format!("components.{component}.shards"), "must be a non-empty list of files")),
-        }
+        Ok(ConfigJson { file: format!("{}/{MANIFEST} (components.{name}.config)", self.origin), object: object.clone() })
     }
 
-    /// Checks downloaded bytes against the manifest: size first (a truncated download), then sha256.
-    pub fn verify(&self, file: &BundleFile, bytes: &[u8]) -> Result<()> {
-        let path = format!("{}/{}", self.origin, file.name);
-        if bytes.len() as u64 != file.bytes {
-            return Err(Error::file(path, format!("{} bytes, the manifest says {} (truncated or wrong file)", bytes.len(), file.bytes)));
+    /// A weights component the bundle must have for this use.
+    pub fn component(&self, name: &str) -> Result<&WeightsComponent> {
+        self.components.weights(name).ok_or_else(|| Error::config(format!("{}/{MANIFEST}", self.origin), format!("components.{name}"), "missing"))
+    }
+
+    /// The manifest's entry for a file of the bundle.
+    pub fn file(&self, name: &str) -> Result<&BundleFile> {
+        self.components.files().into_iter().find(|f| f.file == name).ok_or_else(|| Error::file(self.path(name), "not listed in the manifest"))
+    }
+
+    /// A bundle file's path or URL, for messages.
+    pub fn path(&self, name: &str) -> String {
+        format!("{}/{name}", self.origin)
+    }
+
+    /// Checks a file's size and digest (lowercase hex sha256, computed by the caller: natively with
+    /// [`sha256_hex`], in the browser with `crypto.subtle`) against the manifest: size first (a truncated
+    /// download), then sha256 (a corrupt one).
+    pub fn verify_digest(&self, file: &BundleFile, len: u64, sha256: &str) -> Result<()> {
+        let path = self.path(&file.file);
+        if len != file.bytes {
+            return Err(Error::file(path, format!("{len} bytes, the manifest says {} (truncated or wrong file)", file.bytes)));
         }
-        let got = sha256_hex(bytes);
-        if got != file.sha256 {
-            return Err(Error::file(path, format!("sha256 {got} does not match the manifest's {} (corrupt or wrong file)", file.sha256)));
+        if sha256 != file.sha256 {
+            return Err(Error::file(path, format!("sha256 {sha256} does not match the manifest's {} (corrupt or wrong file)", file.sha256)));
         }
         Ok(())
+    }
+
+    /// [`Manifest::verify_digest`] of bytes in memory.
+    pub fn verify(&self, file: &BundleFile, bytes: &[u8]) -> Result<()> {
+        let len = bytes.len() as u64;
+        // A wrong size is reported without hashing.
+        if len != file.bytes {
+            return self.verify_digest(file, len, "");
+        }
+        self.verify_digest(file, len, &sha256_hex(bytes))
+    }
+
+    /// Reads a bundle folder's manifest (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
+        Self::parse(&dir.display().to_string(), &crate::files::read_text(&dir.join(MANIFEST))?)
     }
 }

@@ -14,12 +14,15 @@ pub struct ConfigJson {
 }
 
 impl ConfigJson {
+    /// Parses a config's text. Python's `json` writes IEEE specials as bare `Infinity`, `-Infinity` and
+    /// `NaN` (diffusers' DPMSolverMultistepScheduler saves `"lambda_min_clipped": -Infinity`), which
+    /// strict JSON refuses; they are read as the strings "Infinity" etc., which the number getters accept.
     pub fn parse(file: impl Into<String>, text: &str) -> Result<Self> {
         let file = file.into();
         if text.trim().is_empty() {
             return Err(Error::file(&file, "the file is empty, expected a JSON config"));
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| Error::file(&file, format!("not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(&quote_python_specials(text)).map_err(|e| Error::file(&file, format!("not valid JSON: {e}")))?;
         match value {
             Value::Object(object) => Ok(Self { file, object }),
             _ => Err(Error::file(&file, "expected a JSON object")),
@@ -28,9 +31,7 @@ impl ConfigJson {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &std::path::Path) -> Result<Self> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(&file, format!("cannot read: {e}")))?;
-        Self::parse(file, &text)
+        Self::parse(path.display().to_string(), &crate::files::read_text(path)?)
     }
 
     /// A nested object (e.g. `text_config` inside a full CLIPModel config), if present.
@@ -59,11 +60,58 @@ impl ConfigJson {
     }
 
     pub fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
-        self.get(field).map_or(Ok(default), |v| v.as_f64().ok_or_else(|| self.wrong(field, "a number", v)))
+        Ok(self.opt_f64(field)?.unwrap_or(default))
+    }
+
+    /// A number (Python's `Infinity`, `-Infinity` and `NaN` included), or None when absent or null.
+    pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
+        self.typed(field, "a number", |v| match v {
+            Value::String(s) => match s.as_str() {
+                "Infinity" => Some(f64::INFINITY),
+                "-Infinity" => Some(f64::NEG_INFINITY),
+                "NaN" => Some(f64::NAN),
+                _ => None,
+            },
+            _ => v.as_f64(),
+        })
+    }
+
+    /// A non-negative integer, or None when absent or null.
+    pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        self.typed(field, "a non-negative integer", |v| v.as_u64().map(|x| x as usize))
+    }
+
+    /// true / false, or None when absent or null.
+    pub fn opt_bool(&self, field: &str) -> Result<Option<bool>> {
+        self.typed(field, "true or false", Value::as_bool)
+    }
+
+    /// An owned string, or None when absent or null.
+    pub fn opt_string(&self, field: &str) -> Result<Option<String>> {
+        self.typed(field, "a string", |v| v.as_str().map(str::to_string))
+    }
+
+    /// Whether the field is present and not null.
+    pub fn has(&self, field: &str) -> bool {
+        self.get(field).is_some()
+    }
+
+    fn typed<T>(&self, field: &str, expected: &str, get: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
+        self.get(field).map(|v| get(v).ok_or_else(|| self.wrong(field, expected, v))).transpose()
     }
 
     pub fn str_or<'a>(&'a self, field: &str, default: &'a str) -> Result<&'a str> {
         self.get(field).map_or(Ok(default), |v| v.as_str().ok_or_else(|| self.wrong(field, "a string", v)))
+    }
+
+    /// A positive integer (sizes, head counts), `default` when absent.
+    pub fn positive_or(&self, field: &str, default: usize) -> Result<usize> {
+        self.positive(field, self.usize_or(field, default)?)
+    }
+
+    /// A required positive integer.
+    pub fn positive_usize(&self, field: &str) -> Result<usize> {
+        self.positive(field, self.usize(field)?)
     }
 
     /// Refuses a value that must be positive (sizes, head counts).
@@ -77,7 +125,7 @@ impl ConfigJson {
 
 impl ConfigJson {
     pub fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
-        self.get(field).map_or(Ok(default), |v| v.as_bool().ok_or_else(|| self.wrong(field, "true or false", v)))
+        Ok(self.opt_bool(field)?.unwrap_or(default))
     }
 
     /// A string, or None when the field is absent or null.
@@ -120,5 +168,48 @@ impl ConfigJson {
             Some(v) if allowed.contains(v) => Ok(()),
             Some(v) => Err(Error::config(&self.file, field, format!("value {v} is not supported"))),
         }
+    }
+}
+
+/// Quotes bare `Infinity`, `-Infinity` and `NaN` outside strings (see [`ConfigJson::parse`]).
+fn quote_python_specials(text: &str) -> String {
+    const SPECIALS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let (mut in_string, mut escaped, mut i) = (false, false, 0);
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else if let Some(special) = SPECIALS.iter().find(|s| bytes[i..].starts_with(s.as_bytes())) {
+            out.push(b'"');
+            out.extend_from_slice(special.as_bytes());
+            out.push(b'"');
+            i += special.len();
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    // Only ASCII was inserted, at ASCII positions: still UTF-8.
+    String::from_utf8(out).expect("UTF-8 preserved")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_specials_become_strings_outside_strings_only() {
+        let text = r#"{"a": -Infinity, "b": "NaN \" Infinity", "c": [NaN, Infinity]}"#;
+        assert_eq!(quote_python_specials(text), r#"{"a": "-Infinity", "b": "NaN \" Infinity", "c": ["NaN", "Infinity"]}"#);
     }
 }

@@ -7,6 +7,8 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod files;
 pub mod kernels;
 pub mod models;
 pub mod pipeline;

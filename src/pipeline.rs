@@ -2,7 +2,7 @@
 //!
 //! prompt + negative prompt → tokenizer → text encoders → (classifier-free guidance) scheduler loop with
 //! the UNet → decoder → RGBA pixels. The order of operations follows diffusers' StableDiffusionPipeline,
-//! so that from the same initial latents the images agree (tests/parity_pipeline.rs).
+//! so that from the same initial latents the images agree (tests/suite/parity_pipeline.rs).
 //!
 //! Control-CLIP (docs/control.md): the prompt goes through f_c and A∘f_s, every cross-attention layer
 //! mixes the two contexts with the request's weights, and the unconditional row of the guidance batch
@@ -11,51 +11,18 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::control::{Adapter, ControlContext, ControlEncoders, ControlWeights, EncoderSource, LowRankDeltas};
+use crate::bundle::{BundleFile, EncoderForm, Manifest, component};
+use crate::control::{Adapter, ControlEncoders, ControlWeights, EncoderSource};
 use crate::device::read_f32;
 use crate::error::{Error, Result};
+use crate::models::attention::ControlContext;
 use crate::models::clip::ClipTextModel;
-use crate::models::taesd::TinyDecoder;
+use crate::models::decoder::Decoder;
 use crate::models::unet::{Conditioning, UNet2DConditionModel};
-use crate::models::vae::VaeDecoder;
 use crate::rng::NoiseRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, MAX_POSITIONS};
-use crate::weights::SafeTensors;
-
-/// The image decoder a bundle ships: the full AutoencoderKL decoder or the tiny TAESD one.
-#[derive(Debug)]
-pub enum Decoder {
-    Kl(VaeDecoder),
-    Tiny(TinyDecoder),
-}
-
-impl Decoder {
-    /// Latent scaling as the pipeline applies it: `decode(latents / scaling_factor + shift_factor)`.
-    fn scaling(&self) -> (f64, f64) {
-        match self {
-            Decoder::Kl(d) => (d.config.scaling_factor, d.config.shift_factor),
-            Decoder::Tiny(d) => (d.config.scaling_factor, d.config.shift_factor),
-        }
-    }
-
-    /// How many pixels one latent covers per side.
-    pub fn scale_factor(&self) -> usize {
-        match self {
-            Decoder::Kl(d) => 1 << (d.config.block_out_channels.len() - 1),
-            Decoder::Tiny(d) => d.config.upsampling_scaling_factor.pow(d.config.num_decoder_blocks.len() as u32 - 1),
-        }
-    }
-
-    pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        let (scale, shift) = self.scaling();
-        let z = latents / scale + shift;
-        match self {
-            Decoder::Kl(d) => d.decode(z),
-            Decoder::Tiny(d) => d.decode(z),
-        }
-    }
-}
+use crate::weights::{LowRankDeltas, SafeTensors};
 
 /// Everything one generation needs, loaded once.
 pub struct Pipeline {
@@ -347,6 +314,7 @@ impl Pipeline {
         scheduler_config: &std::path::Path,
         device: &Device,
     ) -> Result<Self> {
+        use crate::models::ModelFolder;
         Ok(Self {
             tokenizer: ClipTokenizer::read(tokenizer)?,
             text_encoder: ClipTextModel::read_dir(text_encoder, device)?,
@@ -359,98 +327,76 @@ impl Pipeline {
     }
 }
 
-impl Decoder {
-    /// Builds the decoder its config names (`_class_name` AutoencoderKL or AutoencoderTiny).
-    pub fn load(config: &crate::config::ConfigJson, weights: &crate::weights::SafeTensors, device: &Device) -> Result<Self> {
-        match config.str_or("_class_name", "AutoencoderKL")? {
-            "AutoencoderKL" => Ok(Decoder::Kl(VaeDecoder::load(config, weights, device)?)),
-            "AutoencoderTiny" => Ok(Decoder::Tiny(TinyDecoder::load(config, weights, device)?)),
-            other => Err(Error::config(&config.file, "_class_name", format!("`{other}` is not a decoder we support (AutoencoderKL, AutoencoderTiny)"))),
-        }
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load(&config, &weights, device)
-    }
-}
-
 impl Pipeline {
-    /// Builds the pipeline from a bundle: `fetch(file name)` returns a file's bytes (from disk natively,
-    /// from the network or a cache on the web); every file is verified against the manifest first.
-    pub async fn from_bundle<F, Fut>(manifest: &crate::bundle::Manifest, fetch: F, device: &Device) -> Result<Self>
+    /// Builds the pipeline from a bundle's manifest. `fetch(file)` returns the bytes of one of its files,
+    /// already verified against the manifest (natively [`Pipeline::read_bundle`] reads and verifies them;
+    /// the page's worker verifies what it downloads or finds in its cache, so that each file is hashed
+    /// once). Weights split into shards are read as one set.
+    pub async fn from_bundle<F, Fut>(manifest: &Manifest, fetch: F, device: &Device) -> Result<Self>
     where
-        F: Fn(String) -> Fut,
+        F: Fn(BundleFile) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
-        // Every file of a component, fetched and verified; weights split into shards are read as one set.
-        let load = |component: &'static str| {
+        let weights = |name: &'static str| {
             let fetch = &fetch;
             async move {
-                let mut parts = Vec::new();
-                for file in manifest.files(component)? {
-                    let bytes = fetch(file.name.clone()).await?;
-                    manifest.verify(&file, &bytes)?;
-                    parts.push((format!("{}/{}", manifest.origin, file.name), bytes));
+                let files = manifest.component(name)?.files.list().to_vec();
+                let count = files.len();
+                let mut shards = Vec::new();
+                for file in files {
+                    let path = manifest.path(&file.file);
+                    shards.push(SafeTensors::from_bytes(path, fetch(file).await?)?);
                 }
-                Ok::<_, Error>(parts)
-            }
-        };
-        let weights = |component: &'static str| {
-            let load = &load;
-            async move {
-                let mut shards = load(component).await?.into_iter().map(|(name, bytes)| SafeTensors::from_bytes(name, bytes)).collect::<Result<Vec<_>>>()?;
-                match shards.len() {
-                    1 => Ok(shards.pop().expect("one shard")),
-                    n => SafeTensors::from_shards(format!("{}/{component} ({n} shards)", manifest.origin), shards),
+                match count {
+                    1 => Ok::<_, Error>(shards.pop().expect("one shard")),
+                    n => SafeTensors::from_shards(format!("{}/{name} ({n} shards)", manifest.origin), shards),
                 }
             }
         };
-        let tokenizer = match load("tokenizer").await?.as_slice() {
-            [(name, bytes)] => ClipTokenizer::from_bytes(name, bytes)?,
-            _ => return Err(Error::config(format!("{}/{}", manifest.origin, crate::bundle::MANIFEST), "components.tokenizer", "must be one file, not shards")),
-        };
-        let base_config = manifest.config("text_encoder")?;
-        let base_weights = weights("text_encoder").await?;
+        let tokenizer_file = manifest.components.tokenizer.clone();
+        let tokenizer = ClipTokenizer::from_bytes(&manifest.path(&tokenizer_file.file), &fetch(tokenizer_file).await?)?;
+        let base_config = manifest.config(component::TEXT_ENCODER)?;
+        let base_weights = weights(component::TEXT_ENCODER).await?;
         let text_encoder = ClipTextModel::load(&base_config, &base_weights, device)?;
         let mut sources = Vec::new();
-        for component in ["category_encoder", "style_encoder"] {
-            sources.push(match manifest.has(component) {
-                false => None,
-                true => {
-                    let weights = weights(component).await?;
-                    let config = manifest.config(component)?;
-                    Some(match manifest.form(component)? {
-                        "lora" => EncoderSource::Deltas(LowRankDeltas::load(&config, &weights)?),
-                        _ => EncoderSource::Full(config, weights),
+        for name in [component::CATEGORY_ENCODER, component::STYLE_ENCODER] {
+            sources.push(match manifest.components.weights(name) {
+                None => None,
+                Some(entry) => {
+                    let weights = weights(name).await?;
+                    let config = manifest.config(name)?;
+                    Some(match entry.form.unwrap_or(EncoderForm::Full) {
+                        EncoderForm::Lora => EncoderSource::Deltas(LowRankDeltas::load(&config, &weights)?),
+                        EncoderForm::Full => EncoderSource::Full(config, weights),
                     })
                 }
             });
         }
-        let adapter = match manifest.has("adapter") {
-            false => None,
-            true => Some(Adapter::load(&manifest.config("adapter")?, &weights("adapter").await?, device)?),
+        let adapter = match manifest.components.adapter {
+            None => None,
+            Some(_) => Some(Adapter::load(&manifest.config(component::ADAPTER)?, &weights(component::ADAPTER).await?, device)?),
         };
         let style = sources.pop().flatten();
         let category = sources.pop().flatten();
         let control = ControlEncoders::load((&base_config, &base_weights), category, style, adapter, device)?;
         drop(base_weights);
-        let unet = UNet2DConditionModel::load(&manifest.config("unet")?, &weights("unet").await?, device)?;
-        let decoder = Decoder::load(&manifest.config("decoder")?, &weights("decoder").await?, device)?;
-        let scheduler_config = SchedulerConfig::from_json(&manifest.config("scheduler")?)?;
+        let unet = UNet2DConditionModel::load(&manifest.config(component::UNET)?, &weights(component::UNET).await?, device)?;
+        let decoder = Decoder::load(&manifest.config(component::DECODER)?, &weights(component::DECODER).await?, device)?;
+        let scheduler_config = SchedulerConfig::from_json(&manifest.config(component::SCHEDULER)?)?;
         Ok(Self { tokenizer, text_encoder, control, unet, decoder, scheduler_config, device: device.clone() })
     }
 
+    /// Loads a bundle folder, verifying every file against its manifest.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn read_bundle(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let origin = dir.display().to_string();
-        let manifest_path = dir.join(crate::bundle::MANIFEST);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::file(manifest_path.display().to_string(), format!("cannot read: {e}")))?;
-        let manifest = crate::bundle::Manifest::parse(&origin, &text)?;
-        let fetch = |name: String| async move {
-            let path = dir.join(&name);
-            std::fs::read(&path).map_err(|e| Error::file(path.display().to_string(), format!("cannot read: {e}")))
+        let manifest = Manifest::read_dir(dir)?;
+        let fetch = |file: BundleFile| {
+            let manifest = &manifest;
+            async move {
+                let bytes = crate::files::read_bytes(&dir.join(&file.file))?;
+                manifest.verify(&file, &bytes)?;
+                Ok(bytes)
+            }
         };
         Self::from_bundle(&manifest, fetch, device).await
     }

@@ -60,9 +60,7 @@ impl ClipTokenizer {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &std::path::Path) -> Result<Self> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Error::file(&name, format!("cannot read: {e}")))?;
-        Self::from_bytes(&name, &bytes)
+        Self::from_bytes(&path.display().to_string(), &crate::files::read_bytes(path)?)
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -1,6 +1,8 @@
 // The generation worker: runs the wasm module and all GPU / CPU work off the main thread, so that the page
 // stays responsive. It streams bundle files with progress, verifies each against the manifest's size and
-// sha256 before use, and keeps verified files in the Cache Storage so that a reload needs no network.
+// sha256 before use (once: hashed here with crypto.subtle, checked by the library's `BundleManifest`, which
+// is the one reader of the format and writes every message about it), and keeps verified files in the Cache
+// Storage so that a reload needs no network.
 //
 // Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu')}
 //               {type: 'load-files', id, files: {name: ArrayBuffer}, backend}
@@ -12,7 +14,7 @@
 //               {type: 'disposed', id}
 //               {type: 'fatal', message}: the GPU device was lost or the wasm module trapped; this worker is
 //               done and the client starts a fresh one.
-import init, { Generator } from './pkg/control_clip.js';
+import init, { BundleManifest, Generator } from './pkg/control_clip.js';
 
 const BUNDLE_CACHE = 'control-clip-bundles-v1';
 let ready = null;
@@ -74,7 +76,7 @@ async function readWithProgress(response, onChunk) {
   return bytes;
 }
 
-// The manifest: from the network when there is one, else the cached copy.
+// The manifest's text: from the network when there is one, else the cached copy.
 async function fetchManifest(base) {
   const url = new URL('manifest.json', base).href;
   const cache = await openCache();
@@ -89,27 +91,19 @@ async function fetchManifest(base) {
     if (!cached) throw e;
     text = await cached.text();
   }
-  let manifest;
-  try { manifest = JSON.parse(text); } catch (e) { throw new Error(`${url}: not valid JSON (${e.message})`); }
-  return { url, text, manifest };
+  return { url, text };
 }
 
-// Every file of the manifest: each component's one file, or its shards.
-function entries(manifest) {
-  const components = (manifest && manifest.components) || {};
-  return Object.values(components).flatMap(c => (c && Array.isArray(c.shards) ? c.shards : [c])).filter(c => c && typeof c.file === 'string');
-}
-
-function verifyError(where, entry, bytes, sha) {
-  if (bytes.length !== entry.bytes) return new Error(`${where}: ${bytes.length} bytes, the manifest says ${entry.bytes} (truncated or wrong file)`);
-  if (sha !== entry.sha256) return new Error(`${where}: sha256 ${sha} does not match the manifest's ${entry.sha256} (corrupt or wrong file)`);
-  return null;
+// Throws the library's message when `bytes` are not the manifest's file `name`.
+async function verify(manifest, name, bytes) {
+  manifest.verify(name, bytes.length, await sha256Hex(bytes));
 }
 
 async function loadFromUrl(id, base, backend) {
-  const { url: manifestUrl, text, manifest } = await fetchManifest(base);
-  const files = entries(manifest);
-  const allTotal = files.reduce((n, e) => n + (e.bytes || 0), 0);
+  const { url: manifestUrl, text } = await fetchManifest(base);
+  const manifest = new BundleManifest(manifestUrl.replace(/\/manifest\.json$/, ''), text);
+  const files = manifest.files();
+  const allTotal = files.reduce((n, e) => n + e.bytes, 0);
   const done = {};
   const progress = (file, bytes, total) => {
     done[file] = bytes;
@@ -119,49 +113,40 @@ async function loadFromUrl(id, base, backend) {
   const fetchFile = async name => {
     const entry = files.find(e => e.file === name);
     const url = new URL(name, manifestUrl).href;
-    if (!entry) throw new Error(`${url}: not listed in the manifest`);
     const cached = cache && await cache.match(url);
     if (cached) {
       const bytes = new Uint8Array(await cached.arrayBuffer());
-      if (!verifyError(url, entry, bytes, await sha256Hex(bytes))) {
+      try {
+        await verify(manifest, name, bytes);
         progress(name, bytes.length, entry.bytes);
         return bytes;
+      } catch {
+        await cache.delete(url); // stale or damaged: fetch again
       }
-      await cache.delete(url); // stale or damaged: fetch again
     }
     let response;
     try { response = await fetch(url, { cache: 'no-cache' }); } catch (e) { throw new Error(`${url}: could not be fetched (${e.message}); offline?`); }
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}${response.status === 404 ? ' (the file is missing from the bundle)' : ''}`);
     const bytes = await readWithProgress(response, n => progress(name, n, entry.bytes));
-    const bad = verifyError(url, entry, bytes, await sha256Hex(bytes));
-    if (bad) throw bad;
+    await verify(manifest, name, bytes);
     if (cache) await cache.put(url, new Response(bytes));
     return bytes;
   };
-  return { generator: await Generator.load(backend, manifestUrl.replace(/\/manifest\.json$/, ''), text, fetchFile), manifest };
+  return { generator: await Generator.load(backend, manifest, fetchFile), manifest };
 }
 
 async function loadFromFiles(id, files, backend) {
   const text = files['manifest.json'] && new TextDecoder().decode(files['manifest.json']);
   if (!text) throw new Error('the chosen files hold no manifest.json: choose a control-clip bundle folder');
-  let manifest;
-  try { manifest = JSON.parse(text); } catch (e) { throw new Error(`manifest.json: not valid JSON (${e.message})`); }
+  const manifest = new BundleManifest('chosen files', text);
   const fetchFile = async name => {
     if (!files[name]) throw new Error(`${name}: missing from the chosen files`);
     const bytes = new Uint8Array(files[name]);
+    await verify(manifest, name, bytes);
     post({ type: 'progress', id, file: name, done: bytes.length, total: bytes.length });
     return bytes;
   };
-  return { generator: await Generator.load(backend, 'chosen files', text, fetchFile), manifest };
-}
-
-function info(manifest, backend) {
-  const files = entries(manifest);
-  return {
-    name: manifest.name || 'unnamed model', licence: manifest.licence || 'unknown', backend,
-    bytes: files.reduce((n, e) => n + (e.bytes || 0), 0), defaults: manifest.defaults || {},
-    control: ['category_encoder', 'style_encoder', 'adapter'].filter(c => manifest.components && manifest.components[c]),
-  };
+  return { generator: await Generator.load(backend, manifest, fetchFile), manifest };
 }
 
 self.onmessage = async ({ data }) => {
@@ -173,7 +158,9 @@ self.onmessage = async ({ data }) => {
       if (generator) { generator.free(); generator = null; }
       const loaded = data.type === 'load' ? await loadFromUrl(id, data.bundle, data.backend) : await loadFromFiles(id, data.files, data.backend);
       generator = loaded.generator;
-      post({ type: 'loaded', id, info: info(loaded.manifest, data.backend) });
+      const info = { ...loaded.manifest.info(), backend: data.backend };
+      loaded.manifest.free();
+      post({ type: 'loaded', id, info });
     } else if (data.type === 'generate') {
       if (!generator) throw new Error('no bundle is loaded');
       const out = await generator.generate(data.options, p => post({ type: 'step', id, ...p }, p.preview ? [p.preview.rgba.buffer] : []));

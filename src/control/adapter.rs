@@ -24,8 +24,8 @@ pub struct AdapterConfig {
 impl AdapterConfig {
     pub fn from_json(c: &ConfigJson) -> Result<Self> {
         Ok(Self {
-            hidden_size: c.positive("hidden_size", c.usize("hidden_size")?)?,
-            adapter_dim: c.positive("adapter_dim", c.usize("adapter_dim")?)?,
+            hidden_size: c.positive_usize("hidden_size")?,
+            adapter_dim: c.positive_usize("adapter_dim")?,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
             hidden_act: Activation::parse(c.str_or("hidden_act", "gelu")?, &c.file, "hidden_act")?,
         })
@@ -53,11 +53,6 @@ impl Adapter {
         })
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load(&config, &weights, device)
-    }
 
     /// [B, L, D] → [B, L, D].
     pub fn forward(&self, h: Tensor<3>) -> Result<Tensor<3>> {
@@ -67,5 +62,11 @@ impl Adapter {
         }
         let inner = self.config.hidden_act.forward(self.fc1.forward(self.norm.forward(h.clone())));
         Ok(h + self.fc2.forward(inner))
+    }
+}
+
+impl crate::models::ModelFolder for Adapter {
+    fn from_parts(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        Self::load(config, weights, device)
     }
 }

@@ -1,22 +1,21 @@
 //! Control-CLIP conditioning (docs/control.md; ../shared/DESIGN.md §2): the category encoder f_c and the
 //! style encoder f_s (full CLIP text models or low-rank deltas over the generator's own encoder E), the
-//! adapter A on the style branch, and the decoupled cross-attention that feeds both contexts into the
-//! frozen UNet:
+//! adapter A on the style branch, and the user's weights for the decoupled cross-attention
+//! ([`crate::models::attention`]) that feeds both contexts into the frozen UNet:
 //!
 //! ```text
 //! c_c = f_c(t),  c_s = A(f_s(t))
 //! out = W_o · ( λ_c · Attn(W_q x, W_k c_c, W_v c_c) + λ_s · Attn(W_q x, W_k c_s, W_v c_s) )
 //! ```
 //!
-//! The formula lives in [`attention`] only; the UNet calls it through its one cross-attention seam.
+//! The attention formula lives in `models::attention` only; the UNet calls it through its one
+//! cross-attention seam. This module depends on models and weights, never the other way round.
 
 pub mod adapter;
-pub mod attention;
 pub mod encoders;
 
 pub use adapter::{Adapter, AdapterConfig};
-pub use attention::{ControlContext, decoupled_attention, decoupled_attention_reference};
-pub use encoders::{ControlEncoders, EncoderSource, LowRankDeltas};
+pub use encoders::{ControlEncoders, EncoderSource};
 
 use crate::error::{Error, Result};
 

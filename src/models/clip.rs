@@ -34,12 +34,12 @@ impl ClipTextConfig {
         }
         let c = config;
         let cfg = Self {
-            vocab_size: c.positive("vocab_size", c.usize_or("vocab_size", 49408)?)?,
-            hidden_size: c.positive("hidden_size", c.usize_or("hidden_size", 512)?)?,
-            intermediate_size: c.positive("intermediate_size", c.usize_or("intermediate_size", 2048)?)?,
+            vocab_size: c.positive_or("vocab_size", 49408)?,
+            hidden_size: c.positive_or("hidden_size", 512)?,
+            intermediate_size: c.positive_or("intermediate_size", 2048)?,
             num_hidden_layers: c.usize_or("num_hidden_layers", 12)?,
-            num_attention_heads: c.positive("num_attention_heads", c.usize_or("num_attention_heads", 8)?)?,
-            max_position_embeddings: c.positive("max_position_embeddings", c.usize_or("max_position_embeddings", 77)?)?,
+            num_attention_heads: c.positive_or("num_attention_heads", 8)?,
+            max_position_embeddings: c.positive_or("max_position_embeddings", 77)?,
             hidden_act: Activation::parse(c.str_or("hidden_act", "quick_gelu")?, &c.file, "hidden_act")?,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
             eos_token_id: c.usize_or("eos_token_id", 49407)?,
@@ -148,7 +148,7 @@ impl ClipTextModel {
 
     /// As [`Self::load`], with low-rank deltas merged into the weights (a Control-CLIP encoder stored as
     /// deltas over E).
-    pub fn load_with_deltas(config: &ConfigJson, weights: &SafeTensors, deltas: Option<&crate::control::LowRankDeltas>, device: &Device) -> Result<Self> {
+    pub fn load_with_deltas(config: &ConfigJson, weights: &SafeTensors, deltas: Option<&crate::weights::LowRankDeltas>, device: &Device) -> Result<Self> {
         let cfg = ClipTextConfig::from_json(config)?;
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
         let w = WeightsView::new(weights, prefix).with_deltas(deltas);
@@ -169,11 +169,6 @@ impl ClipTextModel {
         Ok(Self { config: cfg, token_embedding, position_embedding, layers, final_layer_norm, text_projection })
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load(&config, &weights, device)
-    }
 
     pub fn has_projection(&self) -> bool {
         self.text_projection.is_some()
@@ -257,13 +252,4 @@ fn causal_mask(l: usize, device: &Device) -> Tensor<4> {
         device,
     );
     Tensor::<2>::zeros([l, l], device).mask_fill(upper, f32::MIN).reshape([1, 1, l, l])
-}
-
-/// The weights file of a transformers / diffusers model folder.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn find_weights_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    const NAMES: [&str; 4] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors"];
-    NAMES.iter().map(|n| dir.join(n)).find(|p| p.exists()).ok_or_else(|| {
-        Error::file(dir.display().to_string(), format!("no weights file in the folder (looked for {})", NAMES.join(", ")))
-    })
 }

@@ -37,7 +37,7 @@ impl TinyDecoderConfig {
             latent_channels: c.usize_or("latent_channels", 4)?,
             decoder_block_out_channels: c.usize_per_block("decoder_block_out_channels", n, Some(64))?,
             num_decoder_blocks,
-            upsampling_scaling_factor: c.positive("upsampling_scaling_factor", c.usize_or("upsampling_scaling_factor", 2)?)?,
+            upsampling_scaling_factor: c.positive_or("upsampling_scaling_factor", 2)?,
             act_fn: Activation::parse(c.str_or("act_fn", "relu")?, &c.file, "act_fn")?,
             scaling_factor: c.f64_or("scaling_factor", 1.0)?,
             shift_factor: c.f64_or("shift_factor", 0.0)?,
@@ -110,11 +110,6 @@ impl TinyDecoder {
         Ok(Self { config: cfg, layers })
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load(&config, &weights, device)
-    }
 
     pub fn device(&self) -> Device {
         match &self.layers[0] {

@@ -45,7 +45,7 @@ impl VaeConfig {
             block_out_channels,
             layers_per_block: c.usize_or("layers_per_block", 1)?,
             act_fn: Activation::parse(c.str_or("act_fn", "silu")?, &c.file, "act_fn")?,
-            norm_num_groups: c.positive("norm_num_groups", c.usize_or("norm_num_groups", 32)?)?,
+            norm_num_groups: c.positive_or("norm_num_groups", 32)?,
             scaling_factor: c.f64_or("scaling_factor", 0.18215)?,
             shift_factor: c.f64_or("shift_factor", 0.0)?,
             use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
@@ -132,11 +132,6 @@ impl VaeDecoder {
         Ok(Self { config: cfg, post_quant_conv, conv_in, mid_resnet_1, mid_attention, mid_resnet_2, up_blocks, conv_norm_out, conv_out })
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load(&config, &weights, device)
-    }
 
     pub fn device(&self) -> Device {
         self.conv_in.weight.device()

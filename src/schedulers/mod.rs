@@ -6,7 +6,6 @@
 //! tensors and in f64 where it uses numpy; the scalars then scale the latents as burn scalar ops in
 //! diffusers' order, so a step runs on the device without read-backs.
 
-pub mod check;
 mod ddim;
 mod dpmpp_2m;
 mod euler_ancestral;
@@ -15,7 +14,6 @@ mod lcm;
 use std::str::FromStr;
 
 use burn::tensor::Tensor;
-use serde_json::Value;
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
@@ -182,49 +180,49 @@ impl SchedulerConfig {
     pub fn from_json(c: &ConfigJson) -> Result<Self> {
         Ok(Self {
             file: c.file.clone(),
-            class_name: opt_string(c, "_class_name")?,
-            num_train_timesteps: opt_usize(c, "num_train_timesteps")?,
-            beta_start: opt_f64(c, "beta_start")?,
-            beta_end: opt_f64(c, "beta_end")?,
-            beta_schedule: opt_string(c, "beta_schedule")?,
-            trained_betas: field(c, "trained_betas").is_some(),
-            timestep_spacing: opt_string(c, "timestep_spacing")?,
-            steps_offset: opt_usize(c, "steps_offset")?,
-            prediction_type: opt_string(c, "prediction_type")?,
-            set_alpha_to_one: opt_bool(c, "set_alpha_to_one")?,
-            clip_sample: opt_bool(c, "clip_sample")?,
-            clip_sample_range: opt_f64(c, "clip_sample_range")?,
-            thresholding: opt_bool(c, "thresholding")?,
-            rescale_betas_zero_snr: opt_bool(c, "rescale_betas_zero_snr")?,
-            algorithm_type: opt_string(c, "algorithm_type")?,
-            solver_type: opt_string(c, "solver_type")?,
-            solver_order: opt_usize(c, "solver_order")?,
-            lower_order_final: opt_bool(c, "lower_order_final")?,
-            euler_at_final: opt_bool(c, "euler_at_final")?,
-            use_karras_sigmas: opt_bool(c, "use_karras_sigmas")?,
-            use_exponential_sigmas: opt_bool(c, "use_exponential_sigmas")?,
-            use_beta_sigmas: opt_bool(c, "use_beta_sigmas")?,
-            use_lu_lambdas: opt_bool(c, "use_lu_lambdas")?,
-            use_flow_sigmas: opt_bool(c, "use_flow_sigmas")?,
-            use_dynamic_shifting: opt_bool(c, "use_dynamic_shifting")?,
-            final_sigmas_type: opt_string(c, "final_sigmas_type")?,
-            lambda_min_clipped: opt_f64(c, "lambda_min_clipped")?,
-            variance_type: opt_string(c, "variance_type")?,
-            sigma_min: opt_f64(c, "sigma_min")?,
-            sigma_max: opt_f64(c, "sigma_max")?,
-            original_inference_steps: opt_usize(c, "original_inference_steps")?,
-            timestep_scaling: opt_f64(c, "timestep_scaling")?,
+            class_name: c.opt_string("_class_name")?,
+            num_train_timesteps: c.opt_usize("num_train_timesteps")?,
+            beta_start: c.opt_f64("beta_start")?,
+            beta_end: c.opt_f64("beta_end")?,
+            beta_schedule: c.opt_string("beta_schedule")?,
+            trained_betas: c.has("trained_betas"),
+            timestep_spacing: c.opt_string("timestep_spacing")?,
+            steps_offset: c.opt_usize("steps_offset")?,
+            prediction_type: c.opt_string("prediction_type")?,
+            set_alpha_to_one: c.opt_bool("set_alpha_to_one")?,
+            clip_sample: c.opt_bool("clip_sample")?,
+            clip_sample_range: c.opt_f64("clip_sample_range")?,
+            thresholding: c.opt_bool("thresholding")?,
+            rescale_betas_zero_snr: c.opt_bool("rescale_betas_zero_snr")?,
+            algorithm_type: c.opt_string("algorithm_type")?,
+            solver_type: c.opt_string("solver_type")?,
+            solver_order: c.opt_usize("solver_order")?,
+            lower_order_final: c.opt_bool("lower_order_final")?,
+            euler_at_final: c.opt_bool("euler_at_final")?,
+            use_karras_sigmas: c.opt_bool("use_karras_sigmas")?,
+            use_exponential_sigmas: c.opt_bool("use_exponential_sigmas")?,
+            use_beta_sigmas: c.opt_bool("use_beta_sigmas")?,
+            use_lu_lambdas: c.opt_bool("use_lu_lambdas")?,
+            use_flow_sigmas: c.opt_bool("use_flow_sigmas")?,
+            use_dynamic_shifting: c.opt_bool("use_dynamic_shifting")?,
+            final_sigmas_type: c.opt_string("final_sigmas_type")?,
+            lambda_min_clipped: c.opt_f64("lambda_min_clipped")?,
+            variance_type: c.opt_string("variance_type")?,
+            sigma_min: c.opt_f64("sigma_min")?,
+            sigma_max: c.opt_f64("sigma_max")?,
+            original_inference_steps: c.opt_usize("original_inference_steps")?,
+            timestep_scaling: c.opt_f64("timestep_scaling")?,
         })
     }
 
     /// Parses the text of a scheduler_config.json (Python's `Infinity` / `NaN` included).
     pub fn parse(file: impl Into<String>, text: &str) -> Result<Self> {
-        Self::from_json(&parse_config_json(file, text)?)
+        Self::from_json(&ConfigJson::parse(file, text)?)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &std::path::Path) -> Result<Self> {
-        Self::from_json(&read_config_json(path)?)
+        Self::from_json(&ConfigJson::read(path)?)
     }
 
     /// The kind `_class_name` names, if it is one implemented here.
@@ -298,85 +296,6 @@ impl SchedulerConfig {
         }
         Ok(Some(range as f32))
     }
-}
-
-/// Parses a diffusers JSON config. Python's `json` writes IEEE specials as bare `Infinity`,
-/// `-Infinity` and `NaN` (DPMSolverMultistepScheduler saves `"lambda_min_clipped": -Infinity`), which
-/// strict JSON refuses; they are read as the strings "Infinity" etc., which the f64 fields accept.
-pub fn parse_config_json(file: impl Into<String>, text: &str) -> Result<ConfigJson> {
-    ConfigJson::parse(file, &quote_python_specials(text))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-pub fn read_config_json(path: &std::path::Path) -> Result<ConfigJson> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(&file, format!("cannot read: {e}")))?;
-    parse_config_json(file, &text)
-}
-
-fn quote_python_specials(text: &str) -> String {
-    const SPECIALS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() + 16);
-    let (mut in_string, mut escaped, mut i) = (false, false, 0);
-    while i < bytes.len() {
-        let c = bytes[i];
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_string = false;
-            }
-        } else if c == b'"' {
-            in_string = true;
-        } else if let Some(special) = SPECIALS.iter().find(|s| bytes[i..].starts_with(s.as_bytes())) {
-            out.push(b'"');
-            out.extend_from_slice(special.as_bytes());
-            out.push(b'"');
-            i += special.len();
-            continue;
-        }
-        out.push(c);
-        i += 1;
-    }
-    // Only ASCII was inserted, at ASCII positions: still UTF-8.
-    String::from_utf8(out).expect("UTF-8 preserved")
-}
-
-fn field<'a>(c: &'a ConfigJson, name: &str) -> Option<&'a Value> {
-    c.object.get(name).filter(|v| !v.is_null())
-}
-
-fn typed<T>(c: &ConfigJson, name: &str, expected: &str, get: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
-    field(c, name)
-        .map(|v| get(v).ok_or_else(|| Error::config(&c.file, name, format!("expected {expected}, found {v}"))))
-        .transpose()
-}
-
-fn opt_bool(c: &ConfigJson, name: &str) -> Result<Option<bool>> {
-    typed(c, name, "true or false", Value::as_bool)
-}
-
-fn opt_usize(c: &ConfigJson, name: &str) -> Result<Option<usize>> {
-    typed(c, name, "a non-negative integer", |v| v.as_u64().map(|x| x as usize))
-}
-
-fn opt_string(c: &ConfigJson, name: &str) -> Result<Option<String>> {
-    typed(c, name, "a string", |v| v.as_str().map(str::to_string))
-}
-
-fn opt_f64(c: &ConfigJson, name: &str) -> Result<Option<f64>> {
-    typed(c, name, "a number", |v| match v {
-        Value::String(s) => match s.as_str() {
-            "Infinity" => Some(f64::INFINITY),
-            "-Infinity" => Some(f64::NEG_INFINITY),
-            "NaN" => Some(f64::NAN),
-            _ => None,
-        },
-        _ => v.as_f64(),
-    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -512,12 +431,6 @@ fn missing_noise(step_index: usize) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_specials_become_strings_outside_strings_only() {
-        let text = r#"{"a": -Infinity, "b": "NaN \" Infinity", "c": [NaN, Infinity]}"#;
-        assert_eq!(quote_python_specials(text), r#"{"a": "-Infinity", "b": "NaN \" Infinity", "c": ["NaN", "Infinity"]}"#);
-    }
 
     #[test]
     fn numpy_arange_and_linspace() {

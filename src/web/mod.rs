@@ -6,6 +6,7 @@ use js_sys::{Float32Array, Object, Reflect, Uint32Array};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+use crate::check;
 use crate::config::ConfigJson;
 use crate::device::{BackendKind, init_device, read_f32};
 use crate::error::Error;
@@ -125,10 +126,11 @@ impl ClipTextEncoder {
 }
 
 
-/// Checks a model against reference outputs, as `control-clip check` does natively: `component` is one of
-/// `text-encoder`, `unet`, `control-unet`, `control-identity`, `cross-attention`, `vae-decoder`,
-/// `tiny-decoder`; `config_json` and `weights` are the model folder's files, `io` the reference
-/// safetensors. Returns `{component, maxAbsErr, maxRelErr, tolerance, pass}`.
+/// Checks a model against reference outputs, as `control-clip check` does natively (the same table,
+/// `check::Component`): `component` is its name (`text-encoder`, `unet`, `control-unet`, …); `config_json`
+/// and `weights` are the model folder's files (no weights for `scheduler`, whose config is its
+/// scheduler_config.json), `io` the reference safetensors. Returns `{component, maxAbsErr, maxRelErr,
+/// tolerance, pass, outputs: [{name, maxAbsErr, maxRelErr}]}`.
 #[wasm_bindgen(js_name = checkModel)]
 #[allow(clippy::too_many_arguments)]
 pub async fn check_model(
@@ -136,42 +138,90 @@ pub async fn check_model(
     component: String,
     folder: String,
     config_json: String,
-    weights: Vec<u8>,
+    weights: Option<Vec<u8>>,
     io: Vec<u8>,
     tolerance: f32,
 ) -> Result<Object, JsError> {
-    use crate::check;
-    use crate::models::unet::UNet2DConditionModel;
-
+    let component: check::Component = component.parse().map_err(js_err)?;
     let kind: BackendKind = backend.parse().map_err(js_err)?;
     let device = init_device(kind).await.map_err(js_err)?;
-    let config = ConfigJson::parse(format!("{folder}/config.json"), &config_json).map_err(js_err)?;
-    let weights = SafeTensors::from_bytes(format!("{folder}/weights"), weights).map_err(js_err)?;
+    let config = ConfigJson::parse(format!("{folder}/{}", component.config_file()), &config_json).map_err(js_err)?;
+    let weights = weights.map(|w| SafeTensors::from_bytes(format!("{folder}/weights"), w)).transpose().map_err(js_err)?;
     let io = SafeTensors::from_bytes(format!("{folder}/io"), io).map_err(js_err)?;
-    let report = async {
-        match component.as_str() {
-            "text-encoder" => check::check_text_encoder(&ClipTextModel::load(&config, &weights, &device)?, &io, tolerance).await,
-            "unet" => check::check_unet(&UNet2DConditionModel::load(&config, &weights, &device)?, &io, tolerance).await,
-            "control-unet" => check::check_control_unet(&UNet2DConditionModel::load(&config, &weights, &device)?, &io, tolerance).await,
-            "control-identity" => check::check_control_identity(&UNet2DConditionModel::load(&config, &weights, &device)?, &io, tolerance).await,
-            "cross-attention" => {
-                let layer = crate::models::unet::transformer::Attention::load_layer(&config, &weights, &device)?;
-                check::check_cross_attention(&layer, &io, tolerance).await
-            }
-            "vae-decoder" => check::check_vae_decoder(&crate::models::vae::VaeDecoder::load(&config, &weights, &device)?, &io, tolerance).await,
-            "tiny-decoder" => check::check_tiny_decoder(&crate::models::taesd::TinyDecoder::load(&config, &weights, &device)?, &io, tolerance).await,
-            other => Err(Error::invalid("component", format!("unknown component `{other}`"))),
-        }
-    }
-    .await
-    .map_err(js_err)?;
+    let report = check::run(component, &config, weights.as_ref(), &io, &device, tolerance).await.map_err(js_err)?;
+    let errors = |o: &Object, max_abs: f32, max_rel: f32| {
+        set(o, "maxAbsErr", max_abs);
+        set(o, "maxRelErr", max_rel);
+    };
     let out = Object::new();
     set(&out, "component", report.component.as_str());
-    set(&out, "maxAbsErr", report.max_abs_err);
-    set(&out, "maxRelErr", report.max_rel_err);
+    errors(&out, report.max_abs_err, report.max_rel_err);
     set(&out, "tolerance", report.tolerance);
     set(&out, "pass", report.pass);
+    let outputs = report.outputs.iter().map(|e| {
+        let o = Object::new();
+        set(&o, "name", e.name.as_str());
+        errors(&o, e.max_abs_err, e.max_rel_err);
+        JsValue::from(o)
+    });
+    set(&out, "outputs", outputs.collect::<js_sys::Array>());
     Ok(out)
+}
+
+/// A bundle's manifest, parsed and checked by the library (`bundle::Manifest`, the one definition of the
+/// format): the worker lists, verifies and describes the bundle's files through it.
+#[wasm_bindgen]
+pub struct BundleManifest {
+    inner: crate::bundle::Manifest,
+}
+
+#[wasm_bindgen]
+impl BundleManifest {
+    /// `origin` names the bundle in messages (its URL without `/manifest.json`, or "chosen files").
+    #[wasm_bindgen(constructor)]
+    pub fn new(origin: &str, text: &str) -> Result<BundleManifest, JsError> {
+        Ok(BundleManifest { inner: crate::bundle::Manifest::parse(origin, text).map_err(js_err)? })
+    }
+
+    /// Every file but the manifest: `[{file, sha256, bytes}]`.
+    pub fn files(&self) -> js_sys::Array {
+        self.inner
+            .components
+            .files()
+            .into_iter()
+            .map(|f| {
+                let o = Object::new();
+                set(&o, "file", f.file.as_str());
+                set(&o, "sha256", f.sha256.as_str());
+                set(&o, "bytes", f.bytes as f64);
+                JsValue::from(o)
+            })
+            .collect()
+    }
+
+    /// Checks a file against the manifest, given its length and lowercase hex sha256 (the worker hashes
+    /// with `crypto.subtle`); throws an Error naming the file when it is truncated, corrupt or unlisted.
+    pub fn verify(&self, name: &str, length: f64, sha256: &str) -> Result<(), JsError> {
+        let file = self.inner.file(name).map_err(js_err)?;
+        self.inner.verify_digest(file, length as u64, sha256).map_err(js_err)
+    }
+
+    /// What the page shows: `{name, licence, bytes, defaults: {prompt, steps, guidance, width, height,
+    /// category_weight, style_weight} (those the bundle gives), control: [names of the Control-CLIP
+    /// components it has]}`.
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        let m = &self.inner;
+        let out = Object::new();
+        set(&out, "name", m.name.as_deref().unwrap_or("unnamed model"));
+        set(&out, "licence", m.licence.as_deref().unwrap_or("unknown"));
+        set(&out, "bytes", m.components.files().iter().map(|f| f.bytes as f64).sum::<f64>());
+        let defaults = js_sys::JSON::parse(&serde_json::to_string(&m.defaults).map_err(|e| JsError::new(&e.to_string()))?)
+            .map_err(|_| JsError::new("the defaults did not convert"))?;
+        set(&out, "defaults", defaults);
+        let control = crate::bundle::component::CONTROL.iter().filter(|c| m.components.weights(c).is_some()).map(|c| JsValue::from_str(c));
+        set(&out, "control", control.collect::<js_sys::Array>());
+        Ok(out.into())
+    }
 }
 
 /// Reads an optional field of a JS options object.
@@ -212,30 +262,31 @@ pub struct Generator {
 
 #[wasm_bindgen]
 impl Generator {
-    /// `origin` names the bundle in messages (its URL or "dropped files"); `manifest_json` is its
-    /// manifest.json; `fetch(name)` returns a Promise of the file's bytes (Uint8Array): the page streams,
-    /// verifies and caches them. Every file is checked against the manifest's size and sha256 again here.
-    pub async fn load(backend: String, origin: String, manifest_json: String, fetch: js_sys::Function) -> Result<Generator, JsError> {
-        let kind: BackendKind = backend.parse().map_err(js_err)?;
-        let device = init_device(kind).await.map_err(js_err)?;
-        let manifest = crate::bundle::Manifest::parse(&origin, &manifest_json).map_err(js_err)?;
-        let fetch = |name: String| {
-            let promise = fetch.call1(&JsValue::NULL, &JsValue::from_str(&name));
-            let origin = origin.clone();
-            async move {
-                let path = format!("{origin}/{name}");
-                // The page's own messages already start with the file's URL: do not say it twice.
-                let failed = |e: JsValue| {
-                    let message = js_message(&e);
-                    let message = message.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(message);
-                    Error::file(&path, message)
-                };
-                let value = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&promise.map_err(failed)?)).await.map_err(failed)?;
-                Ok(js_sys::Uint8Array::new(&value).to_vec())
-            }
-        };
-        let pipeline = crate::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await.map_err(js_err)?;
-        Ok(Generator { inner: std::rc::Rc::new(GeneratorInner { pipeline, cancel: std::cell::Cell::new(false) }) })
+    /// Builds the generator from a bundle's manifest; `fetch(name)` returns a Promise of the file's bytes
+    /// (Uint8Array), verified with `manifest.verify` (the page streams, verifies and caches them; they are
+    /// not hashed again here). Resolves to a `Generator`.
+    pub fn load(backend: String, manifest: &BundleManifest, fetch: js_sys::Function) -> js_sys::Promise {
+        let manifest = manifest.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let kind: BackendKind = backend.parse().map_err(js_err)?;
+            let device = init_device(kind).await.map_err(js_err)?;
+            let fetch = |file: crate::bundle::BundleFile| {
+                let promise = fetch.call1(&JsValue::NULL, &JsValue::from_str(&file.file));
+                let path = manifest.path(&file.file);
+                async move {
+                    // The page's own messages already start with the file's URL: do not say it twice.
+                    let failed = |e: JsValue| {
+                        let message = js_message(&e);
+                        let message = message.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(message);
+                        Error::file(&path, message)
+                    };
+                    let value = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&promise.map_err(failed)?)).await.map_err(failed)?;
+                    Ok(js_sys::Uint8Array::new(&value).to_vec())
+                }
+            };
+            let pipeline = crate::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await.map_err(js_err)?;
+            Ok(Generator { inner: std::rc::Rc::new(GeneratorInner { pipeline, cancel: std::cell::Cell::new(false) }) }.into())
+        })
     }
 
     /// `options`: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler,

@@ -17,7 +17,7 @@ const BUNDLES = path.join(OUT, 'bundles');
 // same f32 code as the native CPU backend that wrote the PNG (1/255 for rounding); WebGPU sums in another
 // order (2/255, the pipeline's parity bound).
 const TOLERANCE = { cpu: 1, webgpu: 2 };
-// The page's default settings for the trained default bundle, shared with tests/default_bundle.rs, which checks
+// The page's default settings for the trained default bundle, shared with tests/suite/default_bundle.rs, which checks
 // that the native pipeline still makes tests/browser/expected/default.png from them.
 const DEFAULT = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests/browser/expected/default.json'), 'utf8'));
 const SETTINGS = new URLSearchParams(Object.entries(DEFAULT).map(([k, v]) => [k, String(v)])).toString();

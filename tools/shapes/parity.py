@@ -5,7 +5,7 @@
 
 Loads the committed pipeline folder (f16 weights, widened to f32, exactly what the f16 bundle gives our
 pipeline), runs the scheduler the folder names at the bundle's recommended steps and guidance, from seeded
-latents, and writes io.safetensors (latents, image in [0, 1], CHW) and request.json. tests/parity_default.rs
+latents, and writes io.safetensors (latents, image in [0, 1], CHW) and request.json. tests/suite/parity_default.rs
 runs our pipeline on www/models/default from the same latents.
 """
 import argparse

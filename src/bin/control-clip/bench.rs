@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use control_clip::models::unet::UNet2DConditionModel;
+use control_clip::models::ModelFolder;
 use control_clip::models::clip::ClipTextModel;
-use control_clip::pipeline::{Decoder, GenerateRequest, Pipeline};
+use control_clip::models::decoder::Decoder;
+use control_clip::models::unet::UNet2DConditionModel;
+use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerConfig;
 use control_clip::tokenizer::ClipTokenizer;
 use control_clip::{BackendKind, Error, SafeTensors, init_device, read_f32};
@@ -78,20 +80,16 @@ async fn bench_bundle(dir: &std::path::Path, args: &BenchArgs) -> control_clip::
     let t = Instant::now();
     let pipeline = Pipeline::read_bundle(dir, &device).await?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let manifest_path = dir.join(control_clip::bundle::MANIFEST);
-    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::file(manifest_path.display().to_string(), format!("cannot read: {e}")))?;
-    let manifest = control_clip::bundle::Manifest::parse(&dir.display().to_string(), &text)?;
-    let defaults = &manifest.value["defaults"];
-    let number = |key: &str| defaults[key].as_f64();
+    let defaults = control_clip::bundle::Manifest::read_dir(dir)?.defaults;
     let mut req = GenerateRequest::new("a cat in Pokemon style");
-    req.steps = args.generation_steps.or(number("steps").map(|v| v as usize)).unwrap_or(req.steps);
-    req.guidance = number("guidance").map_or(req.guidance, |v| v as f32);
-    req.width = number("width").map_or(req.width, |v| v as usize);
-    req.height = number("height").map_or(req.height, |v| v as usize);
+    req.steps = args.generation_steps.or(defaults.steps).unwrap_or(req.steps);
+    req.guidance = defaults.guidance.map_or(req.guidance, |v| v as f32);
+    req.width = defaults.width.unwrap_or(req.width);
+    req.height = defaults.height.unwrap_or(req.height);
     req.seed = 1;
     req.control = control_clip::control::ControlWeights::new(
-        number("category_weight").map_or(1.0, |v| v as f32),
-        number("style_weight").map_or(0.0, |v| v as f32),
+        defaults.category_weight.map_or(1.0, |v| v as f32),
+        defaults.style_weight.map_or(0.0, |v| v as f32),
     )?;
     let (mut first_ms, mut generation_ms, mut step_ms) = (0.0, Vec::new(), Vec::new());
     for run in 0..=args.runs {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use control_clip::kernels::{decoupled_attention_fused, fused_attention_available};
-use control_clip::control::decoupled_attention_reference;
+use control_clip::models::attention::decoupled_attention_reference;
 use crate::bench::median;
 use control_clip::rng::NoiseRng;
 use control_clip::{BackendKind, Error, init_device, read_f32};

@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use control_clip::bundle::{FORMAT, FORMAT_VERSION, MANIFEST, StoreDType, convert_weights, file_entry, parse_size, shard_file_names, shard_tensors};
+use control_clip::bundle::{
+    BundleFile, Components, Defaults, EncoderForm, Files, MANIFEST, Manifest, SchedulerComponent, StoreDType, WeightsComponent, component,
+    convert_weights, parse_size, shard_file_names, shard_tensors,
+};
 use control_clip::config::ConfigJson;
-use control_clip::models::clip::find_weights_file;
-use control_clip::schedulers::read_config_json;
-use control_clip::weights::serialize;
+use control_clip::files;
+use control_clip::weights::{find_weights_file, serialize};
 use control_clip::{ClipTokenizer, Error, SafeTensors};
-use serde_json::{Value, json};
 
 #[derive(Args)]
 pub struct BundleArgs {
@@ -85,13 +86,6 @@ pub fn run(args: BundleArgs) -> ExitCode {
     }
 }
 
-fn write(path: &Path, bytes: &[u8]) -> control_clip::Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::file(path.display().to_string(), format!("cannot write: {e}")))
-}
-
 fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let dtype: StoreDType = args.dtype.parse()?;
     let shard_bytes = parse_size(&args.shard_size)?;
@@ -101,27 +95,15 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::file(out.display().to_string(), "exists and is not empty; choose a new folder"));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out.display().to_string(), format!("cannot create: {e}")))?;
+    files::create_dir(out)?;
 
     // Validate the tokenizer by loading it, then copy it as is.
-    let tokenizer = std::fs::read(&args.tokenizer).map_err(|e| Error::file(args.tokenizer.display().to_string(), format!("cannot read: {e}")))?;
+    let tokenizer = files::read_bytes(&args.tokenizer)?;
     ClipTokenizer::from_bytes(&args.tokenizer.display().to_string(), &tokenizer)?;
-    write(&out.join("tokenizer.json"), &tokenizer)?;
+    let tokenizer_name = format!("{}.json", component::TOKENIZER);
+    files::write_atomic(&out.join(&tokenizer_name), &tokenizer)?;
     let mut total = tokenizer.len() as u64;
-    let mut components = serde_json::Map::new();
-    components.insert("tokenizer".into(), file_entry("tokenizer.json", &tokenizer));
 
-    let mut parts: Vec<(&str, &Path, &str)> = vec![("text_encoder", &args.text_encoder, "config.json"), ("unet", &args.unet, "config.json"), ("decoder", &args.decoder, "config.json")];
-    for (component, dir) in [("category_encoder", &args.category_encoder), ("style_encoder", &args.style_encoder)] {
-        if let Some(dir) = dir {
-            // Deltas are recognised by their PEFT config; EncoderSource refuses a folder that is neither.
-            let config = if dir.join("adapter_config.json").exists() { "adapter_config.json" } else { "config.json" };
-            parts.push((component, dir, config));
-        }
-    }
-    if let Some(dir) = &args.adapter {
-        parts.push(("adapter", dir, "config.json"));
-    }
     // Load everything once as the pipeline would, so that a bundle that cannot run is never written.
     {
         let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
@@ -133,54 +115,51 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
             &device,
         )?;
     }
-    for (component, dir, config_name) in parts {
+    let mut write_component = |name: &str, dir: &Path, form: Option<EncoderForm>| -> control_clip::Result<WeightsComponent> {
+        // Deltas are recognised by their PEFT config; EncoderSource refused a folder that is neither above.
+        let config_name = if form == Some(EncoderForm::Lora) { "adapter_config.json" } else { "config.json" };
         let config = ConfigJson::read(&dir.join(config_name))?;
         let weights = SafeTensors::read(&find_weights_file(dir)?)?;
         let shards = shard_tensors(convert_weights(&weights, dtype)?, shard_bytes);
-        let names = shard_file_names(component, shards.len());
-        let mut files = Vec::new();
-        for (name, tensors) in names.iter().zip(&shards) {
+        let names = shard_file_names(name, shards.len());
+        let mut entries = Vec::new();
+        for (file_name, tensors) in names.iter().zip(&shards) {
             let bytes = serialize(tensors);
             if let [t] = tensors.as_slice()
                 && t.bytes.len() > shard_bytes
             {
-                eprintln!("note: {name} is over --shard-size {}: its one tensor {} alone is {} bytes", args.shard_size, t.name, t.bytes.len());
+                eprintln!("note: {file_name} is over --shard-size {}: its one tensor {} alone is {} bytes", args.shard_size, t.name, t.bytes.len());
             }
-            write(&out.join(name), &bytes)?;
+            files::write_atomic(&out.join(file_name), &bytes)?;
             total += bytes.len() as u64;
-            files.push(file_entry(name, &bytes));
+            entries.push(BundleFile::of(file_name, &bytes));
         }
-        let mut entry = match files.len() {
-            1 => files.pop().expect("one file"),
-            _ => json!({"shards": files}),
-        };
-        entry["dtype"] = json!(args.dtype);
-        if component.ends_with("_encoder") && component != "text_encoder" {
-            entry["form"] = json!(if config_name == "adapter_config.json" { "lora" } else { "full" });
-        }
-        entry["config"] = Value::Object(config.object);
-        components.insert(component.into(), entry);
-    }
-    let scheduler = read_config_json(&args.scheduler_config)?;
-    components.insert("scheduler".into(), json!({"config": Value::Object(scheduler.object)}));
-
-    let mut defaults = json!({
-        "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
-        "category_weight": args.category_weight, "style_weight": style_weight,
-    });
-    if let Some(prompt) = &args.prompt {
-        defaults["prompt"] = json!(prompt);
-    }
-    let manifest = json!({
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": args.name,
-        "licence": args.licence,
-        "created_by": format!("control-clip {}", env!("CARGO_PKG_VERSION")),
-        "defaults": defaults,
-        "components": components,
-    });
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-    write(&out.join(MANIFEST), text.as_bytes())?;
+        Ok(WeightsComponent { files: Files::from_list(entries), dtype: Some(args.dtype.clone()), form, config: config.object })
+    };
+    let encoder_form = |dir: &Path| if dir.join("adapter_config.json").exists() { EncoderForm::Lora } else { EncoderForm::Full };
+    let mut encoder = |name: &str, dir: &Option<PathBuf>| dir.as_deref().map(|d| write_component(name, d, Some(encoder_form(d)))).transpose();
+    let category_encoder = encoder(component::CATEGORY_ENCODER, &args.category_encoder)?;
+    let style_encoder = encoder(component::STYLE_ENCODER, &args.style_encoder)?;
+    let components = Components {
+        tokenizer: BundleFile::of(&tokenizer_name, &tokenizer),
+        text_encoder: write_component(component::TEXT_ENCODER, &args.text_encoder, None)?,
+        unet: write_component(component::UNET, &args.unet, None)?,
+        decoder: write_component(component::DECODER, &args.decoder, None)?,
+        scheduler: SchedulerComponent { config: ConfigJson::read(&args.scheduler_config)?.object },
+        category_encoder,
+        style_encoder,
+        adapter: args.adapter.as_deref().map(|d| write_component(component::ADAPTER, d, None)).transpose()?,
+    };
+    let defaults = Defaults {
+        prompt: args.prompt.clone(),
+        steps: Some(args.steps),
+        guidance: Some(args.guidance),
+        width: Some(args.width),
+        height: Some(args.height),
+        category_weight: Some(args.category_weight),
+        style_weight: Some(style_weight),
+    };
+    let text = Manifest::new(&args.name, &args.licence, defaults, components).to_json();
+    files::write_atomic(&out.join(MANIFEST), text.as_bytes())?;
     Ok(total + text.len() as u64)
 }

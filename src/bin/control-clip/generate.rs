@@ -126,7 +126,7 @@ fn jobs(args: &GenerateArgs) -> control_clip::Result<Vec<Job>> {
         }]);
     };
     let name = batch.display().to_string();
-    let text = std::fs::read_to_string(batch).map_err(|e| Error::file(&name, format!("cannot read: {e}")))?;
+    let text = control_clip::files::read_text(batch)?;
     let folder = batch.parent().unwrap_or(Path::new("."));
     let mut jobs = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -240,11 +240,5 @@ fn write_png_atomically(path: &Path, width: usize, height: usize, rgba: &[u8]) -
         let mut writer = encoder.write_header().map_err(|e| fail(&e))?;
         writer.write_image_data(rgba).map_err(|e| fail(&e))?;
     }
-    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| fail(&e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(&e)
-    })
+    control_clip::files::write_atomic(path, &bytes)
 }

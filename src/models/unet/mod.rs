@@ -18,7 +18,7 @@ use blocks::{BlockShape, DownBlock, MidBlock, UpBlock};
 use embeddings::{TimestepEmbedding, sinusoidal};
 use resnet::ResnetSettings;
 pub use transformer::Conditioning;
-use crate::control::ControlContext;
+use crate::models::attention::ControlContext;
 use transformer::TransformerSettings;
 
 /// The `UNet2DConditionModel` config fields we use (others must have their default values).
@@ -145,7 +145,7 @@ impl UNetConfig {
             downsample_padding: c.usize_or("downsample_padding", 1)?,
             mid_block_scale_factor: c.f64_or("mid_block_scale_factor", 1.0)?,
             act_fn: Activation::parse(c.str_or("act_fn", "silu")?, &c.file, "act_fn")?,
-            norm_num_groups: c.positive("norm_num_groups", c.usize_or("norm_num_groups", 32)?)?,
+            norm_num_groups: c.positive_or("norm_num_groups", 32)?,
             norm_eps: c.f64_or("norm_eps", 1e-5)?,
             cross_attention_dim,
             transformer_layers_per_block: c.usize_per_block("transformer_layers_per_block", n, Some(1))?,
@@ -244,11 +244,6 @@ impl UNet2DConditionModel {
         Ok(Self { config: cfg, conv_in, time_embedding, down_blocks, mid_block, up_blocks, conv_norm_out, conv_out })
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load(&config, &weights, device)
-    }
 
     pub fn device(&self) -> Device {
         self.conv_in.weight.device()

@@ -2,13 +2,13 @@
 //! cross-attention to the text context, GEGLU feed-forward.
 //!
 //! Cross-attention goes through [`cross_attention`], the one seam where Control-CLIP's decoupled attention
-//! ([`crate::control::attention`]) replaces the ordinary one; self-attention uses the same
+//! ([`crate::models::attention`]) replaces the ordinary one; self-attention uses the same
 //! scaled-dot-product code.
 
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, activation};
 
-use crate::control::attention::{ControlContext, decoupled_attention};
+use crate::models::attention::{ControlContext, decoupled_attention};
 use crate::error::Result;
 use crate::models::nn::{Conv2d, group_norm, layer_norm, linear, scaled_dot_product_attention};
 use crate::config::ConfigJson;
@@ -74,17 +74,12 @@ impl Attention {
     /// One stand-alone layer, for `control-clip check cross-attention`: a config with `query_dim`,
     /// `cross_attention_dim`, `heads` and `dim_head` (diffusers' `Attention` arguments) and its weights.
     pub fn load_layer(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
-        let field = |name: &str| config.usize(name).and_then(|v| config.positive(name, v));
+        let field = |name: &str| config.positive_usize(name);
         let (dim, heads, head_dim) = (field("query_dim")?, field("heads")?, field("dim_head")?);
         let context_dim = config.usize_or("cross_attention_dim", dim)?;
         Self::load(&WeightsView::new(weights, ""), dim, context_dim, heads, head_dim, device)
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let (config, weights) = crate::models::read_model_dir(dir)?;
-        Self::load_layer(&config, &weights, device)
-    }
 
     pub fn device(&self) -> Device {
         self.to_q.weight.device()

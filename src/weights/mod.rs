@@ -12,6 +12,9 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
+mod lora;
+pub use lora::LowRankDeltas;
+
 /// Element types a safetensors file may hold (the subset models and fixtures use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -78,9 +81,7 @@ impl SafeTensors {
     /// Reads a file from disk (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &std::path::Path) -> Result<Self> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Error::file(&name, format!("cannot read: {e}")))?;
-        Self::from_bytes(name, bytes)
+        Self::from_bytes(path.display().to_string(), crate::files::read_bytes(path)?)
     }
 
     /// Parses and validates the header of `bytes`; `name` is used in every error message.
@@ -266,7 +267,7 @@ pub struct WeightsView<'a> {
     pub file: &'a SafeTensors,
     pub prefix: String,
     /// Low-rank deltas added to the weights as they are read (Control-CLIP encoders stored as deltas).
-    pub deltas: Option<&'a crate::control::LowRankDeltas>,
+    pub deltas: Option<&'a LowRankDeltas>,
 }
 
 impl<'a> WeightsView<'a> {
@@ -274,7 +275,7 @@ impl<'a> WeightsView<'a> {
         Self { file, prefix: prefix.into(), deltas: None }
     }
 
-    pub fn with_deltas(self, deltas: Option<&'a crate::control::LowRankDeltas>) -> Self {
+    pub fn with_deltas(self, deltas: Option<&'a LowRankDeltas>) -> Self {
         Self { deltas, ..self }
     }
 
@@ -369,4 +370,21 @@ pub fn serialize(tensors: &[RawTensor]) -> Vec<u8> {
         out.extend_from_slice(&t.bytes);
     }
     out
+}
+
+/// The weights file of a transformers / diffusers / PEFT model folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn find_weights_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    const NAMES: [&str; 4] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors"];
+    NAMES.iter().map(|n| dir.join(n)).find(|p| p.exists()).ok_or_else(|| {
+        Error::file(dir.display().to_string(), format!("no weights file in the folder (looked for {})", NAMES.join(", ")))
+    })
+}
+
+/// A model folder as transformers / diffusers save it: its config.json and its weights file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_model_dir(dir: &std::path::Path) -> Result<(crate::config::ConfigJson, SafeTensors)> {
+    let config = crate::config::ConfigJson::read(&dir.join("config.json"))?;
+    let weights = SafeTensors::read(&find_weights_file(dir)?)?;
+    Ok((config, weights))
 }

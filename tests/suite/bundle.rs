@@ -1,12 +1,9 @@
 //! `control-clip bundle` and loading bundles: the pipeline from a bundle gives the pipeline fixture's
 //! image; a corrupt, truncated or missing file and a manifest of another version are refused by name.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{block_on, fixtures};
+use crate::common::{block_on, cli_with_fixture_components, fixtures, max_abs_err, tempdir};
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::{BackendKind, SafeTensors, init_device};
 
@@ -15,16 +12,8 @@ fn make_bundle(tag: &str, dtype: &str) -> PathBuf {
 }
 
 fn make_bundle_with(tag: &str, dtype: &str, extra: &[&std::ffi::OsStr]) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("control-clip-bundle-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let f = fixtures();
-    let status = Command::new(env!("CARGO_BIN_EXE_control-clip"))
-        .arg("bundle")
-        .arg("--tokenizer").arg(f.join("tokenizer.json"))
-        .arg("--text-encoder").arg(f.join("clip_text/sd-mini-f16"))
-        .arg("--unet").arg(f.join("unet/sd-tiny"))
-        .arg("--decoder").arg(f.join("vae/kl-tiny"))
-        .arg("--scheduler-config").arg(f.join("pipeline/ddim-2-steps/scheduler_config.json"))
+    let out = tempdir(&format!("bundle-{tag}"));
+    let status = cli_with_fixture_components("bundle")
         .args(["--dtype", dtype, "--name", "fixture bundle", "--width", "64", "--height", "64"])
         .args(extra)
         .arg("--out").arg(&out)
@@ -49,7 +38,7 @@ fn worst_error(pipeline: &Pipeline) -> f32 {
     req.init_latents = Some(io.tensor("latents", [1, 4, 16, 16], &pipeline.device).unwrap());
     let image = block_on(pipeline.generate(&req, &mut |_| true)).unwrap();
     let (_, expected) = io.f32("image").unwrap();
-    image.image.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    max_abs_err(&image.image, &expected)
 }
 
 #[test]
@@ -205,7 +194,7 @@ fn bundle_with_control_encoders_records_them_and_reproduces_the_control_fixture(
     req.init_latents = Some(io.tensor("latents", [1, 4, 16, 16], &pipeline.device).unwrap());
     let image = block_on(pipeline.generate(&req, &mut |_| true)).unwrap();
     let (_, expected) = io.f32("image").unwrap();
-    let err = image.image.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let err = max_abs_err(&image.image, &expected);
     println!("control bundle f32: max pixel error {err:.3e}");
     assert!(err <= 2.0 / 255.0, "{err}");
 

@@ -1,8 +1,6 @@
 //! Token ids equal transformers' CLIPTokenizer on every committed case (tests/fixtures/tokenizer_cases.json).
 
-mod common;
-
-use common::fixtures;
+use crate::common::fixtures;
 use control_clip::{ClipTokenizer, MAX_POSITIONS};
 
 #[test]

@@ -1,11 +1,9 @@
 //! `control-clip check text-encoder`: exit 0 on every fixture, 1 on a perturbed reference, 2 on a broken folder.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::fixtures;
+use crate::common::{fixtures, tempdir};
 use control_clip::weights::serialize;
 use control_clip::SafeTensors;
 
@@ -80,12 +78,6 @@ fn exits_2_with_a_message_on_a_broken_folder() {
     assert!(stderr.contains("does-not-exist"), "{stderr}");
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("control-clip-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[test]
 fn tokenize_reports_truncation() {

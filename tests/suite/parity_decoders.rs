@@ -1,9 +1,8 @@
 //! Decoders vs diffusers, both native backends. Tolerance: 1e-3 of the [-1, 1] image range (the
 //! diffusion-core issue's bound).
 
-mod common;
-
-use common::{backends, block_on, fixtures};
+use crate::common::{backends, block_on, fixtures};
+use control_clip::models::ModelFolder;
 use control_clip::check::{check_tiny_decoder, check_vae_decoder};
 use control_clip::models::taesd::TinyDecoder;
 use control_clip::models::vae::VaeDecoder;

@@ -1,9 +1,8 @@
 //! UNet2DConditionModel vs diffusers on every UNet fixture, both native backends.
 //! Tolerance: 1e-3 max abs error (the diffusion-core issue's bound; outputs are O(1)).
 
-mod common;
-
-use common::{backends, block_on, fixtures};
+use crate::common::{backends, block_on, fixtures};
+use control_clip::models::ModelFolder;
 use control_clip::check::check_unet;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::{SafeTensors, init_device};

@@ -1,9 +1,8 @@
 //! CLIP text encoder vs transformers, on every fixture and both native backends.
 //! Tolerance: 1e-4 max abs error (f32 on wgpu / CPU vs PyTorch CPU; the fixtures' outputs are O(1)).
 
-mod common;
-
-use common::{backends, block_on, fixtures};
+use crate::common::{backends, block_on, fixtures};
+use control_clip::models::ModelFolder;
 use control_clip::check::check_text_encoder;
 use control_clip::{ClipTextModel, SafeTensors, init_device};
 

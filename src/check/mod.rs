@@ -1,19 +1,139 @@
 //! Verifying a model against reference outputs: the logic behind `control-clip check`, kept in the
-//! library so that the tests, the CLI and the browser smoke page compare the same way.
+//! library so that the tests, the CLI and the browser compare the same way. [`Component`] is the one
+//! table of what can be checked; [`run`] checks one.
 //!
 //! io files are safetensors; see README.md ("Checking a model") for the names each component expects.
 
+mod scheduler;
+
+pub use scheduler::{check_scheduler, read_f64};
+
+use burn::tensor::Device;
 use serde::Serialize;
 
+use crate::config::ConfigJson;
 use crate::device::read_f32;
 use crate::error::{Error, Result};
+use crate::models::ModelFolder;
+use crate::models::attention::ControlContext;
 use crate::models::clip::ClipTextModel;
-use crate::control::ControlContext;
+use crate::models::taesd::TinyDecoder;
 use crate::models::unet::transformer::Attention;
 use crate::models::unet::{Conditioning, UNet2DConditionModel};
-use crate::models::taesd::TinyDecoder;
 use crate::models::vae::VaeDecoder;
 use crate::weights::SafeTensors;
+
+/// What `control-clip check` (and the browser's `checkModel`) can check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// A transformers CLIPTextModel / CLIPTextModelWithProjection folder.
+    TextEncoder,
+    /// A diffusers UNet2DConditionModel folder.
+    Unet,
+    /// A diffusers AutoencoderKL folder (its decoder is checked).
+    VaeDecoder,
+    /// A diffusers AutoencoderTiny (TAESD) folder (its decoder is checked).
+    TinyDecoder,
+    /// A diffusers scheduler: the folder holds scheduler_config.json and no weights.
+    Scheduler,
+    /// A UNet2DConditionModel folder run with Control-CLIP's decoupled cross-attention.
+    ControlUnet,
+    /// The identity property on a UNet folder and its `unet` io file: f_c = E with weights (1, 0) must
+    /// give the plain UNet's output.
+    ControlIdentity,
+    /// One decoupled cross-attention layer: config.json (query_dim, cross_attention_dim, heads, dim_head)
+    /// + weights with diffusers' `Attention` keys.
+    CrossAttention,
+}
+
+impl Component {
+    pub const ALL: [Component; 8] = [
+        Component::TextEncoder,
+        Component::Unet,
+        Component::VaeDecoder,
+        Component::TinyDecoder,
+        Component::Scheduler,
+        Component::ControlUnet,
+        Component::ControlIdentity,
+        Component::CrossAttention,
+    ];
+
+    /// The name on the command line, in the browser API and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::TextEncoder => "text-encoder",
+            Component::Unet => "unet",
+            Component::VaeDecoder => "vae-decoder",
+            Component::TinyDecoder => "tiny-decoder",
+            Component::Scheduler => "scheduler",
+            Component::ControlUnet => "control-unet",
+            Component::ControlIdentity => "control-identity",
+            Component::CrossAttention => "cross-attention",
+        }
+    }
+
+    /// The config file of the component's folder.
+    pub fn config_file(self) -> &'static str {
+        match self {
+            Component::Scheduler => "scheduler_config.json",
+            _ => "config.json",
+        }
+    }
+
+    /// Whether the folder holds weights (all but a scheduler).
+    pub fn has_weights(self) -> bool {
+        self != Component::Scheduler
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Component {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let known: Vec<_> = Self::ALL.iter().map(|c| c.name()).collect();
+            Error::invalid("component", format!("unknown component `{s}` (expected one of {})", known.join(", ")))
+        })
+    }
+}
+
+/// Checks `component`, built from its folder's `config` and `weights` (None for a scheduler), against
+/// the reference inputs and outputs in `io`.
+pub async fn run(component: Component, config: &ConfigJson, weights: Option<&SafeTensors>, io: &SafeTensors, device: &Device, tolerance: f32) -> Result<CheckReport> {
+    if !(tolerance >= 0.0) {
+        return Err(Error::invalid("tolerance", format!("{tolerance} is not a non-negative number")));
+    }
+    fn build<M: ModelFolder>(component: Component, config: &ConfigJson, weights: Option<&SafeTensors>, device: &Device) -> Result<M> {
+        let weights = weights.ok_or_else(|| Error::invalid("weights", format!("checking a {component} needs the model's weights")))?;
+        M::from_parts(config, weights, device)
+    }
+    match component {
+        Component::TextEncoder => check_text_encoder(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::Unet => check_unet(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::VaeDecoder => check_vae_decoder(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::TinyDecoder => check_tiny_decoder(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::Scheduler => check_scheduler(io, config, device, tolerance).await,
+        Component::ControlUnet => check_control_unet(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::ControlIdentity => check_control_identity(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::CrossAttention => check_cross_attention(&build(component, config, weights, device)?, io, tolerance).await,
+    }
+}
+
+/// [`run`] on a model folder as transformers / diffusers save it.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn run_dir(component: Component, dir: &std::path::Path, io: &SafeTensors, device: &Device, tolerance: f32) -> Result<CheckReport> {
+    let config = ConfigJson::read(&dir.join(component.config_file()))?;
+    let weights = match component.has_weights() {
+        true => Some(SafeTensors::read(&crate::weights::find_weights_file(dir)?)?),
+        false => None,
+    };
+    run(component, &config, weights.as_ref(), io, device, tolerance).await
+}
 
 /// Error of one output against its reference.
 #[derive(Debug, Clone, Serialize)]
@@ -158,7 +278,7 @@ fn io_control_weights(io: &SafeTensors, batch: usize) -> Result<Vec<(f32, f32)>>
     Ok(per_row("weight_category")?.into_iter().zip(per_row("weight_style")?).collect())
 }
 
-fn io_control_context(io: &SafeTensors, batch: usize, device: &burn::tensor::Device) -> Result<ControlContext> {
+fn io_control_context(io: &SafeTensors, batch: usize, device: &Device) -> Result<ControlContext> {
     let category = io_tensor::<3>(io, "context_category", device)?;
     let style = io_tensor::<3>(io, "context_style", device)?;
     ControlContext::new(category, style, &io_control_weights(io, batch)?)
@@ -206,7 +326,7 @@ pub async fn check_cross_attention(layer: &Attention, io: &SafeTensors, toleranc
 }
 
 /// A float tensor of the io file with its own shape, checked to be of rank `D`.
-fn io_tensor<const D: usize>(io: &SafeTensors, name: &str, device: &burn::tensor::Device) -> Result<burn::tensor::Tensor<D>> {
+fn io_tensor<const D: usize>(io: &SafeTensors, name: &str, device: &Device) -> Result<burn::tensor::Tensor<D>> {
     let shape = io.shape(name)?.to_vec();
     let shape: [usize; D] = shape
         .clone()

@@ -3,8 +3,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{SchedulerConfig, SchedulerKind, build};
-use crate::check::{CheckReport, OutputError, compare};
+use super::{CheckReport, OutputError, compare};
+use crate::schedulers::{SchedulerConfig, SchedulerKind, build};
 use crate::config::ConfigJson;
 use crate::device::read_f32;
 use crate::error::{Error, Result};

@@ -2,24 +2,14 @@
 //! 2/255 after both are rounded to 8 bits: 1 for the rounding, 1 for the float differences); a failed
 //! run leaves no file behind.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::fixtures;
+use crate::common::{cli_with_fixture_components, fixtures, tempdir};
 use control_clip::SafeTensors;
 
 fn generate(out: &Path, extra: &[&str]) -> Output {
-    let f = fixtures();
-    let dir = f.join("pipeline/ddim-2-steps");
-    Command::new(env!("CARGO_BIN_EXE_control-clip"))
-        .arg("generate")
-        .arg("--tokenizer").arg(f.join("tokenizer.json"))
-        .arg("--text-encoder").arg(f.join("clip_text/sd-mini-f16"))
-        .arg("--unet").arg(f.join("unet/sd-tiny"))
-        .arg("--decoder").arg(f.join("vae/kl-tiny"))
-        .arg("--scheduler-config").arg(dir.join("scheduler_config.json"))
+    cli_with_fixture_components("generate")
         .args(["--prompt", "a cat in Pokemon style", "--negative-prompt", "blurry, low quality"])
         .args(["--steps", "2", "--guidance", "7.5", "--width", "64", "--height", "64", "--backend", "cpu"])
         .args(extra)
@@ -28,12 +18,6 @@ fn generate(out: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("control-clip-gen-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The worst difference, in 8-bit levels, between a PNG and a reference image in [0, 1] ([3, 64, 64]).
 fn worst_png_difference(png_path: &Path, expected: &[f32]) -> i32 {

@@ -12,11 +12,9 @@
 //! To refresh after a deliberate change: rebuild the bundle, then the command in
 //! tests/browser/expected/README.md.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{backends, block_on};
+use crate::common::{backends, block_on};
 use control_clip::control::ControlWeights;
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::{BackendKind, init_device};

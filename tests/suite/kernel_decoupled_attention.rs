@@ -1,17 +1,15 @@
 //! The fused decoupled cross-attention kernel (shaders/decoupled_attention.wgsl) on the native wgpu
 //! device against the tensor-op form of the same formula (DESIGN.md §2):
-//! `w_c · Attn(q, k_c, v_c) + w_s · Attn(q, k_s, v_s)` (control::decoupled_attention_reference), computed on
+//! `w_c · Attn(q, k_c, v_c) + w_s · Attn(q, k_s, v_s)` (models::attention::decoupled_attention_reference), computed on
 //! the CPU backend as an independent reference. Tolerance: max abs error ≤ 1e-5 on standard-normal
 //! inputs (f32 throughout; only the order of the sums and the exp implementation differ).
 //! Run with --nocapture to see the worst errors.
 
-mod common;
-
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use common::block_on;
-use control_clip::control::decoupled_attention_reference;
+use crate::common::{block_on, max_abs_err};
+use control_clip::models::attention::decoupled_attention_reference;
 use control_clip::kernels::{decoupled_attention_fused, fused_attention_available};
 use control_clip::models::nn::scaled_dot_product_attention;
 use control_clip::rng::NoiseRng;
@@ -112,7 +110,7 @@ impl Case {
         values
     }
 
-    /// The tensor-op form (control::decoupled_attention_reference), per batch row weights, on the CPU backend.
+    /// The tensor-op form (models::attention::decoupled_attention_reference), per batch row weights, on the CPU backend.
     fn reference(&self) -> Vec<f32> {
         let device = Device::flex();
         let [q, k_c, v_c, k_s, v_s] = self.inputs(&device);
@@ -137,7 +135,7 @@ impl Case {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+    max_abs_err(a, b)
 }
 
 /// Checks one case, returns its max abs error.

@@ -1,10 +1,8 @@
 //! Every broken input a user can bring gives an error that names the file and the tensor or field.
 //! (The browser test repeats two of these through the wasm API.)
 
-mod common;
-
 use burn::tensor::Device;
-use common::fixtures;
+use crate::common::fixtures;
 use control_clip::config::ConfigJson;
 use control_clip::weights::{DType, RawTensor, serialize};
 use control_clip::{ClipTextModel, Error, SafeTensors};
@@ -138,7 +136,7 @@ fn deltas_err(config: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> String {
     edit(&mut tensors);
     let result = (|| {
         let config = ConfigJson::parse("lora/adapter_config.json", config)?;
-        let deltas = control_clip::control::LowRankDeltas::load(&config, &SafeTensors::from_bytes("lora/adapter_model.safetensors", serialize(&tensors))?)?;
+        let deltas = control_clip::weights::LowRankDeltas::load(&config, &SafeTensors::from_bytes("lora/adapter_model.safetensors", serialize(&tensors))?)?;
         let base_dir = fixtures().join("clip_text/sd-mini-f16");
         let base = SafeTensors::read(&base_dir.join("model.safetensors"))?;
         deltas.check_targets(&base)?;

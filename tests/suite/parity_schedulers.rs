@@ -2,13 +2,12 @@
 //! equal diffusers' (≤ 1e-6 relative), every step output within 1e-5 max abs error. Plus refusal of
 //! config values we do not implement.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{backends, block_on, fixtures};
-use control_clip::schedulers::check::{check_scheduler, read_f64};
-use control_clip::schedulers::{SchedulerConfig, SchedulerKind, build, parse_config_json, read_config_json};
+use crate::common::{backends, block_on, fixtures};
+use control_clip::check::{check_scheduler, read_f64};
+use control_clip::config::ConfigJson;
+use control_clip::schedulers::{SchedulerConfig, SchedulerKind, build};
 use control_clip::{Error, SafeTensors, init_device};
 
 const TOLERANCE: f32 = 1e-5;
@@ -20,7 +19,7 @@ fn fixture_dir(name: &str) -> PathBuf {
 
 fn parity(name: &str) {
     let dir = fixture_dir(name);
-    let config = read_config_json(&dir.join("scheduler_config.json")).unwrap();
+    let config = ConfigJson::read(&dir.join("scheduler_config.json")).unwrap();
     let io = SafeTensors::read(&dir.join("io.safetensors")).unwrap();
 
     // The schedule, at full precision.
@@ -185,7 +184,7 @@ fn fields_a_class_does_not_read_are_ignored_as_in_diffusers() {
 
 #[test]
 fn python_infinity_in_a_saved_config_parses() {
-    let config = parse_config_json("s.json", r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity}"#).unwrap();
+    let config = ConfigJson::parse("s.json", r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity}"#).unwrap();
     assert_eq!(SchedulerKind::from_config(&config).unwrap(), SchedulerKind::DpmPp2m);
     assert_eq!(SchedulerConfig::from_json(&config).unwrap().lambda_min_clipped, Some(f64::NEG_INFINITY));
 }
@@ -197,7 +196,7 @@ fn kinds_parse_from_cli_and_class_names() {
         assert_eq!(kind.class_name().parse::<SchedulerKind>().unwrap(), kind);
     }
     assert!(matches!("euler".parse::<SchedulerKind>(), Err(Error::Invalid { .. })));
-    let config = parse_config_json("s.json", r#"{"_class_name": "PNDMScheduler"}"#).unwrap();
+    let config = ConfigJson::parse("s.json", r#"{"_class_name": "PNDMScheduler"}"#).unwrap();
     assert_eq!(config_field(SchedulerKind::from_config(&config)), "_class_name");
 }
 

@@ -8,21 +8,17 @@
 //! - the encoders: f_c as deltas and as merged weights agree within 1e-5, and with PyTorch within 1e-4;
 //! - a whole guided pipeline with control from fixed latents: 2/255 per pixel.
 
-mod common;
-
-use common::{backends, block_on, fixtures};
+use crate::common::{FixturePipeline, backends, block_on, fixture_request, fixtures, max_abs_err, read_pipeline_fixture};
 use control_clip::check::{check_control_identity, check_control_unet, check_cross_attention};
 use control_clip::control::{Adapter, ControlEncoders, ControlWeights};
-use control_clip::models::unet::transformer::Attention;
+use control_clip::models::ModelFolder;
 use control_clip::models::unet::UNet2DConditionModel;
-use control_clip::models::vae::VaeDecoder;
-use control_clip::pipeline::{Decoder, GenerateRequest, Pipeline};
-use control_clip::schedulers::SchedulerConfig;
-use control_clip::{ClipTextModel, ClipTokenizer, SafeTensors, init_device, read_f32};
+use control_clip::models::unet::transformer::Attention;
+use control_clip::{ClipTextModel, SafeTensors, init_device, read_f32};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) })
+    max_abs_err(a, b)
 }
 
 #[test]
@@ -158,45 +154,24 @@ fn the_adapter_starts_as_the_identity_when_its_output_layer_is_zero() {
 #[test]
 fn guided_pipeline_with_control_matches_the_reference() {
     let dir = fixtures().join("control/pipeline/ddim-2-steps-control");
-    let request: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("request.json")).unwrap()).unwrap();
-    let io = SafeTensors::read(&dir.join("io.safetensors")).unwrap();
-    let (_, expected) = io.f32("image").unwrap();
+    let (request, io, expected) = read_pipeline_fixture(&dir);
     let path = |field: &str| fixtures().join(request[field].as_str().unwrap());
+    let (category, style, adapter) = (path("category_encoder"), path("style_encoder"), path("adapter"));
+    let parts = FixturePipeline {
+        text_encoder: &path("text_encoder"),
+        unet: &path("unet"),
+        vae: &path("vae"),
+        scheduler_config: &path("scheduler").join("scheduler_config.json"),
+        control: Some([&category, &style, &adapter]),
+    };
     for backend in backends() {
         let image = block_on(async {
             let device = init_device(backend).await.unwrap();
-            let pipeline = Pipeline {
-                tokenizer: ClipTokenizer::read(&fixtures().join("tokenizer.json")).unwrap(),
-                text_encoder: ClipTextModel::read_dir(&path("text_encoder"), &device).unwrap(),
-                control: ControlEncoders::read_dirs(
-                    &path("text_encoder"),
-                    Some(&path("category_encoder")),
-                    Some(&path("style_encoder")),
-                    Some(&path("adapter")),
-                    &device,
-                )
-                .unwrap(),
-                unet: UNet2DConditionModel::read_dir(&path("unet"), &device).unwrap(),
-                decoder: Decoder::Kl(VaeDecoder::read_dir(&path("vae"), &device).unwrap()),
-                scheduler_config: SchedulerConfig::read(&path("scheduler").join("scheduler_config.json")).unwrap(),
-                device: device.clone(),
-            };
-            let shape = io.shape("latents").unwrap().to_vec();
-            let mut req = GenerateRequest::new(request["prompt"].as_str().unwrap());
-            req.negative_prompt = request["negative_prompt"].as_str().unwrap().into();
-            req.steps = request["steps"].as_u64().unwrap() as usize;
-            req.guidance = request["guidance"].as_f64().unwrap() as f32;
-            req.width = request["width"].as_u64().unwrap() as usize;
-            req.height = request["height"].as_u64().unwrap() as usize;
-            req.control = ControlWeights::new(
-                request["category_weight"].as_f64().unwrap() as f32,
-                request["style_weight"].as_f64().unwrap() as f32,
-            )
-            .unwrap();
-            req.init_latents = Some(io.tensor("latents", [shape[0], shape[1], shape[2], shape[3]], &device).unwrap());
-            pipeline.generate(&req, &mut |_| true).await.unwrap()
+            let req = fixture_request(&request, &io, &device);
+            assert!(req.control != ControlWeights::default(), "the fixture sets control weights");
+            parts.load(&device).generate(&req, &mut |_| true).await.unwrap()
         });
-        let err = max_abs_diff(&image.image, &expected);
+        let err = max_abs_err(&image.image, &expected);
         println!("control pipeline [{backend}]: max abs pixel error {err:.3e} ({:.3}/255)", err * 255.0);
         assert!(err <= 2.0 / 255.0, "{backend}: max pixel error {err}");
     }

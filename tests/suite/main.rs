@@ -1,0 +1,21 @@
+//! The Rust integration tests, as one test binary (each binary links burn and wgpu, which costs CI more
+//! link time than the tests take): one module per area, shared helpers in `common`. Run one area with
+//! `cargo test --test suite <module>::`, e.g. `cargo test --test suite parity_default:: -- --nocapture`.
+
+mod common;
+
+mod bundle;
+mod cli_check;
+mod cli_generate;
+mod default_bundle;
+mod errors;
+mod kernel_decoupled_attention;
+mod layout;
+mod parity_clip_text;
+mod parity_control;
+mod parity_decoders;
+mod parity_default;
+mod parity_pipeline;
+mod parity_schedulers;
+mod parity_unet;
+mod tokenizer_parity;
