@@ -148,7 +148,7 @@ impl BundleFile {
 
 /// A weights component's files: one file, or shards (format version 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "either `file`, `sha256` and `bytes`, or `shards`: a non-empty list of such entries")]
 pub enum Files {
     Shards { shards: Vec<BundleFile> },
     One(BundleFile),
@@ -313,28 +313,36 @@ impl Manifest {
                 ),
             ));
         }
-        let components = match c.object.get("components") {
-            Some(Value::Object(o)) => o,
-            _ => return Err(Error::config(&file, "components", "missing or not an object")),
-        };
-        // Component by component, so that a message names the one that is wrong.
-        for name in component::REQUIRED {
-            if !components.contains_key(name) {
-                return Err(Error::config(&file, format!("components.{name}"), "missing"));
-            }
+        let object = Value::Object(c.object);
+        // Deserialized from the borrowed value: a good manifest is read once, a bad one again by `explain`.
+        let mut manifest = Manifest::deserialize(&object).map_err(|e| Self::explain(&file, &object, e))?;
+        if let Some(name) = component::WEIGHTS.into_iter().find(|n| manifest.components.weights(n).is_some_and(|c| c.files.list().is_empty())) {
+            return Err(Error::config(&file, format!("components.{name}.shards"), "must be a non-empty list of files"));
         }
-        let wrong = |name: &str, e: serde_json::Error| Error::config(&file, format!("components.{name}"), e.to_string());
-        for (name, value) in components {
-            match name.as_str() {
-                component::TOKENIZER => serde_json::from_value::<BundleFile>(value.clone()).map(drop),
-                component::SCHEDULER => serde_json::from_value::<SchedulerComponent>(value.clone()).map(drop),
-                _ => serde_json::from_value::<WeightsComponent>(value.clone()).map(drop),
-            }
-            .map_err(|e| wrong(name, e))?;
-        }
-        let mut manifest: Manifest = serde_json::from_value(Value::Object(c.object)).map_err(|e| Error::file(&file, format!("not a valid manifest: {e}")))?;
         manifest.origin = origin.to_string();
         Ok(manifest)
+    }
+
+    /// Names the part of a manifest that did not deserialize: the component at fault when there is one
+    /// (serde's own message does not say where it was), else serde's message.
+    fn explain(file: &str, manifest: &Value, e: serde_json::Error) -> Error {
+        let Some(components) = manifest.get("components").and_then(Value::as_object) else {
+            return Error::config(file, "components", "missing or not an object");
+        };
+        if let Some(name) = component::REQUIRED.into_iter().find(|name| !components.contains_key(*name)) {
+            return Error::config(file, format!("components.{name}"), "missing");
+        }
+        for (name, value) in components {
+            let parsed = match name.as_str() {
+                component::TOKENIZER => BundleFile::deserialize(value).map(drop),
+                component::SCHEDULER => SchedulerComponent::deserialize(value).map(drop),
+                _ => WeightsComponent::deserialize(value).map(drop),
+            };
+            if let Err(e) = parsed {
+                return Error::config(file, format!("components.{name}"), e.to_string());
+            }
+        }
+        Error::file(file, format!("not a valid manifest: {e}"))
     }
 
     /// The inline config of a component, as a ConfigJson named after the manifest.

@@ -51,12 +51,11 @@ impl ConfigJson {
     }
 
     pub fn usize_or(&self, field: &str, default: usize) -> Result<usize> {
-        self.get(field).map_or(Ok(default), |v| v.as_u64().map(|x| x as usize).ok_or_else(|| self.wrong(field, "a non-negative integer", v)))
+        Ok(self.opt_usize(field)?.unwrap_or(default))
     }
 
     pub fn usize(&self, field: &str) -> Result<usize> {
-        let v = self.get(field).ok_or_else(|| Error::config(&self.file, field, "missing"))?;
-        v.as_u64().map(|x| x as usize).ok_or_else(|| self.wrong(field, "a non-negative integer", v))
+        self.opt_usize(field)?.ok_or_else(|| Error::config(&self.file, field, "missing"))
     }
 
     pub fn f64_or(&self, field: &str, default: f64) -> Result<f64> {

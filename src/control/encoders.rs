@@ -33,14 +33,6 @@ impl EncoderSource {
             Err(Error::file(dir.display().to_string(), "holds neither adapter_config.json (low-rank deltas) nor config.json (a full CLIP text model)"))
         }
     }
-
-    /// The form's name in bundle manifests: "full" or "lora".
-    pub fn form(&self) -> &'static str {
-        match self {
-            EncoderSource::Full(..) => "full",
-            EncoderSource::Deltas(..) => "lora",
-        }
-    }
 }
 
 /// f_c, f_s and A. An absent encoder is E itself (so with none at all, λ_c = 1 and λ_s = 0 is plain

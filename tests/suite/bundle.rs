@@ -229,3 +229,24 @@ fn preview_without_a_tiny_decoder_is_a_notice() {
     let image = block_on(pipeline.generate(&req, &mut |p| p.preview.is_none())).unwrap();
     assert!(image.notices.iter().any(|n| n.contains("no preview") && n.contains("AutoencoderKL")), "{:?}", image.notices);
 }
+
+#[test]
+fn a_malformed_manifest_names_the_component_at_fault() {
+    let text = std::fs::read_to_string(fixtures().join("bundles/tiny-random/manifest.json")).unwrap();
+    let parse = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        edit(&mut manifest);
+        control_clip::bundle::Manifest::parse("b", &manifest.to_string()).err().map(|e| e.to_string())
+    };
+    assert_eq!(parse(&|_| {}), None, "the fixture's own manifest reads");
+    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 4] = [
+        (&|m| drop(m["components"].as_object_mut().unwrap().remove("decoder")), "components.decoder`: missing"),
+        (&|m| drop(m["components"]["unet"].as_object_mut().unwrap().remove("shards")), "components.unet`: either `file`"),
+        (&|m| m["components"]["unet"]["shards"] = serde_json::json!([]), "components.unet.shards`: must be a non-empty list"),
+        (&|m| m["components"]["category_encoder"]["form"] = "dense".into(), "components.category_encoder`: unknown variant `dense`"),
+    ];
+    for (edit, want) in cases {
+        let e = parse(edit).expect("refused");
+        assert!(e.starts_with("b/manifest.json: field `") && e.contains(want), "{want}: {e}");
+    }
+}
