@@ -383,6 +383,34 @@ impl Manifest {
         Ok(())
     }
 
+    /// The weights of component `name`, its shards read as one set; `fetch(file)` returns a file's bytes,
+    /// already verified (the pipeline, the fine-tuning command and the page all read weights this way).
+    pub async fn read_weights<F, Fut>(&self, name: &str, fetch: F) -> Result<SafeTensors>
+    where
+        F: Fn(BundleFile) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>>>,
+    {
+        let files = self.component(name)?.files.list().to_vec();
+        let count = files.len();
+        let mut shards = Vec::new();
+        for file in files {
+            let path = self.path(&file.file);
+            shards.push(SafeTensors::from_bytes(path, fetch(file).await?)?);
+        }
+        match count {
+            1 => Ok(shards.pop().expect("one shard")),
+            n => SafeTensors::from_shards(format!("{}/{name} ({n} shards)", self.origin), shards),
+        }
+    }
+
+    /// Reads one of the bundle folder's files and verifies it against the manifest (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_verified(&self, dir: &std::path::Path, file: &BundleFile) -> Result<Vec<u8>> {
+        let bytes = crate::files::read_bytes(&dir.join(&file.file))?;
+        self.verify(file, &bytes)?;
+        Ok(bytes)
+    }
+
     /// [`Manifest::verify_digest`] of bytes in memory.
     pub fn verify(&self, file: &BundleFile, bytes: &[u8]) -> Result<()> {
         let len = bytes.len() as u64;

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

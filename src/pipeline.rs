@@ -22,7 +22,7 @@ use crate::models::unet::{Conditioning, UNet2DConditionModel};
 use crate::rng::NoiseRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, MAX_POSITIONS};
-use crate::weights::{LowRankDeltas, SafeTensors};
+use crate::weights::LowRankDeltas;
 
 /// Everything one generation needs, loaded once.
 pub struct Pipeline {
@@ -337,22 +337,7 @@ impl Pipeline {
         F: Fn(BundleFile) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
-        let weights = |name: &'static str| {
-            let fetch = &fetch;
-            async move {
-                let files = manifest.component(name)?.files.list().to_vec();
-                let count = files.len();
-                let mut shards = Vec::new();
-                for file in files {
-                    let path = manifest.path(&file.file);
-                    shards.push(SafeTensors::from_bytes(path, fetch(file).await?)?);
-                }
-                match count {
-                    1 => Ok::<_, Error>(shards.pop().expect("one shard")),
-                    n => SafeTensors::from_shards(format!("{}/{name} ({n} shards)", manifest.origin), shards),
-                }
-            }
-        };
+        let weights = |name: &'static str| manifest.read_weights(name, &fetch);
         let tokenizer_file = manifest.components.tokenizer.clone();
         let tokenizer = ClipTokenizer::from_bytes(&manifest.path(&tokenizer_file.file), &fetch(tokenizer_file).await?)?;
         let base_config = manifest.config(component::TEXT_ENCODER)?;
@@ -390,14 +375,7 @@ impl Pipeline {
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn read_bundle(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let manifest = Manifest::read_dir(dir)?;
-        let fetch = |file: BundleFile| {
-            let manifest = &manifest;
-            async move {
-                let bytes = crate::files::read_bytes(&dir.join(&file.file))?;
-                manifest.verify(&file, &bytes)?;
-                Ok(bytes)
-            }
-        };
+        let fetch = |file: BundleFile| std::future::ready(manifest.read_verified(dir, &file));
         Self::from_bundle(&manifest, fetch, device).await
     }
 }

@@ -32,7 +32,7 @@ impl NoiseRng {
     }
 
     /// Uniform in (0, 1], never 0 (so the logarithm is finite).
-    fn next_uniform(&mut self) -> f64 {
+    pub fn next_uniform(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
@@ -45,6 +45,11 @@ impl NoiseRng {
         let angle = TAU * u2;
         self.spare = Some((r * libm::sin(angle)) as f32);
         (r * libm::cos(angle)) as f32
+    }
+
+    /// A uniform whole number in 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_uniform() * n as f64).ceil() as usize).clamp(1, n) - 1
     }
 
     /// `n` standard normal values.

@@ -4,7 +4,10 @@
 //!
 //! io files are safetensors; see README.md ("Checking a model") for the names each component expects.
 
+mod finetune;
 mod scheduler;
+
+pub use finetune::check_finetune_step;
 
 pub use scheduler::{check_scheduler, read_f64};
 
@@ -17,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::models::ModelFolder;
 use crate::models::attention::ControlContext;
 use crate::models::clip::ClipTextModel;
+use crate::models::clip_vision::ClipVisionModel;
 use crate::models::taesd::TinyDecoder;
 use crate::models::unet::transformer::Attention;
 use crate::models::unet::{Conditioning, UNet2DConditionModel};
@@ -44,10 +48,14 @@ pub enum Component {
     /// One decoupled cross-attention layer: config.json (query_dim, cross_attention_dim, heads, dim_head)
     /// + weights with diffusers' `Attention` keys.
     CrossAttention,
+    /// A transformers CLIPVisionModel(WithProjection) or whole CLIPModel folder: its vision tower.
+    VisionEncoder,
+    /// One Control-CLIP training step (losses, gradients, AdamW) on E, a CLIPTextModelWithProjection folder.
+    FinetuneStep,
 }
 
 impl Component {
-    pub const ALL: [Component; 8] = [
+    pub const ALL: [Component; 10] = [
         Component::TextEncoder,
         Component::Unet,
         Component::VaeDecoder,
@@ -56,6 +64,8 @@ impl Component {
         Component::ControlUnet,
         Component::ControlIdentity,
         Component::CrossAttention,
+        Component::VisionEncoder,
+        Component::FinetuneStep,
     ];
 
     /// The name on the command line, in the browser API and in reports.
@@ -69,6 +79,8 @@ impl Component {
             Component::ControlUnet => "control-unet",
             Component::ControlIdentity => "control-identity",
             Component::CrossAttention => "cross-attention",
+            Component::VisionEncoder => "vision-encoder",
+            Component::FinetuneStep => "finetune-step",
         }
     }
 
@@ -121,6 +133,8 @@ pub async fn run(component: Component, config: &ConfigJson, weights: Option<&Saf
         Component::ControlUnet => check_control_unet(&build(component, config, weights, device)?, io, tolerance).await,
         Component::ControlIdentity => check_control_identity(&build(component, config, weights, device)?, io, tolerance).await,
         Component::CrossAttention => check_cross_attention(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::VisionEncoder => check_vision_encoder(&build(component, config, weights, device)?, io, tolerance).await,
+        Component::FinetuneStep => check_finetune_step(&build(component, config, weights, device)?, io, tolerance).await,
     }
 }
 
@@ -142,6 +156,9 @@ pub struct OutputError {
     pub max_abs_err: f32,
     /// `max_abs_err / max |expected|`: the error relative to the output's scale.
     pub max_rel_err: f32,
+    /// This output's own limit on `max_abs_err`, where a check sets one (else the report's tolerance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f32>,
 }
 
 /// The result of a check: worst errors over all compared outputs.
@@ -161,7 +178,7 @@ impl CheckReport {
         let max_abs_err = outputs.iter().map(|o| o.max_abs_err).fold(0.0, f32::max);
         let max_rel_err = outputs.iter().map(|o| o.max_rel_err).fold(0.0, f32::max);
         // NaN never passes: `<=` is false for it.
-        let pass = !outputs.is_empty() && outputs.iter().all(|o| o.max_abs_err <= tolerance);
+        let pass = !outputs.is_empty() && outputs.iter().all(|o| o.max_abs_err <= o.limit.unwrap_or(tolerance));
         Self { component: component.into(), max_abs_err, max_rel_err, tolerance, pass, outputs }
     }
 
@@ -189,7 +206,7 @@ pub fn compare_values(name: &str, actual: &[f32], expected: &[f32]) -> OutputErr
         max_abs_err = if err.is_nan() || max_abs_err.is_nan() { f32::NAN } else { max_abs_err.max(err) };
         scale = scale.max(e.abs());
     }
-    OutputError { name: name.into(), max_abs_err, max_rel_err: max_abs_err / scale.max(f32::MIN_POSITIVE) }
+    OutputError { name: name.into(), max_abs_err, max_rel_err: max_abs_err / scale.max(f32::MIN_POSITIVE), limit: None }
 }
 
 /// Runs the text encoder on the io file's `input_ids` and compares `last_hidden_state`, and whichever of
@@ -234,6 +251,28 @@ pub async fn check_text_encoder(model: &ClipTextModel, io: &SafeTensors, toleran
         outputs.push(compare(io, &key, &s, &v)?);
     }
     Ok(CheckReport::new("text-encoder", outputs, tolerance))
+}
+
+/// Runs the vision tower on the io file's `pixel_values` [B, C, S, S] and compares `last_hidden_state`,
+/// `pooler_output` and (when the model has `visual_projection`) `image_embeds`, each where the io file has it.
+pub async fn check_vision_encoder(model: &ClipVisionModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let pixels = io_tensor::<4>(io, "pixel_values", &model.device())?;
+    if io.contains("image_embeds") && !model.has_projection() {
+        return Err(Error::tensor(io.name(), "image_embeds", "the reference has projected embeddings but the model has no `visual_projection.weight`"));
+    }
+    let out = model.forward(pixels)?;
+    let mut outputs = Vec::new();
+    let (s, v) = read_f32(out.last_hidden_state).await?;
+    outputs.push(compare(io, "last_hidden_state", &s, &v)?);
+    if io.contains("pooler_output") {
+        let (s, v) = read_f32(out.pooler_output).await?;
+        outputs.push(compare(io, "pooler_output", &s, &v)?);
+    }
+    if let (true, Some(embeds)) = (io.contains("image_embeds"), out.image_embeds) {
+        let (s, v) = read_f32(embeds).await?;
+        outputs.push(compare(io, "image_embeds", &s, &v)?);
+    }
+    Ok(CheckReport::new("vision-encoder", outputs, tolerance))
 }
 
 /// Runs the UNet on the io file's `sample` [B, C, H, W], `timestep` ([B] or one value for all rows) and

@@ -74,7 +74,7 @@ fn compare_schedule(io: &SafeTensors, key: &str, actual: &[f64]) -> Result<Outpu
     }
     let max_abs_err = actual.iter().zip(&expected).map(|(a, e)| (a - e).abs()).fold(0.0, f64::max);
     let scale = expected.iter().map(|e| e.abs()).fold(0.0, f64::max);
-    Ok(OutputError { name: key.into(), max_abs_err: max_abs_err as f32, max_rel_err: (max_abs_err / scale.max(f64::MIN_POSITIVE)) as f32 })
+    Ok(OutputError { name: key.into(), max_abs_err: max_abs_err as f32, max_rel_err: (max_abs_err / scale.max(f64::MIN_POSITIVE)) as f32, limit: None })
 }
 
 fn tensor(io: &SafeTensors, key: &str, device: &Device) -> Result<Tensor<4>> {

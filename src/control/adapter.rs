@@ -5,12 +5,11 @@
 //! `hidden_act` = "gelu") and safetensors with `norm.{weight,bias}`, `fc1.{weight,bias}`, `fc2.{weight,bias}`
 //! in PyTorch layout (tests/fixtures/fixtures_control.py writes one).
 
-use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, layer_norm, linear};
+use crate::models::nn::Activation;
 use crate::weights::{SafeTensors, WeightsView};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,12 +31,18 @@ impl AdapterConfig {
     }
 }
 
-#[derive(Debug)]
+/// A's weights as tensors: `fc1_t` and `fc2_t` are the transposes of PyTorch's `fc1.weight` [h, d] and
+/// `fc2.weight` [d, h] (so the products are plain matmuls). Kept as bare tensors so that fine-tuning can
+/// build the same adapter from autodiff leaves.
+#[derive(Debug, Clone)]
 pub struct Adapter {
     pub config: AdapterConfig,
-    norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    pub norm_weight: Tensor<1>,
+    pub norm_bias: Tensor<1>,
+    pub fc1_t: Tensor<2>,
+    pub fc1_bias: Tensor<1>,
+    pub fc2_t: Tensor<2>,
+    pub fc2_bias: Tensor<1>,
 }
 
 impl Adapter {
@@ -46,23 +51,33 @@ impl Adapter {
         let w = WeightsView::new(weights, "");
         let (d, h) = (cfg.hidden_size, cfg.adapter_dim);
         Ok(Self {
-            norm: layer_norm(&w, "norm", d, cfg.layer_norm_eps, device)?,
-            fc1: linear(&w, "fc1", d, h, true, device)?,
-            fc2: linear(&w, "fc2", h, d, true, device)?,
+            norm_weight: w.tensor("norm.weight", [d], device)?,
+            norm_bias: w.tensor("norm.bias", [d], device)?,
+            fc1_t: w.tensor::<2>("fc1.weight", [h, d], device)?.transpose(),
+            fc1_bias: w.tensor("fc1.bias", [h], device)?,
+            fc2_t: w.tensor::<2>("fc2.weight", [d, h], device)?.transpose(),
+            fc2_bias: w.tensor("fc2.bias", [d], device)?,
             config: cfg,
         })
     }
 
-
-    /// [B, L, D] → [B, L, D].
+    /// [B, L, D] → [B, L, D]: `h + fc2(act(fc1(LN(h))))`.
     pub fn forward(&self, h: Tensor<3>) -> Result<Tensor<3>> {
         let d = h.dims()[2];
         if d != self.config.hidden_size {
             return Err(Error::invalid("adapter input", format!("width {d}, the adapter takes {}", self.config.hidden_size)));
         }
-        let inner = self.config.hidden_act.forward(self.fc1.forward(self.norm.forward(h.clone())));
-        Ok(h + self.fc2.forward(inner))
+        let normed = layer_norm_values(h.clone(), self.config.layer_norm_eps) * self.norm_weight.clone().unsqueeze::<3>() + self.norm_bias.clone().unsqueeze::<3>();
+        let inner = self.config.hidden_act.forward(normed.matmul(self.fc1_t.clone().unsqueeze::<3>()) + self.fc1_bias.clone().unsqueeze::<3>());
+        Ok(h + inner.matmul(self.fc2_t.clone().unsqueeze::<3>()) + self.fc2_bias.clone().unsqueeze::<3>())
     }
+}
+
+/// (x − mean) / sqrt(var + eps) over the last dimension (biased variance, as `nn.LayerNorm`).
+fn layer_norm_values(x: Tensor<3>, eps: f64) -> Tensor<3> {
+    let centred = x.clone() - x.mean_dim(2);
+    let var = (centred.clone() * centred.clone()).mean_dim(2);
+    centred / (var + eps).sqrt()
 }
 
 impl crate::models::ModelFolder for Adapter {

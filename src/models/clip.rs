@@ -8,7 +8,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, layer_norm, linear, scaled_dot_product_attention};
+use crate::models::nn::{Activation, LoraTensors, layer_norm, linear, scaled_dot_product_attention};
 use crate::weights::{SafeTensors, WeightsView};
 
 /// Mirrors transformers' `CLIPTextConfig` (missing fields take transformers' defaults).
@@ -30,7 +30,10 @@ impl ClipTextConfig {
     pub fn from_json(config: &ConfigJson) -> Result<Self> {
         // A full CLIPModel config.json nests the text tower's settings.
         if let Some(text) = config.nested("text_config") {
-            return Self::from_json(&text);
+            // A CLIPModel's projections are sized by its top-level `projection_dim`.
+            let mut cfg = Self::from_json(&text)?;
+            cfg.projection_dim = config.usize_or("projection_dim", 512)?;
+            return Ok(cfg);
         }
         let c = config;
         let cfg = Self {
@@ -58,63 +61,86 @@ impl ClipTextConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    /// The pooled (end-of-text) position of a row exactly as transformers picks it: with the legacy eos id
+    /// 2, the position of the largest id; else the first eos (0 when there is none).
+    pub fn pooled_position(&self, row: &[u32]) -> usize {
+        let pos = if self.eos_token_id == 2 {
+            let max = row.iter().max().copied().unwrap_or(0);
+            row.iter().position(|&id| id == max)
+        } else {
+            row.iter().position(|&id| id as usize == self.eos_token_id)
+        };
+        pos.unwrap_or(0)
+    }
+
+    pub(crate) fn encoder_shape(&self) -> EncoderShape {
+        EncoderShape {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            heads: self.num_attention_heads,
+            act: self.hidden_act,
+            eps: self.layer_norm_eps,
+        }
+    }
 }
 
+/// One transformer encoder layer of a CLIP tower (text or vision: the same layer, the text tower adds a
+/// causal mask): pre-norm self-attention and MLP, each with a residual.
 #[derive(Debug)]
-struct Attention {
+pub(crate) struct EncoderLayer {
+    layer_norm1: LayerNorm,
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     out_proj: Linear,
-    heads: usize,
-}
-
-impl Attention {
-    fn load(w: &WeightsView, cfg: &ClipTextConfig, device: &Device) -> Result<Self> {
-        let d = cfg.hidden_size;
-        Ok(Self {
-            q_proj: linear(w, "q_proj", d, d, true, device)?,
-            k_proj: linear(w, "k_proj", d, d, true, device)?,
-            v_proj: linear(w, "v_proj", d, d, true, device)?,
-            out_proj: linear(w, "out_proj", d, d, true, device)?,
-            heads: cfg.num_attention_heads,
-        })
-    }
-
-    /// Causal multi-head self-attention; `mask` is additive ([L, L], 0 or a large negative).
-    fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
-        let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
-        self.out_proj.forward(scaled_dot_product_attention(q, k, v, self.heads, Some(mask)))
-    }
-}
-
-#[derive(Debug)]
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    self_attn: Attention,
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
     act: Activation,
+    heads: usize,
+}
+
+/// The shape of a CLIP tower's encoder layers, from either tower's config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EncoderShape {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub heads: usize,
+    pub act: Activation,
+    pub eps: f64,
 }
 
 impl EncoderLayer {
-    fn load(w: &WeightsView, cfg: &ClipTextConfig, device: &Device) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+    pub(crate) fn load(w: &WeightsView, shape: EncoderShape, device: &Device) -> Result<Self> {
+        let (d, eps) = (shape.hidden_size, shape.eps);
+        let a = w.sub("self_attn");
         Ok(Self {
             layer_norm1: layer_norm(w, "layer_norm1", d, eps, device)?,
-            self_attn: Attention::load(&w.sub("self_attn"), cfg, device)?,
+            q_proj: linear(&a, "q_proj", d, d, true, device)?,
+            k_proj: linear(&a, "k_proj", d, d, true, device)?,
+            v_proj: linear(&a, "v_proj", d, d, true, device)?,
+            out_proj: linear(&a, "out_proj", d, d, true, device)?,
             layer_norm2: layer_norm(w, "layer_norm2", d, eps, device)?,
-            fc1: linear(w, "mlp.fc1", d, cfg.intermediate_size, true, device)?,
-            fc2: linear(w, "mlp.fc2", cfg.intermediate_size, d, true, device)?,
-            act: cfg.hidden_act,
+            fc1: linear(w, "mlp.fc1", d, shape.intermediate_size, true, device)?,
+            fc2: linear(w, "mlp.fc2", shape.intermediate_size, d, true, device)?,
+            act: shape.act,
+            heads: shape.heads,
         })
     }
 
-    fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), mask);
-        let h = self.fc2.forward(self.act.forward(self.fc1.forward(self.layer_norm2.forward(x.clone()))));
-        x + h
+    /// `mask` is additive ([1, 1, L, L]); `lora` adds trainable low-rank factors to the layer's linear
+    /// maps (their paths are `<prefix>.self_attn.q_proj`, …, `<prefix>.mlp.fc2`).
+    pub(crate) fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>, lora: Option<(&LoraTensors, &str)>) -> Tensor<3> {
+        let lin = |layer: &Linear, name: &str, x: Tensor<3>| match lora {
+            Some((l, prefix)) => l.forward(layer, &format!("{prefix}.{name}"), x),
+            None => layer.forward(x),
+        };
+        let h = self.layer_norm1.forward(x.clone());
+        let (q, k, v) = (lin(&self.q_proj, "self_attn.q_proj", h.clone()), lin(&self.k_proj, "self_attn.k_proj", h.clone()), lin(&self.v_proj, "self_attn.v_proj", h));
+        let x = x + lin(&self.out_proj, "self_attn.out_proj", scaled_dot_product_attention(q, k, v, self.heads, mask));
+        let h = self.act.forward(lin(&self.fc1, "mlp.fc1", self.layer_norm2.forward(x.clone())));
+        x + lin(&self.fc2, "mlp.fc2", h)
     }
 }
 
@@ -157,7 +183,7 @@ impl ClipTextModel {
         let position_embedding =
             w.tensor("embeddings.position_embedding.weight", [cfg.max_position_embeddings, d], device)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), &cfg, device))
+            .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), cfg.encoder_shape(), device))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = layer_norm(&w, "final_layer_norm", d, cfg.layer_norm_eps, device)?;
         let root = WeightsView::new(weights, "").with_deltas(deltas);
@@ -174,10 +200,33 @@ impl ClipTextModel {
         self.text_projection.is_some()
     }
 
+    pub fn device(&self) -> Device {
+        self.token_embedding.device()
+    }
+
+    /// `text_projection` applied to pooled rows [B, D] → [B, projection_dim]; None without a projection.
+    pub fn project(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        self.text_projection.as_ref().map(|p| p.forward(pooled))
+    }
+
+    /// The pooled (end-of-text) row of each prompt of a hidden state [B, L, D] → [B, D].
+    pub fn pooled_rows(&self, hidden: Tensor<3>, input_ids: &[Vec<u32>]) -> Tensor<2> {
+        let [b, l, d] = hidden.dims();
+        let rows: Vec<i32> = input_ids.iter().enumerate().map(|(r, ids)| (r * l + self.config.pooled_position(ids)) as i32).collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &hidden.device());
+        hidden.reshape([b * l, d]).select(0, rows)
+    }
+
     /// Token ids → outputs. `clip_skip` = k uses the hidden state k layers before the last (0 = the
     /// last), through the final layer norm, as diffusers' `clip_skip` does; the pooled output and the
     /// projection always come from the last layer, as in transformers.
     pub fn forward(&self, input_ids: &[Vec<u32>], clip_skip: usize) -> Result<ClipTextOutput> {
+        self.forward_tuned(input_ids, clip_skip, None)
+    }
+
+    /// [`Self::forward`] with trainable low-rank factors on the encoder's linear layers (fine-tuning
+    /// f_c or f_s over E's frozen weights); their paths are `encoder.layers.<i>.self_attn.q_proj`, ….
+    pub fn forward_tuned(&self, input_ids: &[Vec<u32>], clip_skip: usize, lora: Option<&LoraTensors>) -> Result<ClipTextOutput> {
         let cfg = &self.config;
         let b = input_ids.len();
         let l = input_ids.first().map_or(0, Vec::len);
@@ -217,7 +266,8 @@ impl ClipTextModel {
             if i == keep_at && clip_skip > 0 {
                 skipped = Some(x.clone());
             }
-            x = layer.forward(x, mask.clone());
+            let prefix = format!("encoder.layers.{i}");
+            x = layer.forward(x, Some(mask.clone()), lora.map(|l| (l, prefix.as_str())));
         }
         let last = self.final_layer_norm.forward(x);
         let last_hidden_state = match skipped {
@@ -225,21 +275,7 @@ impl ClipTextModel {
             None => last.clone(),
         };
 
-        // transformers: with the legacy eos id 2 the pooled position is argmax(ids); else the first eos.
-        let pool_at: Vec<i32> = input_ids
-            .iter()
-            .map(|row| {
-                let pos = if cfg.eos_token_id == 2 {
-                    let max = row.iter().max().copied().unwrap_or(0);
-                    row.iter().position(|&id| id == max)
-                } else {
-                    row.iter().position(|&id| id as usize == cfg.eos_token_id)
-                };
-                pos.unwrap_or(0) as i32
-            })
-            .collect();
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(pool_at.iter().enumerate().map(|(r, &p)| r as i32 * l as i32 + p).collect::<Vec<_>>(), [b]), &device);
-        let pooler_output = last.reshape([b * l, d]).select(0, rows);
+        let pooler_output = self.pooled_rows(last, input_ids);
         let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooler_output.clone()));
         Ok(ClipTextOutput { last_hidden_state, pooler_output, text_embeds })
     }

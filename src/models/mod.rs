@@ -2,7 +2,9 @@
 //! cross-attention (Control-CLIP's change to the UNet) lives here with the other attention code.
 pub mod attention;
 pub mod clip;
+pub mod clip_vision;
 pub mod decoder;
+pub mod image_processor;
 pub mod nn;
 pub mod taesd;
 pub mod unet;
@@ -39,6 +41,8 @@ macro_rules! model_folder {
 
 model_folder!(
     clip::ClipTextModel => load,
+    clip_vision::ClipVisionModel => load,
+    clip_vision::ClipModel => load,
     unet::UNet2DConditionModel => load,
     unet::transformer::Attention => load_layer,
     vae::VaeDecoder => load,

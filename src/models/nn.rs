@@ -27,6 +27,30 @@ pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool
     Ok(Linear { weight: Param::from_tensor(weight), bias })
 }
 
+/// Trainable low-rank factors over some of a model's frozen linear layers (PEFT's LoRA while it is being
+/// fine-tuned): `y = x·Wᵀ + b + scale · (x·Aᵀ)·Bᵀ`. Keyed by module path (`encoder.layers.0.self_attn.q_proj`);
+/// each entry holds Aᵀ [in, r] and Bᵀ [r, out] (the transposes of PEFT's `lora_A` [r, in] and `lora_B`
+/// [out, r], so that both products are plain matmuls). Stored deltas are merged into the weights instead
+/// ([`crate::weights::LowRankDeltas`]); this form exists so that gradients reach A and B.
+#[derive(Debug, Clone, Default)]
+pub struct LoraTensors {
+    pub scale: f32,
+    pub layers: std::collections::HashMap<String, (Tensor<2>, Tensor<2>)>,
+}
+
+impl LoraTensors {
+    /// `linear` at `path`, with this set's factors for that path if it has them.
+    pub fn forward(&self, linear: &Linear, path: &str, x: Tensor<3>) -> Tensor<3> {
+        match self.layers.get(path) {
+            Some((a_t, b_t)) => {
+                let low = x.clone().matmul(a_t.clone().unsqueeze::<3>()).matmul(b_t.clone().unsqueeze::<3>());
+                linear.forward(x) + low * self.scale
+            }
+            None => linear.forward(x),
+        }
+    }
+}
+
 /// `nn.LayerNorm(d, eps)` from `{name}.weight` and `{name}.bias`.
 pub fn layer_norm(w: &WeightsView, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
     let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
@@ -70,6 +94,9 @@ impl Activation {
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+            // burn's gelu differentiates the tanh approximation; under autodiff (fine-tuning) use the erf
+            // form, whose backward is exact, so that gradients match PyTorch's.
+            Activation::Gelu if x.is_autodiff() => x.clone() * ((x * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5,
             Activation::Gelu => activation::gelu(x),
             // Written out with x*x*x: burn's version uses powf, and WGSL's pow is undefined for x < 0.
             Activation::GeluTanh => {

@@ -69,6 +69,8 @@ pub struct SafeTensors {
     /// Each file's name (for messages about its tensors) and bytes.
     files: Vec<(String, Vec<u8>)>,
     entries: BTreeMap<String, Entry>,
+    /// The header's `__metadata__` (string to string, as the format defines it).
+    metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for SafeTensors {
@@ -109,8 +111,14 @@ impl SafeTensors {
         let header = header.as_object().ok_or_else(|| fail("the safetensors header is not a JSON object".into()))?;
 
         let mut entries = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
         for (key, info) in header {
             if key == "__metadata__" {
+                let map = info.as_object().ok_or_else(|| fail("`__metadata__` is not a JSON object".into()))?;
+                for (k, v) in map {
+                    let v = v.as_str().ok_or_else(|| fail(format!("`__metadata__.{k}` is not a string")))?;
+                    metadata.insert(k.clone(), v.to_string());
+                }
                 continue;
             }
             let bad = |m: String| Error::tensor(&name, key, m);
@@ -148,14 +156,14 @@ impl SafeTensors {
                 Entry { dtype, shape, file: 0, start: data_start + begin as usize, end: data_start + end as usize },
             );
         }
-        Ok(Self { name: name.clone(), files: vec![(name, bytes)], entries })
+        Ok(Self { name: name.clone(), files: vec![(name, bytes)], entries, metadata })
     }
 
     /// The shards of one component as one set of tensors; `name` names the set in messages. A tensor
     /// name that two shards both hold is refused, naming both.
     pub fn from_shards(name: impl Into<String>, shards: Vec<SafeTensors>) -> Result<Self> {
         let name = name.into();
-        let mut out = Self { name, files: Vec::new(), entries: BTreeMap::new() };
+        let mut out = Self { name, files: Vec::new(), entries: BTreeMap::new(), metadata: BTreeMap::new() };
         for shard in shards {
             let offset = out.files.len();
             for (key, mut entry) in shard.entries {
@@ -184,6 +192,11 @@ impl SafeTensors {
     /// The name of the file (shard) that holds `key`, for messages; the set's name if none does.
     pub fn file_of(&self, key: &str) -> &str {
         self.entries.get(key).map_or(&self.name, |e| &self.files[e.file].0)
+    }
+
+    /// A `__metadata__` entry of the header.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -342,7 +355,16 @@ impl SafeTensors {
 
 /// Serializes tensors in the safetensors format (header padded to 8 bytes, as the reference writer does).
 pub fn serialize(tensors: &[RawTensor]) -> Vec<u8> {
+    serialize_with_metadata(tensors, &[])
+}
+
+/// [`serialize`] with `__metadata__` entries.
+pub fn serialize_with_metadata(tensors: &[RawTensor], metadata: &[(&str, String)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    }
     let mut offset = 0usize;
     for t in tensors {
         let dtype = match t.dtype {

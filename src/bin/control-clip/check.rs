@@ -13,7 +13,8 @@ use control_clip::{BackendKind, SafeTensors, init_device};
 #[derive(Args)]
 pub struct CheckArgs {
     /// What the model folder holds: text-encoder, unet, vae-decoder, tiny-decoder, scheduler (a folder with
-    /// scheduler_config.json), control-unet, control-identity, cross-attention (README.md, "Checking a model").
+    /// scheduler_config.json), control-unet, control-identity, cross-attention, vision-encoder (a CLIPVisionModel or
+    /// CLIPModel folder), finetune-step (E as a CLIPTextModelWithProjection folder) (README.md, "Checking a model").
     #[arg(value_parser = PossibleValuesParser::new(Component::ALL.map(Component::name)))]
     component: String,
     /// Model folder: config.json + model.safetensors, as transformers / diffusers save it.

@@ -4,6 +4,7 @@ mod bench;
 mod bench_attention;
 mod bundle;
 mod check;
+mod finetune;
 mod generate;
 mod tokenize;
 
@@ -28,6 +29,8 @@ enum Command {
     BenchAttention(bench_attention::BenchAttentionArgs),
     /// Build a bundle folder (manifest + tokenizer + weights) from model folders.
     Bundle(bundle::BundleArgs),
+    /// Fine-tune Control-CLIP's f_c, f_s (LoRA over E) and adapter from labelled pictures.
+    Finetune(finetune::FinetuneArgs),
     /// Generate an image from a prompt and write it as a PNG.
     Generate(generate::GenerateArgs),
     /// Show the token ids of a prompt (and what a too-long prompt loses).
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchAttention(args) => bench_attention::run(args),
         Command::Bundle(args) => bundle::run(args),
+        Command::Finetune(args) => finetune::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }

@@ -1,0 +1,299 @@
+//! The fine-tuning loop: sampling, one step (losses → backward → AdamW), checkpoints and the results as
+//! files. No file system here: the caller reads the dataset and writes what [`Trainer::checkpoint`] and
+//! [`Trainer::outputs`] return (natively the `finetune` command; in a page, whatever storage it has).
+//!
+//! Every step draws its batch from a generator seeded by (seed, step) only, and the trainables and AdamW
+//! moments live on the host, so a run resumed from a checkpoint continues exactly as an uninterrupted one
+//! (bit for bit on the CPU backend).
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::device::read_f32;
+use crate::error::{Error, Result};
+use crate::models::clip::ClipTextModel;
+use crate::rng::NoiseRng;
+use crate::train::TrainConfig;
+use crate::train::dataset::Domain;
+use crate::train::losses::{Frozen, StepBatch, TERMS, Tuned, losses};
+use crate::train::optim::{AdamW, Moments, clip_grad_norm};
+use crate::train::trainables::{Part, Trainable, Trainables};
+use crate::weights::{RawTensor, SafeTensors, serialize_with_metadata};
+
+/// The data, prepared once: image features from the frozen vision tower and every prompt as token rows.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Projected image embeddings [N × P], row-major (not normalised).
+    pub features: Vec<f32>,
+    pub feature_dim: usize,
+    pub category_labels: Vec<i64>,
+    pub style_labels: Vec<i64>,
+    pub category_prompts: Vec<Vec<u32>>,
+    pub category_templates: usize,
+    pub style_prompts: Vec<Vec<u32>>,
+    pub style_templates: usize,
+    /// Captions q(k, s, j) for category k, style s, caption template j: index (k · K_s + s) · J + j.
+    pub captions: Vec<Vec<u32>>,
+    pub categories: usize,
+    pub styles: usize,
+    pub caption_templates: usize,
+    pub general_prompts: Vec<Vec<u32>>,
+    /// τ.
+    pub temperature: f32,
+}
+
+impl Prepared {
+    pub fn pictures(&self) -> usize {
+        self.category_labels.len()
+    }
+
+    fn caption(&self, k: usize, s: usize, j: usize) -> Vec<u32> {
+        self.captions[(k * self.styles + s) * self.caption_templates + j].clone()
+    }
+
+    /// Tokenizes the domain's prompts (refusing any longer than 77 tokens; `file` names domain.json).
+    pub fn tokenize_domain(domain: &Domain, tokenizer: &crate::tokenizer::ClipTokenizer, file: &str) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+        let captions: Vec<String> = (0..domain.categories.len())
+            .flat_map(|k| (0..domain.styles.len()).flat_map(move |s| (0..domain.caption_templates.len()).map(move |j| (k, s, j))))
+            .map(|(k, s, j)| domain.caption(j, k, s))
+            .collect();
+        Ok((
+            Domain::tokenize(tokenizer, &domain.category_prompts(), file, "category_templates")?,
+            Domain::tokenize(tokenizer, &domain.style_prompts(), file, "style_templates")?,
+            Domain::tokenize(tokenizer, &captions, file, "caption_templates")?,
+            Domain::tokenize(tokenizer, &domain.general_prompts, file, "general_prompts")?,
+        ))
+    }
+}
+
+/// One step's loss terms (in [`TERMS`] order) and its gradient norm, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub losses: [f32; 7],
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl StepLog {
+    pub fn json_line(&self) -> String {
+        let mut m = serde_json::Map::new();
+        m.insert("step".into(), self.step.into());
+        for (name, v) in TERMS.iter().zip(self.losses) {
+            m.insert((*name).into(), serde_json::json!(v));
+        }
+        m.insert("grad_norm".into(), serde_json::json!(self.grad_norm));
+        m.insert("lr".into(), serde_json::json!(self.lr));
+        serde_json::Value::Object(m).to_string()
+    }
+}
+
+pub struct Trainer<'a> {
+    pub cfg: TrainConfig,
+    pub base: &'a ClipTextModel,
+    pub projection: &'a ClipTextModel,
+    pub data: Prepared,
+    pub trainables: Trainables,
+    pub optimizer: AdamW,
+    /// Steps done.
+    pub step: usize,
+    device: Device,
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run: trainables initialised from `cfg.seed`.
+    pub fn new(cfg: TrainConfig, base: &'a ClipTextModel, projection: &'a ClipTextModel, data: Prepared) -> Result<Self> {
+        if projection.config.hidden_size != base.config.hidden_size {
+            return Err(Error::invalid("CLIP model", format!("its text tower is {} wide, E is {}", projection.config.hidden_size, base.config.hidden_size)));
+        }
+        if data.pictures() == 0 {
+            return Err(Error::invalid("dataset", "no pictures"));
+        }
+        let trainables = Trainables::init(&base.config, &cfg, cfg.seed);
+        let optimizer = AdamW::new(cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, trainables.sizes());
+        let device = base.device();
+        Ok(Self { cfg, base, projection, data, trainables, optimizer, step: 0, device })
+    }
+
+    /// The batch of step `step` (0-based): `batch` pictures drawn with replacement from those with any label,
+    /// `triplets` triplets of each kind, `keep_prompts` general prompts.
+    fn sample(&self, step: usize) -> (Vec<usize>, Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let d = &self.data;
+        let mut rng = NoiseRng::new(self.cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64 + 1));
+        let labelled: Vec<usize> = (0..d.pictures()).filter(|&i| d.category_labels[i] >= 0 || d.style_labels[i] >= 0).collect();
+        let pictures = (0..self.cfg.batch).map(|_| labelled[rng.below(labelled.len())]).collect();
+        let (kc, ks, j) = (d.categories, d.styles, d.caption_templates);
+        let other = |rng: &mut NoiseRng, n: usize, not: usize| (not + 1 + rng.below(n - 1)) % n;
+        let (mut style, mut category) = (Vec::new(), Vec::new());
+        for _ in 0..self.cfg.triplets {
+            // For f_s: same style, another category is positive; same category, another style is negative.
+            let (k, s, t) = (rng.below(kc), rng.below(ks), rng.below(j));
+            let (k2, s2) = (other(&mut rng, kc, k), other(&mut rng, ks, s));
+            style.extend([d.caption(k, s, t), d.caption(k2, s, rng.below(j)), d.caption(k, s2, rng.below(j))]);
+            // For f_c: same category, another style is positive; another category, same style is negative.
+            let (k, s, t) = (rng.below(kc), rng.below(ks), rng.below(j));
+            let (k2, s2) = (other(&mut rng, kc, k), other(&mut rng, ks, s));
+            category.extend([d.caption(k, s, t), d.caption(k, s2, rng.below(j)), d.caption(k2, s, rng.below(j))]);
+        }
+        let g = self.cfg.keep_prompts.min(d.general_prompts.len());
+        let mut keep_idx: Vec<usize> = (0..d.general_prompts.len()).collect();
+        for i in 0..g {
+            let pick = i + rng.below(keep_idx.len() - i);
+            keep_idx.swap(i, pick);
+        }
+        let keep = keep_idx[..g].iter().map(|&i| d.general_prompts[i].clone()).collect();
+        (pictures, style, category, keep)
+    }
+
+    /// One training step; returns its log line.
+    pub async fn train_step(&mut self) -> Result<StepLog> {
+        let (pictures, triplet_style, triplet_category, keep) = self.sample(self.step);
+        let d = &self.data;
+        let p = d.feature_dim;
+        let features: Vec<f32> = pictures.iter().flat_map(|&i| d.features[i * p..(i + 1) * p].iter().copied()).collect();
+        let batch = StepBatch {
+            image_features: Tensor::from_data(TensorData::new(features, [pictures.len(), p]), &self.device),
+            category_labels: pictures.iter().map(|&i| d.category_labels[i]).collect(),
+            style_labels: pictures.iter().map(|&i| d.style_labels[i]).collect(),
+            category_prompts: d.category_prompts.clone(),
+            category_templates: d.category_templates,
+            style_prompts: d.style_prompts.clone(),
+            style_templates: d.style_templates,
+            triplet_style,
+            triplet_category,
+            keep,
+            temperature: d.temperature,
+        };
+        let keep_base = self.base.forward(&batch.keep, 0)?.last_hidden_state;
+        let leaves = self.trainables.leaves(&self.device.clone().autodiff());
+        let frozen = Frozen { base: self.base, projection: self.projection };
+        let tuned = Tuned { category: &leaves.category, style: &leaves.style, adapter: &leaves.adapter };
+        let terms = losses(&frozen, &tuned, &batch, &keep_base, &self.cfg)?;
+        let mut values = [0f32; 7];
+        for (v, t) in values.iter_mut().zip(terms.values()) {
+            *v = read_f32(t.without_autodiff()).await?.1[0];
+        }
+        if !values[6].is_finite() {
+            return Err(Error::invalid("training", format!("the loss became {} at step {} (lower lr?)", values[6], self.step + 1)));
+        }
+        let grads = terms.total.backward();
+        let mut gradients = leaves.gradients(&grads, &self.trainables).await?;
+        let grad_norm = match self.cfg.clip_grad_norm {
+            Some(max) => clip_grad_norm(&mut gradients, max),
+            None => crate::train::optim::global_norm(&gradients),
+        };
+        self.step += 1;
+        let lr = self.cfg.lr_at(self.step);
+        let mut params: Vec<Vec<f32>> = self.trainables.tensors.iter_mut().map(|t| std::mem::take(&mut t.values)).collect();
+        self.optimizer.step(lr, &mut params, &gradients);
+        for (t, v) in self.trainables.tensors.iter_mut().zip(params) {
+            t.values = v;
+        }
+        Ok(StepLog { step: self.step, losses: values, grad_norm, lr })
+    }
+
+    /// Trainables, AdamW moments and the step count as one safetensors file (the config in its metadata).
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let mut tensors = Vec::new();
+        for (t, m) in self.trainables.tensors.iter().zip(&self.optimizer.moments) {
+            tensors.push(RawTensor::f32(format!("param.{}", t.io_name()), t.shape.clone(), &t.values));
+            tensors.push(RawTensor::f32(format!("exp_avg.{}", t.io_name()), t.shape.clone(), &m.exp_avg));
+            tensors.push(RawTensor::f32(format!("exp_avg_sq.{}", t.io_name()), t.shape.clone(), &m.exp_avg_sq));
+        }
+        let meta = [("config", serde_json::to_string(&self.cfg).expect("config serializes")), ("step", self.step.to_string())];
+        serialize_with_metadata(&tensors, &meta)
+    }
+
+    /// Continues from a checkpoint of the same run (same config, apart from `steps`).
+    pub fn resume(&mut self, checkpoint: &SafeTensors) -> Result<()> {
+        let name = checkpoint.name().to_string();
+        let saved: TrainConfig = checkpoint
+            .metadata("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .ok_or_else(|| Error::file(&name, "is not a fine-tuning checkpoint (no `config` metadata)"))?;
+        let same = TrainConfig { steps: self.cfg.steps, checkpoint_every: self.cfg.checkpoint_every, ..saved.clone() };
+        if same != self.cfg {
+            return Err(Error::file(&name, "was written with another training config (only `steps` and `checkpoint_every` may change on --resume)"));
+        }
+        let step: usize = checkpoint.metadata("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::file(&name, "has no `step` metadata"))?;
+        for (t, m) in self.trainables.tensors.iter_mut().zip(&mut self.optimizer.moments) {
+            let read = |prefix: &str| -> Result<Vec<f32>> {
+                let key = format!("{prefix}.{}", t.io_name());
+                let (shape, v) = checkpoint.f32(&key)?;
+                if shape != t.shape {
+                    return Err(Error::tensor(&name, &key, format!("shape {shape:?}, this run's is {:?}", t.shape)));
+                }
+                Ok(v)
+            };
+            let (values, exp_avg, exp_avg_sq) = (read("param")?, read("exp_avg")?, read("exp_avg_sq")?);
+            t.values = values;
+            *m = Moments { exp_avg, exp_avg_sq };
+        }
+        self.optimizer.step = step as u64;
+        self.step = step;
+        Ok(())
+    }
+
+    /// The results as files, by relative path: `category_encoder/` and `style_encoder/` as PEFT LoRA folders
+    /// (`adapter_config.json`, `adapter_model.safetensors`), `adapter/` as the adapter's folder
+    /// (`config.json`, `model.safetensors`), ready for `control-clip bundle`.
+    pub fn outputs(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        let tensors = |part: Part| -> Vec<RawTensor> {
+            self.trainables.tensors.iter().filter(|t| t.part == part).map(|t: &Trainable| RawTensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect()
+        };
+        let lora = &self.cfg.lora;
+        let peft_config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": null,
+            "r": lora.r,
+            "lora_alpha": lora.lora_alpha,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "target_modules": lora.target_modules,
+            "use_rslora": false,
+            "use_dora": false,
+            "init_lora_weights": true,
+        });
+        for part in [Part::Category, Part::Style] {
+            files.push((format!("{}/adapter_config.json", part.prefix()), serde_json::to_vec_pretty(&peft_config).expect("json")));
+            files.push((format!("{}/adapter_model.safetensors", part.prefix()), serialize_with_metadata(&tensors(part), &[("format", "pt".into())])));
+        }
+        let a = &self.trainables.adapter;
+        let adapter_config = serde_json::json!({
+            "hidden_size": a.hidden_size,
+            "adapter_dim": a.adapter_dim,
+            "layer_norm_eps": a.layer_norm_eps,
+            "hidden_act": "gelu",
+        });
+        files.push(("adapter/config.json".into(), serde_json::to_vec_pretty(&adapter_config).expect("json")));
+        files.push(("adapter/model.safetensors".into(), serialize_with_metadata(&tensors(Part::Adapter), &[("format", "pt".into())])));
+        files
+    }
+}
+
+/// Projected image embeddings (not normalised) of encoded pictures, [N × P] row-major: each picture is
+/// decoded, preprocessed as the CLIP model's `preprocessor_config.json` says, and run through the frozen
+/// vision tower once. `pictures` are (name for messages, file bytes).
+pub async fn image_features(
+    vision: &crate::models::clip_vision::ClipVisionModel,
+    processor: &crate::models::image_processor::ImageProcessor,
+    pictures: &[(String, Vec<u8>)],
+) -> Result<Vec<f32>> {
+    use crate::models::image_processor::RgbImage;
+    let s = vision.config.image_size;
+    let mut out = Vec::new();
+    for chunk in pictures.chunks(32) {
+        let mut pixels = Vec::with_capacity(chunk.len() * 3 * s * s);
+        for (name, bytes) in chunk {
+            let img = RgbImage::decode(name, bytes)?;
+            if processor.output_size(&img) != (s, s) {
+                return Err(Error::file(name, format!("preprocesses to {:?}, the vision tower takes {s}×{s} (check preprocessor_config.json)", processor.output_size(&img))));
+            }
+            pixels.extend(processor.preprocess(&img));
+        }
+        let batch = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, s, s]), &vision.device());
+        let embeds = vision.forward(batch)?.image_embeds.ok_or_else(|| Error::invalid("CLIP model", "its vision tower has no `visual_projection`"))?;
+        out.extend(read_f32(embeds).await?.1);
+    }
+    Ok(out)
+}

@@ -1,0 +1,254 @@
+//! What fine-tuning trains, held on the host in PyTorch's layouts and PEFT's names: the LoRA factors of f_c
+//! and f_s over E (`base_model.model.text_model.encoder.layers.<i>.self_attn.q_proj.lora_A.weight` [r, in],
+//! `….lora_B.weight` [out, r]) and the adapter's weights (`norm.weight`, `fc1.weight`, …). Each step they
+//! become autodiff leaves ([`Trainables::leaves`]); gradients come back in the same layouts.
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::control::{Adapter, AdapterConfig};
+use crate::device::read_f32;
+use crate::error::{Error, Result};
+use crate::models::clip::ClipTextConfig;
+use crate::models::nn::{Activation, LoraTensors};
+use crate::rng::NoiseRng;
+use crate::train::TrainConfig;
+
+/// Which trained model a tensor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Category,
+    Style,
+    Adapter,
+}
+
+impl Part {
+    /// The prefix of its tensors in `finetune-step` io files and checkpoints.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Part::Category => "category_encoder",
+            Part::Style => "style_encoder",
+            Part::Adapter => "adapter",
+        }
+    }
+}
+
+/// One trained tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trainable {
+    pub part: Part,
+    /// PEFT key (encoders) or the adapter's own key.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl Trainable {
+    /// `<part prefix>.<name>`, as io files and checkpoints name it.
+    pub fn io_name(&self) -> String {
+        format!("{}.{}", self.part.prefix(), self.name)
+    }
+
+    /// For LoRA factors: the module path inside the text model (`encoder.layers.0.self_attn.q_proj`) and
+    /// whether this is factor A.
+    fn lora_target(&self) -> Option<(&str, bool)> {
+        let rest = self.name.strip_prefix("base_model.model.text_model.")?;
+        rest.strip_suffix(".lora_A.weight").map(|p| (p, true)).or_else(|| rest.strip_suffix(".lora_B.weight").map(|p| (p, false)))
+    }
+}
+
+/// The PEFT key of a LoRA factor of layer `layer`'s `kind` (q_proj, k_proj, v_proj, out_proj, fc1, fc2).
+pub fn lora_key(layer: usize, kind: &str, factor: char) -> String {
+    let block = if kind.starts_with("fc") { "mlp" } else { "self_attn" };
+    format!("base_model.model.text_model.encoder.layers.{layer}.{block}.{kind}.lora_{factor}.weight")
+}
+
+/// Everything trained, in a fixed order (f_c's factors, f_s's, the adapter's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trainables {
+    pub lora_scale: f32,
+    pub adapter: AdapterConfig,
+    pub tensors: Vec<Trainable>,
+}
+
+/// The (in, out) widths of a target kind in a CLIP text layer.
+fn target_shape(text: &ClipTextConfig, kind: &str) -> (usize, usize) {
+    let (d, m) = (text.hidden_size, text.intermediate_size);
+    match kind {
+        "fc1" => (d, m),
+        "fc2" => (m, d),
+        _ => (d, d),
+    }
+}
+
+impl Trainables {
+    /// The starting point: PEFT's LoRA initialisation (A ~ U(±1/√in), its Kaiming-uniform with a = √5; B = 0)
+    /// for every target of every layer of f_c and then f_s, and the adapter with LN = (1, 0), fc1 as
+    /// `nn.Linear` initialises (weight and bias ~ U(±1/√d)), fc2 = 0 (so A starts as the identity). Drawn
+    /// from `seed` in this order.
+    pub fn init(text: &ClipTextConfig, cfg: &TrainConfig, seed: u64) -> Self {
+        let mut rng = NoiseRng::new(seed);
+        let mut uniform = |n: usize, bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.next_uniform() * 2.0 - 1.0) * bound) as f32).collect() };
+        let r = cfg.lora.r;
+        let mut tensors = Vec::new();
+        for part in [Part::Category, Part::Style] {
+            for layer in 0..text.num_hidden_layers {
+                for kind in &cfg.lora.target_modules {
+                    let (d_in, d_out) = target_shape(text, kind);
+                    let a = uniform(r * d_in, 1.0 / (d_in as f64).sqrt());
+                    tensors.push(Trainable { part, name: lora_key(layer, kind, 'A'), shape: vec![r, d_in], values: a });
+                    tensors.push(Trainable { part, name: lora_key(layer, kind, 'B'), shape: vec![d_out, r], values: vec![0.0; d_out * r] });
+                }
+            }
+        }
+        let (d, h) = (text.hidden_size, cfg.adapter_dim);
+        let bound = 1.0 / (d as f64).sqrt();
+        let adapter = |name: &str, shape: Vec<usize>, values: Vec<f32>| Trainable { part: Part::Adapter, name: name.into(), shape, values };
+        tensors.push(adapter("norm.weight", vec![d], vec![1.0; d]));
+        tensors.push(adapter("norm.bias", vec![d], vec![0.0; d]));
+        tensors.push(adapter("fc1.weight", vec![h, d], uniform(h * d, bound)));
+        tensors.push(adapter("fc1.bias", vec![h], uniform(h, bound)));
+        tensors.push(adapter("fc2.weight", vec![d, h], vec![0.0; d * h]));
+        tensors.push(adapter("fc2.bias", vec![d], vec![0.0; d]));
+        let adapter = AdapterConfig { hidden_size: d, adapter_dim: h, layer_norm_eps: 1e-5, hidden_act: Activation::Gelu };
+        Self { lora_scale: cfg.lora.scale(), adapter, tensors }
+    }
+
+    pub fn sizes(&self) -> Vec<usize> {
+        self.tensors.iter().map(|t| t.values.len()).collect()
+    }
+
+    pub fn find(&self, io_name: &str) -> Option<&Trainable> {
+        self.tensors.iter().find(|t| t.io_name() == io_name)
+    }
+
+    /// The trainables as autodiff leaves on `device` (an autodiff device): the two LoRA sets and the adapter,
+    /// plus the leaves themselves for reading gradients back.
+    pub fn leaves(&self, device: &Device) -> Leaves {
+        let mut lora = [LoraTensors { scale: self.lora_scale, layers: HashMap::new() }, LoraTensors { scale: self.lora_scale, layers: HashMap::new() }];
+        let mut handles = Vec::with_capacity(self.tensors.len());
+        let mut factors: HashMap<(usize, String), (Option<Tensor<2>>, Option<Tensor<2>>)> = HashMap::new();
+        let mut adapter: HashMap<&str, Leaf> = HashMap::new();
+        for t in &self.tensors {
+            let leaf = match t.shape.len() {
+                // PyTorch keeps weights [out, in]; the forward code wants their transposes.
+                2 => Leaf::Transposed(Tensor::<2>::from_data(TensorData::new(transpose(&t.values, t.shape[0], t.shape[1]), [t.shape[1], t.shape[0]]), device).require_grad()),
+                _ => Leaf::Vector(Tensor::<1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device).require_grad()),
+            };
+            match (t.part, t.lora_target(), &leaf) {
+                (Part::Category | Part::Style, Some((path, is_a)), Leaf::Transposed(m)) => {
+                    let entry = factors.entry(((t.part == Part::Style) as usize, path.to_string())).or_default();
+                    if is_a { entry.0 = Some(m.clone()) } else { entry.1 = Some(m.clone()) }
+                }
+                (Part::Adapter, _, _) => {
+                    adapter.insert(t.name.as_str(), leaf.clone());
+                }
+                _ => {}
+            }
+            handles.push(leaf);
+        }
+        for ((which, path), pair) in factors {
+            if let (Some(a), Some(b)) = pair {
+                lora[which].layers.insert(path, (a, b));
+            }
+        }
+        let take_m = |k: &str| match adapter.get(k) {
+            Some(Leaf::Transposed(m)) => m.clone(),
+            _ => unreachable!("the adapter's {k} is a matrix"),
+        };
+        let take_v = |k: &str| match adapter.get(k) {
+            Some(Leaf::Vector(v)) => v.clone(),
+            _ => unreachable!("the adapter's {k} is a vector"),
+        };
+        let adapter = Adapter {
+            config: self.adapter.clone(),
+            norm_weight: take_v("norm.weight"),
+            norm_bias: take_v("norm.bias"),
+            fc1_t: take_m("fc1.weight"),
+            fc1_bias: take_v("fc1.bias"),
+            fc2_t: take_m("fc2.weight"),
+            fc2_bias: take_v("fc2.bias"),
+        };
+        let [category, style] = lora;
+        Leaves { category, style, adapter, handles }
+    }
+
+    /// Checks that the set holds every tensor [`Self::leaves`] needs, with consistent shapes.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        for k in ["norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
+            if !self.tensors.iter().any(|t| t.part == Part::Adapter && t.name == k) {
+                return Err(Error::tensor(what, format!("adapter.{k}"), "is missing"));
+            }
+        }
+        for t in &self.tensors {
+            if t.shape.iter().product::<usize>() != t.values.len() || !(1..=2).contains(&t.shape.len()) {
+                return Err(Error::tensor(what, t.io_name(), format!("unexpected shape {:?}", t.shape)));
+            }
+            if t.part != Part::Adapter {
+                let Some((path, is_a)) = t.lora_target() else {
+                    return Err(Error::tensor(what, t.io_name(), "is not a PEFT LoRA factor of a text-model layer"));
+                };
+                let other = if is_a { "lora_B" } else { "lora_A" };
+                let partner = t.name.replace(if is_a { "lora_A" } else { "lora_B" }, other);
+                if !self.tensors.iter().any(|u| u.part == t.part && u.name == partner) {
+                    return Err(Error::tensor(what, t.io_name(), format!("has no matching {other} for `{path}`")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A trainable as an autodiff leaf.
+#[derive(Debug, Clone)]
+pub enum Leaf {
+    /// A PyTorch-layout matrix [out, in] held transposed.
+    Transposed(Tensor<2>),
+    Vector(Tensor<1>),
+}
+
+/// One step's leaves: f_c's and f_s's LoRA tensors, the adapter built from leaves, and every leaf in the
+/// trainables' order.
+pub struct Leaves {
+    pub category: LoraTensors,
+    pub style: LoraTensors,
+    pub adapter: Adapter,
+    pub handles: Vec<Leaf>,
+}
+
+impl Leaves {
+    /// The gradient of every trainable after `loss.backward()`, in PyTorch layout (zero for a tensor the
+    /// loss does not reach).
+    pub async fn gradients(&self, grads: &burn::tensor::Gradients, trainables: &Trainables) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(self.handles.len());
+        for (leaf, t) in self.handles.iter().zip(&trainables.tensors) {
+            let g = match leaf {
+                Leaf::Transposed(m) => match m.grad(grads) {
+                    Some(g) => {
+                        let (_, v) = read_f32(g).await?;
+                        transpose(&v, t.shape[1], t.shape[0])
+                    }
+                    None => vec![0.0; t.values.len()],
+                },
+                Leaf::Vector(v) => match v.grad(grads) {
+                    Some(g) => read_f32(g).await?.1,
+                    None => vec![0.0; t.values.len()],
+                },
+            };
+            out.push(g);
+        }
+        Ok(out)
+    }
+}
+
+/// Row-major [rows, cols] → [cols, rows].
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
