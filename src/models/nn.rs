@@ -16,13 +16,7 @@ pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool
     if shape != [d_out, d_in] {
         return Err(Error::tensor(w.file.file_of(&key), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
     }
-    let mut transposed = vec![0f32; values.len()];
-    for o in 0..d_out {
-        for i in 0..d_in {
-            transposed[i * d_out + o] = values[o * d_in + i];
-        }
-    }
-    let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
+    let weight = Tensor::<2>::from_data(TensorData::new(crate::weights::transpose(&values, d_out, d_in), [d_in, d_out]), device);
     let bias = if bias { Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d_out], device)?)) } else { None };
     Ok(Linear { weight: Param::from_tensor(weight), bias })
 }

@@ -11,7 +11,10 @@
 //! so that the loop also builds for wasm32.
 
 pub mod dataset;
+pub mod eval;
 pub mod finetune;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod load;
 pub mod losses;
 pub mod optim;
 pub mod trainables;

@@ -14,6 +14,7 @@ use crate::models::clip::ClipTextConfig;
 use crate::models::nn::{Activation, LoraTensors};
 use crate::rng::NoiseRng;
 use crate::train::TrainConfig;
+use crate::weights::transpose;
 
 /// Which trained model a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,9 +124,11 @@ impl Trainables {
         self.tensors.iter().find(|t| t.io_name() == io_name)
     }
 
-    /// The trainables as autodiff leaves on `device` (an autodiff device): the two LoRA sets and the adapter,
-    /// plus the leaves themselves for reading gradients back.
+    /// The trainables as tensors on `device`: on an autodiff device, leaves that require gradients (for a
+    /// training step); on a plain device, constants (for evaluation). Returns the two LoRA sets and the
+    /// adapter, plus the leaves themselves for reading gradients back.
     pub fn leaves(&self, device: &Device) -> Leaves {
+        let train = device.is_autodiff();
         let mut lora = [LoraTensors { scale: self.lora_scale, layers: HashMap::new() }, LoraTensors { scale: self.lora_scale, layers: HashMap::new() }];
         let mut handles = Vec::with_capacity(self.tensors.len());
         let mut factors: HashMap<(usize, String), (Option<Tensor<2>>, Option<Tensor<2>>)> = HashMap::new();
@@ -133,8 +136,14 @@ impl Trainables {
         for t in &self.tensors {
             let leaf = match t.shape.len() {
                 // PyTorch keeps weights [out, in]; the forward code wants their transposes.
-                2 => Leaf::Transposed(Tensor::<2>::from_data(TensorData::new(transpose(&t.values, t.shape[0], t.shape[1]), [t.shape[1], t.shape[0]]), device).require_grad()),
-                _ => Leaf::Vector(Tensor::<1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device).require_grad()),
+                2 => {
+                    let m = Tensor::<2>::from_data(TensorData::new(transpose(&t.values, t.shape[0], t.shape[1]), [t.shape[1], t.shape[0]]), device);
+                    Leaf::Transposed(if train { m.require_grad() } else { m })
+                }
+                _ => {
+                    let v = Tensor::<1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device);
+                    Leaf::Vector(if train { v.require_grad() } else { v })
+                }
             };
             match (t.part, t.lora_target(), &leaf) {
                 (Part::Category | Part::Style, Some((path, is_a)), Leaf::Transposed(m)) => {
@@ -240,15 +249,4 @@ impl Leaves {
         }
         Ok(out)
     }
-}
-
-/// Row-major [rows, cols] → [cols, rows].
-pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }

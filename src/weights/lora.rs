@@ -137,6 +137,19 @@ impl LowRankDeltas {
         Ok(())
     }
 
+    /// The deltas as [`crate::models::nn::LoraTensors`] (unmerged; for evaluating fine-tuned encoders), keyed by
+    /// module path inside the text model (`encoder.layers.0.self_attn.q_proj`).
+    pub fn to_tensors(&self, device: &burn::tensor::Device) -> Result<crate::models::nn::LoraTensors> {
+        use burn::tensor::{Tensor, TensorData};
+        let mut layers = std::collections::HashMap::new();
+        for (path, f) in &self.layers {
+            let a_t = Tensor::<2>::from_data(TensorData::new(super::transpose(&f.a, f.rank, f.d_in), [f.d_in, f.rank]), device);
+            let b_t = Tensor::<2>::from_data(TensorData::new(super::transpose(&f.b, f.d_out, f.rank), [f.rank, f.d_out]), device);
+            layers.insert(path.clone(), (a_t, b_t));
+        }
+        Ok(crate::models::nn::LoraTensors { scale: self.scale, layers })
+    }
+
     /// Refuses deltas for layers the base model does not have (a delta for another model).
     pub fn check_targets(&self, base: &SafeTensors) -> Result<()> {
         let known: std::collections::BTreeSet<&str> = base.keys().filter(|k| k.ends_with(".weight")).map(module_path).collect();

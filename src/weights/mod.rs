@@ -324,6 +324,18 @@ impl<'a> WeightsView<'a> {
     }
 }
 
+/// Row-major [rows, cols] → [cols, rows]: PyTorch keeps linear weights [out, in], burn's matmuls want
+/// [in, out].
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
 /// One tensor to write: name, dtype, shape and its little-endian bytes.
 pub struct RawTensor {
     pub name: String,

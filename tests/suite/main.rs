@@ -6,9 +6,11 @@ mod common;
 
 mod bundle;
 mod cli_check;
+mod cli_finetune;
 mod cli_generate;
 mod default_bundle;
 mod errors;
+mod finetune;
 mod kernel_decoupled_attention;
 mod layout;
 mod parity_clip_text;

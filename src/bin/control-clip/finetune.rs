@@ -5,20 +5,15 @@
 //! from that checkpoint.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use control_clip::bundle::{Manifest, component};
-use control_clip::config::ConfigJson;
-use control_clip::files::{create_dir, read_bytes, read_text, write_atomic};
-use control_clip::models::ModelFolder;
-use control_clip::models::clip_vision::ClipModel;
-use control_clip::models::image_processor::ImageProcessor;
+use control_clip::files::{create_dir, read_text, write_atomic};
 use control_clip::train::TrainConfig;
-use control_clip::train::dataset::{Domain, parse_labels};
-use control_clip::train::finetune::{Prepared, Trainer, image_features};
-use control_clip::{BackendKind, ClipTextModel, ClipTokenizer, Error, Result, SafeTensors, init_device};
+use control_clip::train::finetune::Trainer;
+use control_clip::train::load::load;
+use control_clip::{BackendKind, Error, Result, SafeTensors, init_device};
 
 #[derive(Args)]
 pub struct FinetuneArgs {
@@ -56,85 +51,14 @@ pub fn run(args: FinetuneArgs) -> ExitCode {
     }
 }
 
-/// E's config and weights and a tokenizer path from a bundle, pipeline or model folder.
-pub fn read_base(base: &Path) -> Result<(ConfigJson, SafeTensors, Option<Vec<u8>>)> {
-    if base.join("manifest.json").exists() {
-        let manifest = Manifest::read_dir(base)?;
-        let fetch = |file| std::future::ready(manifest.read_verified(base, &file));
-        let weights = pollster::block_on(manifest.read_weights(component::TEXT_ENCODER, fetch))?;
-        let tokenizer = manifest.read_verified(base, &manifest.components.tokenizer)?;
-        return Ok((manifest.config(component::TEXT_ENCODER)?, weights, Some(tokenizer)));
-    }
-    if base.join("model_index.json").exists() {
-        let (config, weights) = control_clip::weights::read_model_dir(&base.join("text_encoder"))?;
-        let tokenizer = base.join("tokenizer").join("tokenizer.json");
-        return Ok((config, weights, tokenizer.exists().then(|| read_bytes(&tokenizer)).transpose()?));
-    }
-    let (config, weights) = control_clip::weights::read_model_dir(base)?;
-    Ok((config, weights, None))
-}
-
-/// Everything `finetune` and `eval` share: E, the CLIP model, the tokenizer, the domain, the labelled
-/// pictures' features.
-pub struct Loaded {
-    pub base: ClipTextModel,
-    pub clip: ClipModel,
-    pub domain: Domain,
-    pub data: Prepared,
-}
-
-pub async fn load(base_dir: &Path, clip_dir: &Path, data_dir: &Path, tokenizer: Option<&Path>, temperature: Option<f32>, backend: BackendKind) -> Result<Loaded> {
-    let device = init_device(backend).await?;
-    let (base_config, base_weights, bundled_tokenizer) = read_base(base_dir)?;
-    let base = ClipTextModel::load(&base_config, &base_weights, &device)?;
-    let clip = ClipModel::read_dir(clip_dir, &device)?;
-    let processor = ImageProcessor::from_json(&ConfigJson::read(&clip_dir.join("preprocessor_config.json"))?)?;
-    let tokenizer = match (tokenizer, bundled_tokenizer) {
-        (Some(path), _) => ClipTokenizer::read(path)?,
-        (None, Some(bytes)) => ClipTokenizer::from_bytes(&base_dir.display().to_string(), &bytes)?,
-        (None, None) => ClipTokenizer::read(&clip_dir.join("tokenizer.json"))?,
-    };
-
-    let domain_path = data_dir.join("domain.json");
-    let domain = Domain::parse(&domain_path.display().to_string(), &read_text(&domain_path)?)?;
-    let labels_path = data_dir.join("labels.jsonl");
-    let labels_name = labels_path.display().to_string();
-    let labels = parse_labels(&labels_name, &read_text(&labels_path)?, &domain)?;
-    let mut pictures = Vec::with_capacity(labels.len());
-    for l in &labels {
-        let path = data_dir.join(&l.file);
-        let bytes = read_bytes(&path).map_err(|e| Error::file(format!("{labels_name}:{}", l.line), format!("its picture cannot be read: {e}")))?;
-        pictures.push((path.display().to_string(), bytes));
-    }
-    eprintln!("{} pictures: computing their image features once", pictures.len());
-    let features = image_features(&clip.vision, &processor, &pictures).await?;
-    let (category_prompts, style_prompts, captions, general_prompts) = Prepared::tokenize_domain(&domain, &tokenizer, &domain_path.display().to_string())?;
-    let data = Prepared {
-        feature_dim: clip.vision.config.projection_dim,
-        features,
-        category_labels: labels.iter().map(|l| l.category.map_or(-1, |c| c as i64)).collect(),
-        style_labels: labels.iter().map(|l| l.style.map_or(-1, |s| s as i64)).collect(),
-        category_prompts,
-        category_templates: domain.category_templates.len(),
-        style_prompts,
-        style_templates: domain.style_templates.len(),
-        captions,
-        categories: domain.categories.len(),
-        styles: domain.styles.len(),
-        caption_templates: domain.caption_templates.len(),
-        general_prompts,
-        temperature: temperature.unwrap_or(clip.logit_scale.exp()),
-    };
-    Ok(Loaded { base, clip, domain, data })
-}
-
 async fn finetune(args: FinetuneArgs) -> Result<()> {
     let cfg = match &args.config {
         Some(path) => TrainConfig::parse(&path.display().to_string(), &read_text(path)?)?,
         None => TrainConfig::default(),
     };
     let backend: BackendKind = args.backend.parse()?;
-    let loaded = load(&args.base, &args.clip, &args.data, args.tokenizer.as_deref(), cfg.temperature, backend).await?;
+    let device = init_device(backend).await?;
+    let loaded = load(&args.base, &args.clip, &args.data, args.tokenizer.as_deref(), cfg.temperature, &device).await?;
     create_dir(&args.out)?;
     let checkpoint_path = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("log.jsonl");

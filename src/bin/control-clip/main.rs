@@ -4,6 +4,7 @@ mod bench;
 mod bench_attention;
 mod bundle;
 mod check;
+mod eval;
 mod finetune;
 mod generate;
 mod tokenize;
@@ -29,6 +30,8 @@ enum Command {
     BenchAttention(bench_attention::BenchAttentionArgs),
     /// Build a bundle folder (manifest + tokenizer + weights) from model folders.
     Bundle(bundle::BundleArgs),
+    /// Zero-shot category / style accuracy of E, f_c and A∘f_s on a held-out labelled folder.
+    Eval(eval::EvalArgs),
     /// Fine-tune Control-CLIP's f_c, f_s (LoRA over E) and adapter from labelled pictures.
     Finetune(finetune::FinetuneArgs),
     /// Generate an image from a prompt and write it as a PNG.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchAttention(args) => bench_attention::run(args),
         Command::Bundle(args) => bundle::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
