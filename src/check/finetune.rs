@@ -9,7 +9,7 @@ use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::nn::Activation;
-use crate::train::losses::{Frozen, StepBatch, TERMS, Tuned, losses};
+use crate::train::losses::{ClassPrompts, Frozen, StepBatch, TERMS, Tuned, losses};
 use crate::train::optim::{AdamW, clip_grad_norm};
 use crate::train::trainables::{Part, Trainable, Trainables};
 use crate::train::TrainConfig;
@@ -84,10 +84,7 @@ pub async fn check_finetune_step(model: &ClipTextModel, io: &SafeTensors, tolera
         image_features: Tensor::from_data(TensorData::new(features, [feature_shape[0], feature_shape[1]]), &device),
         category_labels: io.i64("category_labels")?.1,
         style_labels: io.i64("style_labels")?.1,
-        category_prompts,
-        category_templates: cat_shape[1],
-        style_prompts,
-        style_templates: sty_shape[1],
+        classes: ClassPrompts { category: category_prompts, category_templates: cat_shape[1], style: style_prompts, style_templates: sty_shape[1] },
         triplet_style: io_rows(io, "triplet_style_ids")?.1,
         triplet_category: io_rows(io, "triplet_category_ids")?.1,
         keep: io_rows(io, "keep_prompt_ids")?.1,

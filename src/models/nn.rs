@@ -33,6 +33,20 @@ pub struct LoraTensors {
 }
 
 impl LoraTensors {
+    /// Stored deltas as unmerged factors (to evaluate fine-tuned encoders without merging them into E).
+    pub fn from_deltas(deltas: &crate::weights::LowRankDeltas, device: &Device) -> Self {
+        use crate::weights::transpose;
+        let layers = deltas
+            .factors()
+            .map(|(path, a, b, rank, d_in, d_out)| {
+                let a_t = Tensor::<2>::from_data(TensorData::new(transpose(a, rank, d_in), [d_in, rank]), device);
+                let b_t = Tensor::<2>::from_data(TensorData::new(transpose(b, d_out, rank), [rank, d_out]), device);
+                (path.to_string(), (a_t, b_t))
+            })
+            .collect();
+        Self { scale: deltas.scale(), layers }
+    }
+
     /// `linear` at `path`, with this set's factors for that path if it has them.
     pub fn forward(&self, linear: &Linear, path: &str, x: Tensor<3>) -> Tensor<3> {
         match self.layers.get(path) {

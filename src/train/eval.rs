@@ -60,8 +60,8 @@ pub async fn accuracy(frozen: &Frozen<'_>, lora: Option<&LoraTensors>, adapter: 
     let v = normalize(Tensor::<2>::from_data(TensorData::new(data.features.clone(), [n, data.feature_dim]), &device));
     let mut result = [0f32; 2];
     for (slot, (prompts, templates, labels)) in [
-        (&data.category_prompts, data.category_templates, &data.category_labels),
-        (&data.style_prompts, data.style_templates, &data.style_labels),
+        (&data.classes.category, data.classes.category_templates, &data.category_labels),
+        (&data.classes.style, data.classes.style_templates, &data.style_labels),
     ]
     .into_iter()
     .enumerate()

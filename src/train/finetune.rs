@@ -14,7 +14,7 @@ use crate::models::clip::ClipTextModel;
 use crate::rng::NoiseRng;
 use crate::train::TrainConfig;
 use crate::train::dataset::Domain;
-use crate::train::losses::{Frozen, StepBatch, TERMS, Tuned, losses};
+use crate::train::losses::{ClassPrompts, Frozen, StepBatch, TERMS, Tuned, losses};
 use crate::train::optim::{AdamW, Moments, clip_grad_norm};
 use crate::train::trainables::{Part, Trainable, Trainables};
 use crate::weights::{RawTensor, SafeTensors, serialize_with_metadata};
@@ -27,10 +27,7 @@ pub struct Prepared {
     pub feature_dim: usize,
     pub category_labels: Vec<i64>,
     pub style_labels: Vec<i64>,
-    pub category_prompts: Vec<Vec<u32>>,
-    pub category_templates: usize,
-    pub style_prompts: Vec<Vec<u32>>,
-    pub style_templates: usize,
+    pub classes: ClassPrompts,
     /// Captions q(k, s, j) for category k, style s, caption template j: index (k · K_s + s) · J + j.
     pub captions: Vec<Vec<u32>>,
     pub categories: usize,
@@ -50,15 +47,21 @@ impl Prepared {
         self.captions[(k * self.styles + s) * self.caption_templates + j].clone()
     }
 
-    /// Tokenizes the domain's prompts (refusing any longer than 77 tokens; `file` names domain.json).
-    pub fn tokenize_domain(domain: &Domain, tokenizer: &crate::tokenizer::ClipTokenizer, file: &str) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    /// Tokenizes the domain's prompts (refusing any longer than 77 tokens; `file` names domain.json): the
+    /// class prompts, the captions and the general prompts.
+    pub fn tokenize_domain(domain: &Domain, tokenizer: &crate::tokenizer::ClipTokenizer, file: &str) -> Result<(ClassPrompts, Vec<Vec<u32>>, Vec<Vec<u32>>)> {
         let captions: Vec<String> = (0..domain.categories.len())
             .flat_map(|k| (0..domain.styles.len()).flat_map(move |s| (0..domain.caption_templates.len()).map(move |j| (k, s, j))))
             .map(|(k, s, j)| domain.caption(j, k, s))
             .collect();
+        let classes = ClassPrompts {
+            category: Domain::tokenize(tokenizer, &domain.category_prompts(), file, "category_templates")?,
+            category_templates: domain.category_templates.len(),
+            style: Domain::tokenize(tokenizer, &domain.style_prompts(), file, "style_templates")?,
+            style_templates: domain.style_templates.len(),
+        };
         Ok((
-            Domain::tokenize(tokenizer, &domain.category_prompts(), file, "category_templates")?,
-            Domain::tokenize(tokenizer, &domain.style_prompts(), file, "style_templates")?,
+            classes,
             Domain::tokenize(tokenizer, &captions, file, "caption_templates")?,
             Domain::tokenize(tokenizer, &domain.general_prompts, file, "general_prompts")?,
         ))
@@ -154,10 +157,7 @@ impl<'a> Trainer<'a> {
             image_features: Tensor::from_data(TensorData::new(features, [pictures.len(), p]), &self.device),
             category_labels: pictures.iter().map(|&i| d.category_labels[i]).collect(),
             style_labels: pictures.iter().map(|&i| d.style_labels[i]).collect(),
-            category_prompts: d.category_prompts.clone(),
-            category_templates: d.category_templates,
-            style_prompts: d.style_prompts.clone(),
-            style_templates: d.style_templates,
+            classes: d.classes.clone(),
             triplet_style,
             triplet_category,
             keep,

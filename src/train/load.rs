@@ -69,16 +69,13 @@ pub async fn load(base_dir: &Path, clip_dir: &Path, data_dir: &Path, tokenizer: 
         pictures.push((path.display().to_string(), bytes));
     }
     let features = image_features(&clip.vision, &processor, &pictures).await?;
-    let (category_prompts, style_prompts, captions, general_prompts) = Prepared::tokenize_domain(&domain, &tokenizer, &domain_path.display().to_string())?;
+    let (classes, captions, general_prompts) = Prepared::tokenize_domain(&domain, &tokenizer, &domain_path.display().to_string())?;
     let data = Prepared {
         feature_dim: clip.vision.config.projection_dim,
         features,
         category_labels: labels.iter().map(|l| l.category.map_or(-1, |c| c as i64)).collect(),
         style_labels: labels.iter().map(|l| l.style.map_or(-1, |s| s as i64)).collect(),
-        category_prompts,
-        category_templates: domain.category_templates.len(),
-        style_prompts,
-        style_templates: domain.style_templates.len(),
+        classes,
         captions,
         categories: domain.categories.len(),
         styles: domain.styles.len(),

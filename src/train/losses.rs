@@ -31,6 +31,26 @@ use crate::train::TrainConfig;
 /// The loss terms' names, in the order of [`LossTerms::values`].
 pub const TERMS: [&str; 7] = ["cat", "sty", "dec", "trip", "keep_c", "keep_s", "total"];
 
+/// The class prompts as token rows: every category × category template (category-major, K_c · T_c rows)
+/// and every style × style template (K_s · T_s rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassPrompts {
+    pub category: Vec<Vec<u32>>,
+    pub category_templates: usize,
+    pub style: Vec<Vec<u32>>,
+    pub style_templates: usize,
+}
+
+impl ClassPrompts {
+    pub fn categories(&self) -> usize {
+        self.category.len() / self.category_templates.max(1)
+    }
+
+    pub fn styles(&self) -> usize {
+        self.style.len() / self.style_templates.max(1)
+    }
+}
+
 /// One step's data: labelled image features and the prompts, as token rows.
 #[derive(Debug, Clone)]
 pub struct StepBatch {
@@ -39,12 +59,7 @@ pub struct StepBatch {
     /// Per picture: a category / style index, or −1 for none.
     pub category_labels: Vec<i64>,
     pub style_labels: Vec<i64>,
-    /// Every category × category template, category-major (K_c · T_c rows).
-    pub category_prompts: Vec<Vec<u32>>,
-    pub category_templates: usize,
-    /// Every style × style template, style-major (K_s · T_s rows).
-    pub style_prompts: Vec<Vec<u32>>,
-    pub style_templates: usize,
+    pub classes: ClassPrompts,
     /// (anchor, positive, negative) rows, three per triplet: for f_s and for f_c.
     pub triplet_style: Vec<Vec<u32>>,
     pub triplet_category: Vec<Vec<u32>>,
@@ -54,8 +69,7 @@ pub struct StepBatch {
     pub temperature: f32,
 }
 
-/// The frozen parts: E, the CLIP model's text tower (for its `text_projection`) and E's hidden states on
-/// the step's general prompts.
+/// The frozen parts: E and the CLIP model's text tower (for its `text_projection`).
 pub struct Frozen<'a> {
     pub base: &'a ClipTextModel,
     pub projection: &'a ClipTextModel,
@@ -175,8 +189,9 @@ fn keep_mask(base: &ClipTextModel, ids: &[Vec<u32>], device: &Device) -> (Tensor
 /// Every term of DESIGN §2 for one step. `keep_base` is E on `batch.keep` (computed once, frozen).
 pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Tensor<3>, cfg: &TrainConfig) -> Result<LossTerms> {
     let device = batch.image_features.device();
-    let (kc, ks) = (batch.category_prompts.len() / batch.category_templates.max(1), batch.style_prompts.len() / batch.style_templates.max(1));
-    if kc < 2 || ks < 2 || kc * batch.category_templates != batch.category_prompts.len() || ks * batch.style_templates != batch.style_prompts.len() {
+    let c = &batch.classes;
+    let (kc, ks) = (c.categories(), c.styles());
+    if kc < 2 || ks < 2 || kc * c.category_templates != c.category.len() || ks * c.style_templates != c.style.len() {
         return Err(Error::invalid("class prompts", "need at least two categories and two styles, each with the same number of templates"));
     }
     if batch.keep.is_empty() {
@@ -191,18 +206,18 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
 
     // One forward pass per encoder over everything it reads: class prompts, triplets, general prompts.
     let run = |lora: &LoraTensors, adapter: Option<&Adapter>, triplets: &[Vec<u32>]| -> Result<(Tensor<3>, Tensor<2>)> {
-        let ids: Vec<Vec<u32>> = [&batch.category_prompts[..], &batch.style_prompts, triplets, &batch.keep].concat();
+        let ids: Vec<Vec<u32>> = [&c.category[..], &c.style, triplets, &batch.keep].concat();
         text_features(frozen, Some(lora), adapter, &ids)
     };
-    let (nc, ns, ng) = (batch.category_prompts.len(), batch.style_prompts.len(), batch.keep.len());
+    let (nc, ns, ng) = (c.category.len(), c.style.len(), batch.keep.len());
     let (h_c, u_c) = run(tuned.category, None, &batch.triplet_category)?;
     let (h_s, u_s) = run(tuned.style, Some(tuned.adapter), &batch.triplet_style)?;
     let (mc, ms) = (batch.triplet_category.len(), batch.triplet_style.len());
 
-    let cat_c = class_embeddings(rows(u_c.clone(), 0..nc), kc, batch.category_templates);
-    let sty_c = class_embeddings(rows(u_c.clone(), nc..nc + ns), ks, batch.style_templates);
-    let cat_s = class_embeddings(rows(u_s.clone(), 0..nc), kc, batch.category_templates);
-    let sty_s = class_embeddings(rows(u_s.clone(), nc..nc + ns), ks, batch.style_templates);
+    let cat_c = class_embeddings(rows(u_c.clone(), 0..nc), kc, c.category_templates);
+    let sty_c = class_embeddings(rows(u_c.clone(), nc..nc + ns), ks, c.style_templates);
+    let cat_s = class_embeddings(rows(u_s.clone(), 0..nc), kc, c.category_templates);
+    let sty_s = class_embeddings(rows(u_s.clone(), nc..nc + ns), ks, c.style_templates);
     let logits = |e: Tensor<2>| v.clone().matmul(e.transpose()) * tau;
 
     let cat = labelled_cross_entropy(logits(cat_c), &batch.category_labels, &device);

@@ -137,17 +137,15 @@ impl LowRankDeltas {
         Ok(())
     }
 
-    /// The deltas as [`crate::models::nn::LoraTensors`] (unmerged; for evaluating fine-tuned encoders), keyed by
-    /// module path inside the text model (`encoder.layers.0.self_attn.q_proj`).
-    pub fn to_tensors(&self, device: &burn::tensor::Device) -> Result<crate::models::nn::LoraTensors> {
-        use burn::tensor::{Tensor, TensorData};
-        let mut layers = std::collections::HashMap::new();
-        for (path, f) in &self.layers {
-            let a_t = Tensor::<2>::from_data(TensorData::new(super::transpose(&f.a, f.rank, f.d_in), [f.d_in, f.rank]), device);
-            let b_t = Tensor::<2>::from_data(TensorData::new(super::transpose(&f.b, f.d_out, f.rank), [f.rank, f.d_out]), device);
-            layers.insert(path.clone(), (a_t, b_t));
-        }
-        Ok(crate::models::nn::LoraTensors { scale: self.scale, layers })
+    /// PEFT's scaling (α / r, or α / √r with rsLoRA).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Each adapted layer: module path (`encoder.layers.0.self_attn.q_proj`), A [rank, d_in] and B [d_out,
+    /// rank] row-major, rank, d_in, d_out.
+    pub fn factors(&self) -> impl Iterator<Item = (&str, &[f32], &[f32], usize, usize, usize)> {
+        self.layers.iter().map(|(path, f)| (path.as_str(), &f.a[..], &f.b[..], f.rank, f.d_in, f.d_out))
     }
 
     /// Refuses deltas for layers the base model does not have (a delta for another model).

@@ -1,7 +1,9 @@
 // Browser control path: `checkModel` (the library's `control-clip check`) on the Control-CLIP fixtures, on
 // the chosen backend: the identity property on every UNet fixture (f_c = E, weights (1, 0) = the plain
 // UNet, tolerance 1e-5), the controlled UNets against PyTorch (1e-3) and single decoupled cross-attention
-// layers against PyTorch (1e-4). Writes a JSON report into #result.
+// layers against PyTorch (1e-4), the CLIP vision tower (1e-4) and one Control-CLIP training step (losses,
+// gradients and AdamW against PyTorch, each within its own limit: this is the training code running in
+// wasm). Writes a JSON report into #result.
 import init, { initBackend, checkModel } from '/www/pkg/control_clip.js';
 import { bytes } from './util.js';
 
@@ -30,6 +32,10 @@ async function main() {
     const layer = `${FIXTURES}/control/cross_attention/${layout}`;
     checks.push(await check('cross-attention', layer, 'model.safetensors', `${layer}/io.safetensors`, 1e-4));
   }
+  const vision = `${FIXTURES}/clip_vision/vit-patch8-quickgelu`;
+  checks.push(await check('vision-encoder', vision, 'model.safetensors', `${vision}/io.safetensors`, 1e-4));
+  const step = `${FIXTURES}/finetune/gelu-eos-temperature`;
+  checks.push(await check('finetune-step', `${step}/model`, 'model.safetensors', `${step}/io.safetensors`, 1e-4));
   return { backend, checks };
 }
 

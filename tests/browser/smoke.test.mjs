@@ -45,6 +45,6 @@ for (const backend of ['wgpu', 'cpu']) {
       { screenshot: path.join(OUT, `control-${backend}.png`) });
     for (const c of report.checks || []) console.log(`# browser ${backend} ${c.component} ${c.folder}: max abs err ${c.maxAbsErr.toExponential(2)} (${c.ms} ms)`);
     assert.equal(status, 'ok', `status ${status}: ${JSON.stringify(report, null, 1)}\n${lines.slice(-20).join('\n')}`);
-    assert.equal(report.checks.length, 10);
+    assert.equal(report.checks.length, 12);
   });
 }

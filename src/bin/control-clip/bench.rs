@@ -45,6 +45,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Some(dir) => pollster::block_on(bench_bundle(dir, &args)),
         None => pollster::block_on(bench(&args)),
     };
+    print_line(result)
+}
+
+/// A benchmark's JSON line on stdout (exit 0), or its error on stderr (exit 2).
+pub(crate) fn print_line(result: control_clip::Result<String>) -> ExitCode {
     match result {
         Ok(line) => {
             println!("{line}");

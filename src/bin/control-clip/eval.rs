@@ -11,32 +11,23 @@ use control_clip::control::Adapter;
 use control_clip::models::ModelFolder;
 use control_clip::models::nn::LoraTensors;
 use control_clip::train::eval::evaluate;
-use control_clip::train::load::load;
 use control_clip::train::losses::Frozen;
 use control_clip::weights::LowRankDeltas;
-use control_clip::{BackendKind, Result, init_device};
+use control_clip::Result;
+
+use crate::finetune::TrainingInputs;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// The generator's text encoder E: a bundle folder, a diffusers pipeline folder or a CLIP text model folder.
-    #[arg(long)]
-    base: PathBuf,
-    /// The CLIP model (a transformers CLIPModel folder with preprocessor_config.json).
-    #[arg(long)]
-    clip: PathBuf,
+    /// `--data` is the held-out labelled folder.
+    #[command(flatten)]
+    inputs: TrainingInputs,
     /// What `finetune` wrote: category_encoder/, style_encoder/ (LoRA deltas) and adapter/.
     #[arg(long)]
     encoders: PathBuf,
-    /// Held-out labelled folder: pictures, labels.jsonl, domain.json.
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
     /// τ for the logits (default: the CLIP model's exp(logit_scale)); accuracy does not depend on it.
     #[arg(long)]
     temperature: Option<f32>,
-    #[arg(long, value_parser = ["wgpu", "cpu"], default_value = "cpu")]
-    backend: String,
 }
 
 pub fn run(args: EvalArgs) -> ExitCode {
@@ -50,12 +41,9 @@ pub fn run(args: EvalArgs) -> ExitCode {
 }
 
 async fn eval(args: EvalArgs) -> Result<()> {
-    let backend: BackendKind = args.backend.parse()?;
-    let device = init_device(backend).await?;
-    let loaded = load(&args.base, &args.clip, &args.data, args.tokenizer.as_deref(), args.temperature, &device).await?;
+    let (loaded, device) = args.inputs.load(args.temperature).await?;
     let deltas = |name: &str| -> Result<LoraTensors> {
-        let d = LowRankDeltas::read_dir(&args.encoders.join(name))?;
-        d.to_tensors(&device)
+        Ok(LoraTensors::from_deltas(&LowRankDeltas::read_dir(&args.encoders.join(name))?, &device))
     };
     let category = deltas("category_encoder")?;
     let style = deltas("style_encoder")?;

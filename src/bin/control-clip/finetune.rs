@@ -12,33 +12,51 @@ use clap::Args;
 use control_clip::files::{create_dir, read_text, write_atomic};
 use control_clip::train::TrainConfig;
 use control_clip::train::finetune::Trainer;
-use control_clip::train::load::load;
+use control_clip::train::load::{Loaded, load};
+use burn::tensor::Device;
 use control_clip::{BackendKind, Error, Result, SafeTensors, init_device};
+
+/// What fine-tuning and evaluation read: E, the CLIP model, a labelled folder.
+#[derive(Args)]
+pub struct TrainingInputs {
+    /// The generator's text encoder E: a bundle folder, a diffusers pipeline folder or a CLIP text model folder.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// The CLIP model (a transformers CLIPModel folder with preprocessor_config.json).
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// Labelled folder: pictures, labels.jsonl, domain.json (docs/finetune.md).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// tokenizer.json (default: the bundle's, the pipeline's tokenizer/, or the CLIP folder's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, value_parser = ["wgpu", "cpu"], default_value = "cpu")]
+    pub backend: String,
+}
+
+impl TrainingInputs {
+    /// Starts the backend and reads everything (`temperature`: τ, or None for the CLIP model's).
+    pub async fn load(&self, temperature: Option<f32>) -> Result<(Loaded, Device)> {
+        let backend: BackendKind = self.backend.parse()?;
+        let device = init_device(backend).await?;
+        let loaded = load(&self.base, &self.clip, &self.data, self.tokenizer.as_deref(), temperature, &device).await?;
+        Ok((loaded, device))
+    }
+}
 
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// The generator's text encoder E: a bundle folder, a diffusers pipeline folder or a CLIP text model folder.
-    #[arg(long)]
-    base: PathBuf,
-    /// The CLIP model (a transformers CLIPModel folder with preprocessor_config.json).
-    #[arg(long)]
-    clip: PathBuf,
-    /// Dataset folder: pictures, labels.jsonl, domain.json.
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    inputs: TrainingInputs,
     /// Training config (JSON; missing fields take DESIGN §2's defaults).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// tokenizer.json (default: the bundle's, the pipeline's tokenizer/, or the CLIP folder's).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     resume: bool,
-    #[arg(long, value_parser = ["wgpu", "cpu"], default_value = "cpu")]
-    backend: String,
 }
 
 pub fn run(args: FinetuneArgs) -> ExitCode {
@@ -56,9 +74,7 @@ async fn finetune(args: FinetuneArgs) -> Result<()> {
         Some(path) => TrainConfig::parse(&path.display().to_string(), &read_text(path)?)?,
         None => TrainConfig::default(),
     };
-    let backend: BackendKind = args.backend.parse()?;
-    let device = init_device(backend).await?;
-    let loaded = load(&args.base, &args.clip, &args.data, args.tokenizer.as_deref(), cfg.temperature, &device).await?;
+    let (loaded, _) = args.inputs.load(cfg.temperature).await?;
     create_dir(&args.out)?;
     let checkpoint_path = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("log.jsonl");

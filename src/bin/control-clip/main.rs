@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_attention;
+mod bench_finetune;
 mod bundle;
 mod check;
 mod eval;
@@ -28,6 +29,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time the fused decoupled cross-attention kernel against its tensor-op form (SD 1.5 layer sizes).
     BenchAttention(bench_attention::BenchAttentionArgs),
+    /// Time one Control-CLIP training step on a finetune-step io file (tests/bench/bench_finetune.py).
+    BenchFinetune(bench_finetune::BenchFinetuneArgs),
     /// Build a bundle folder (manifest + tokenizer + weights) from model folders.
     Bundle(bundle::BundleArgs),
     /// Zero-shot category / style accuracy of E, f_c and A∘f_s on a held-out labelled folder.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchAttention(args) => bench_attention::run(args),
+        Command::BenchFinetune(args) => bench_finetune::run(args),
         Command::Bundle(args) => bundle::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Finetune(args) => finetune::run(args),
