@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--backends", default="cpu")
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/control-clip/bench/finetune-vit-l"))
+    ap.add_argument("--binary", default=os.path.join(TARGET, "release", "control-clip"),
+                    help="the control-clip binary (default: the release build)")
     args = ap.parse_args()
     import torch
     from fixtures_finetune import make_finetune
@@ -48,7 +50,7 @@ def main():
     torch_ms = 1000 * statistics.median(times)
     torch_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = [("PyTorch (reference, CPU)", torch_ms, torch_peak, "")]
-    binary = os.path.join(TARGET, "release", "control-clip")
+    binary = args.binary
     for backend in args.backends.split(","):
         out = subprocess.run([binary, "bench-finetune", "--model", os.path.join(args.work, "model"), "--io",
                               os.path.join(args.work, "io.safetensors"), "--backend", backend, "--runs", str(args.runs)],
@@ -62,7 +64,8 @@ def main():
     print(f"## Control-CLIP training step, ViT-L/14 text shape, LoRA r = 8 (issue 11)\n")
     print(f"`python3 tests/bench/bench_finetune.py --runs {args.runs} --backends {args.backends}` on {platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); median of {args.runs} "
-          "steps after one untimed step; 32 prompts × 77 tokens per encoder, 16 pictures.\n")
+          f"steps after one untimed step; 32 prompts × 77 tokens per encoder, 16 pictures; ours: "
+          f"`{os.path.relpath(binary, TARGET)}` under the target folder.\n")
     print("| | step | vs PyTorch | peak RSS | |\n|---|---|---|---|---|")
     for name, ms, peak, note in rows:
         print(f"| {name} | {ms / 1000:.1f} s | {ms / torch_ms:.2f}× | {peak:.0f} MiB | {note} |")

@@ -1,10 +1,10 @@
-//! `control-clip check text-encoder`: exit 0 on every fixture, 1 on a perturbed reference, 2 on a broken folder.
+//! `control-clip check`: exit 0 on every fixture, 1 on a perturbed reference, 2 on a broken folder or io file.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::{fixtures, tempdir};
-use control_clip::weights::serialize;
+use control_clip::weights::{serialize, serialize_with_metadata};
 use control_clip::SafeTensors;
 
 fn check(model: &Path, io: &Path, backend: &str) -> Output {
@@ -171,4 +171,49 @@ fn accepts_integer_timesteps_and_a_projection_models_outputs() {
     let compared: Vec<String> =
         report(&out)["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(compared, ["last_hidden_state", "text_embeds", "last_hidden_state_clip_skip_1"]);
+}
+
+/// `finetune-step` and `vision-encoder`: exit 0 on their fixtures, 1 when one expectation is moved, 2 on an
+/// io file without the training config or cut short.
+#[test]
+fn finetune_step_and_vision_checks_exit_codes() {
+    let dir = fixtures().join("finetune").join("gelu-eos-temperature");
+    let (model, io_path) = (dir.join("model"), dir.join("io.safetensors"));
+    let out = check_component("finetune-step", &model, &io_path, "1e-4");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report(&out)["component"], "finetune-step");
+
+    let io = SafeTensors::read(&io_path).unwrap();
+    let config = io.metadata("config").unwrap().to_string();
+    let mut tensors = io.raw_tensors();
+    let t = tensors.iter_mut().find(|t| t.name == "grad.adapter.fc1.bias").unwrap();
+    let v = f32::from_le_bytes(t.bytes[..4].try_into().unwrap()) + 0.01;
+    t.bytes[..4].copy_from_slice(&v.to_le_bytes());
+    let tmp = tempdir("perturbed-step");
+    let perturbed = tmp.join("perturbed.safetensors");
+    std::fs::write(&perturbed, serialize_with_metadata(&tensors, &[("config", config)])).unwrap();
+    let out = check_component("finetune-step", &model, &perturbed, "1e-4");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    let moved = r["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "grad.adapter.fc1.bias").unwrap();
+    assert!(moved["max_abs_err"].as_f64().unwrap() > moved["limit"].as_f64().unwrap(), "{moved}");
+
+    let no_config = tmp.join("no-config.safetensors");
+    std::fs::write(&no_config, serialize(&io.raw_tensors())).unwrap();
+    let out = check_component("finetune-step", &model, &no_config, "1e-4");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no-config.safetensors") && stderr.contains("config"), "{stderr}");
+    let bytes = std::fs::read(&io_path).unwrap();
+    let cut = tmp.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = check_component("finetune-step", &model, &cut, "1e-4");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cut.safetensors") && stderr.contains("truncated"), "{stderr}");
+
+    let vision = fixtures().join("clip_vision").join("clipmodel-patch6-gelu");
+    let out = check_component("vision-encoder", &vision, &vision.join("io.safetensors"), "1e-4");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report(&out)["outputs"].as_array().unwrap().len(), 3);
 }
