@@ -8,7 +8,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, LoraTensors, layer_norm, linear, scaled_dot_product_attention};
+use crate::models::nn::{Activation, Leaf, LoraTensors, layer_norm, layer_norm_leaves, linear, linear_leaves, scaled_dot_product_attention};
 use crate::weights::{SafeTensors, WeightsView};
 
 /// Mirrors transformers' `CLIPTextConfig` (missing fields take transformers' defaults).
@@ -60,6 +60,27 @@ impl ClipTextConfig {
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// transformers' `CLIPTextConfig` JSON for a `CLIPTextModel` of this shape (full fine-tuning writes its
+    /// encoders as such folders). Fields the forward pass does not read (bos / pad ids) are left to
+    /// transformers' defaults.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["CLIPTextModel"],
+            "model_type": "clip_text_model",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": self.hidden_act.config_name(),
+            "layer_norm_eps": self.layer_norm_eps,
+            "eos_token_id": self.eos_token_id,
+            "projection_dim": self.projection_dim,
+            "torch_dtype": "float32",
+        })
     }
 
     /// The pooled (end-of-text) position of a row exactly as transformers picks it: with the legacy eos id
@@ -129,6 +150,17 @@ impl EncoderLayer {
         })
     }
 
+    /// Every parameter under `prefix` (`<prefix>.layer_norm1.weight`, `<prefix>.self_attn.q_proj.weight`, …).
+    pub(crate) fn leaves(&self, prefix: &str, out: &mut Vec<(String, Leaf)>) {
+        layer_norm_leaves(&self.layer_norm1, &format!("{prefix}.layer_norm1"), out);
+        for (layer, name) in [(&self.q_proj, "q_proj"), (&self.k_proj, "k_proj"), (&self.v_proj, "v_proj"), (&self.out_proj, "out_proj")] {
+            linear_leaves(layer, &format!("{prefix}.self_attn.{name}"), out);
+        }
+        layer_norm_leaves(&self.layer_norm2, &format!("{prefix}.layer_norm2"), out);
+        linear_leaves(&self.fc1, &format!("{prefix}.mlp.fc1"), out);
+        linear_leaves(&self.fc2, &format!("{prefix}.mlp.fc2"), out);
+    }
+
     /// `mask` is additive ([1, 1, L, L]); `lora` adds trainable low-rank factors to the layer's linear
     /// maps (their paths are `<prefix>.self_attn.q_proj`, …, `<prefix>.mlp.fc2`).
     pub(crate) fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>, lora: Option<(&LoraTensors, &str)>) -> Tensor<3> {
@@ -175,13 +207,22 @@ impl ClipTextModel {
     /// As [`Self::load`], with low-rank deltas merged into the weights (a Control-CLIP encoder stored as
     /// deltas over E).
     pub fn load_with_deltas(config: &ConfigJson, weights: &SafeTensors, deltas: Option<&crate::weights::LowRankDeltas>, device: &Device) -> Result<Self> {
-        let cfg = ClipTextConfig::from_json(config)?;
+        Self::from_weights(ClipTextConfig::from_json(config)?, weights, deltas, device)
+    }
+
+    /// As [`Self::load_with_deltas`], from a parsed config. On an autodiff device every parameter of the
+    /// text model is a leaf that requires gradients (full fine-tuning reads them through
+    /// [`Self::leaves`]).
+    pub fn from_weights(cfg: ClipTextConfig, weights: &SafeTensors, deltas: Option<&crate::weights::LowRankDeltas>, device: &Device) -> Result<Self> {
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
         let w = WeightsView::new(weights, prefix).with_deltas(deltas);
         let d = cfg.hidden_size;
         let token_embedding = w.tensor("embeddings.token_embedding.weight", [cfg.vocab_size, d], device)?;
         let position_embedding =
             w.tensor("embeddings.position_embedding.weight", [cfg.max_position_embeddings, d], device)?;
+        // burn's Param marks the layers' weights; the embeddings are plain tensors.
+        let (token_embedding, position_embedding) =
+            if device.is_autodiff() { (token_embedding.require_grad(), position_embedding.require_grad()) } else { (token_embedding, position_embedding) };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), cfg.encoder_shape(), device))
             .collect::<Result<Vec<_>>>()?;
@@ -195,6 +236,20 @@ impl ClipTextModel {
         Ok(Self { config: cfg, token_embedding, position_embedding, layers, final_layer_norm, text_projection })
     }
 
+    /// Every parameter of the text model (not `text_projection`) under its transformers name
+    /// (`text_model.embeddings.token_embedding.weight`, …, `text_model.final_layer_norm.bias`), in
+    /// state-dict order.
+    pub fn leaves(&self) -> Vec<(String, Leaf)> {
+        let mut out = vec![
+            ("text_model.embeddings.token_embedding.weight".to_string(), Leaf::Matrix(self.token_embedding.clone())),
+            ("text_model.embeddings.position_embedding.weight".to_string(), Leaf::Matrix(self.position_embedding.clone())),
+        ];
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.leaves(&format!("text_model.encoder.layers.{i}"), &mut out);
+        }
+        layer_norm_leaves(&self.final_layer_norm, "text_model.final_layer_norm", &mut out);
+        out
+    }
 
     pub fn has_projection(&self) -> bool {
         self.text_projection.is_some()

@@ -59,6 +59,34 @@ impl LoraTensors {
     }
 }
 
+/// A parameter as the forward code holds it, for reading its gradient back in PyTorch's layout: full
+/// fine-tuning makes every parameter of a text encoder an autodiff leaf (burn's `Param::from_tensor` marks
+/// them on an autodiff device), LoRA training its factors.
+#[derive(Debug, Clone)]
+pub enum Leaf {
+    /// A PyTorch `[out, in]` weight held transposed (`[in, out]`, as [`linear`] loads it).
+    Transposed(Tensor<2>),
+    /// A matrix in PyTorch's own layout (an embedding table).
+    Matrix(Tensor<2>),
+    Vector(Tensor<1>),
+}
+
+/// `{name}.weight` and `{name}.bias` of a linear layer, as [`Leaf`]s.
+pub fn linear_leaves(layer: &Linear, name: &str, out: &mut Vec<(String, Leaf)>) {
+    out.push((format!("{name}.weight"), Leaf::Transposed(layer.weight.val())));
+    if let Some(b) = &layer.bias {
+        out.push((format!("{name}.bias"), Leaf::Vector(b.val())));
+    }
+}
+
+/// `{name}.weight` and `{name}.bias` of a layer norm, as [`Leaf`]s.
+pub fn layer_norm_leaves(norm: &LayerNorm, name: &str, out: &mut Vec<(String, Leaf)>) {
+    out.push((format!("{name}.weight"), Leaf::Vector(norm.gamma.val())));
+    if let Some(b) = &norm.beta {
+        out.push((format!("{name}.bias"), Leaf::Vector(b.val())));
+    }
+}
+
 /// `nn.LayerNorm(d, eps)` from `{name}.weight` and `{name}.bias`.
 pub fn layer_norm(w: &WeightsView, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
     let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
@@ -97,6 +125,17 @@ impl Activation {
                 ));
             }
         })
+    }
+
+    /// The config value that names it (the first of [`Self::parse`]'s spellings).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_new",
+            Activation::Silu => "silu",
+            Activation::Relu => "relu",
+        }
     }
 
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {

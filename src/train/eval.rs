@@ -9,9 +9,8 @@ use serde::Serialize;
 use crate::control::Adapter;
 use crate::device::read_f32;
 use crate::error::Result;
-use crate::models::nn::LoraTensors;
 use crate::train::finetune::Prepared;
-use crate::train::losses::{Frozen, class_embeddings, normalize, text_features};
+use crate::train::losses::{Encoder, Frozen, class_embeddings, normalize, text_features};
 
 /// Category and style accuracy of one encoder, over the pictures that have that label.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -53,8 +52,8 @@ impl EvalReport {
     }
 }
 
-/// Accuracy of one encoder (LoRA factors over E, or none for E itself; adapter for f_s) on `data`.
-pub async fn accuracy(frozen: &Frozen<'_>, lora: Option<&LoraTensors>, adapter: Option<&Adapter>, data: &Prepared) -> Result<Accuracy> {
+/// Accuracy of one encoder (adapter for f_s) on `data`.
+pub async fn accuracy(frozen: &Frozen<'_>, encoder: Encoder<'_>, adapter: Option<&Adapter>, data: &Prepared) -> Result<Accuracy> {
     let device = frozen.base.device();
     let n = data.pictures();
     let v = normalize(Tensor::<2>::from_data(TensorData::new(data.features.clone(), [n, data.feature_dim]), &device));
@@ -66,7 +65,7 @@ pub async fn accuracy(frozen: &Frozen<'_>, lora: Option<&LoraTensors>, adapter: 
     .into_iter()
     .enumerate()
     {
-        let (_, u) = text_features(frozen, lora, adapter, prompts)?;
+        let (_, u) = text_features(frozen, encoder, adapter, prompts)?;
         let e = class_embeddings(u, prompts.len() / templates, templates);
         let k = prompts.len() / templates;
         let (_, scores) = read_f32(v.clone().matmul(e.transpose())).await?;
@@ -86,12 +85,12 @@ pub async fn accuracy(frozen: &Frozen<'_>, lora: Option<&LoraTensors>, adapter: 
 }
 
 /// E, f_c and A∘f_s on `data`.
-pub async fn evaluate(frozen: &Frozen<'_>, category: &LoraTensors, style: &LoraTensors, adapter: &Adapter, data: &Prepared) -> Result<EvalReport> {
+pub async fn evaluate(frozen: &Frozen<'_>, category: Encoder<'_>, style: Encoder<'_>, adapter: &Adapter, data: &Prepared) -> Result<EvalReport> {
     Ok(EvalReport {
         pictures: data.pictures(),
-        base: accuracy(frozen, None, None, data).await?,
-        category_encoder: accuracy(frozen, Some(category), None, data).await?,
-        style_encoder: accuracy(frozen, Some(style), Some(adapter), data).await?,
+        base: accuracy(frozen, Encoder::Base, None, data).await?,
+        category_encoder: accuracy(frozen, category, None, data).await?,
+        style_encoder: accuracy(frozen, style, Some(adapter), data).await?,
         chance: Accuracy { category: 1.0 / data.categories as f32, style: 1.0 / data.styles as f32 },
     })
 }

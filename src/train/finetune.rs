@@ -12,11 +12,11 @@ use crate::device::read_f32;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::rng::NoiseRng;
-use crate::train::TrainConfig;
+use crate::train::{EncoderMode, TrainConfig};
 use crate::train::dataset::Domain;
 use crate::train::losses::{ClassPrompts, Frozen, StepBatch, TERMS, Tuned, losses};
 use crate::train::optim::{AdamW, Moments, clip_grad_norm};
-use crate::train::trainables::{Part, Trainable, Trainables};
+use crate::train::trainables::{Part, Trainables};
 use crate::weights::{RawTensor, SafeTensors, serialize_with_metadata};
 
 /// The data, prepared once: image features from the frozen vision tower and every prompt as token rows.
@@ -103,15 +103,15 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    /// A fresh run: trainables initialised from `cfg.seed`.
-    pub fn new(cfg: TrainConfig, base: &'a ClipTextModel, projection: &'a ClipTextModel, data: Prepared) -> Result<Self> {
+    /// A fresh run: trainables initialised from `cfg.seed` (and E's weights in full mode).
+    pub async fn new(cfg: TrainConfig, base: &'a ClipTextModel, projection: &'a ClipTextModel, data: Prepared) -> Result<Self> {
         if projection.config.hidden_size != base.config.hidden_size {
             return Err(Error::invalid("CLIP model", format!("its text tower is {} wide, E is {}", projection.config.hidden_size, base.config.hidden_size)));
         }
         if data.pictures() == 0 {
             return Err(Error::invalid("dataset", "no pictures"));
         }
-        let trainables = Trainables::init(&base.config, &cfg, cfg.seed);
+        let trainables = Trainables::init(base, &cfg, cfg.seed).await?;
         let optimizer = AdamW::new(cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, trainables.sizes());
         let device = base.device();
         Ok(Self { cfg, base, projection, data, trainables, optimizer, step: 0, device })
@@ -164,9 +164,9 @@ impl<'a> Trainer<'a> {
             temperature: d.temperature,
         };
         let keep_base = self.base.forward(&batch.keep, 0)?.last_hidden_state;
-        let leaves = self.trainables.leaves(&self.device.clone().autodiff());
+        let leaves = self.trainables.leaves(&self.device.clone().autodiff())?;
         let frozen = Frozen { base: self.base, projection: self.projection };
-        let tuned = Tuned { category: &leaves.category, style: &leaves.style, adapter: &leaves.adapter };
+        let tuned = Tuned { category: leaves.category.encoder(), style: leaves.style.encoder(), adapter: &leaves.adapter };
         let terms = losses(&frozen, &tuned, &batch, &keep_base, &self.cfg)?;
         let mut values = [0f32; 7];
         for (v, t) in values.iter_mut().zip(terms.values()) {
@@ -233,30 +233,35 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// The results as files, by relative path: `category_encoder/` and `style_encoder/` as PEFT LoRA folders
-    /// (`adapter_config.json`, `adapter_model.safetensors`), `adapter/` as the adapter's folder
-    /// (`config.json`, `model.safetensors`), ready for `control-clip bundle`.
+    /// The results as files, by relative path, ready for `control-clip bundle`: `category_encoder/` and
+    /// `style_encoder/` as PEFT LoRA folders (`adapter_config.json`, `adapter_model.safetensors`) or, in
+    /// full mode, as `CLIPTextModel` folders (`config.json`, `model.safetensors`), and `adapter/` as the
+    /// adapter's folder (`config.json`, `model.safetensors`).
     pub fn outputs(&self) -> Vec<(String, Vec<u8>)> {
         let mut files = Vec::new();
-        let tensors = |part: Part| -> Vec<RawTensor> {
-            self.trainables.tensors.iter().filter(|t| t.part == part).map(|t: &Trainable| RawTensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect()
-        };
         let lora = &self.cfg.lora;
-        let peft_config = serde_json::json!({
-            "peft_type": "LORA",
-            "task_type": null,
-            "r": lora.r,
-            "lora_alpha": lora.lora_alpha,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "target_modules": lora.target_modules,
-            "use_rslora": false,
-            "use_dora": false,
-            "init_lora_weights": true,
-        });
+        let (config_name, config, weights_name) = match self.cfg.encoders {
+            EncoderMode::Lora => (
+                "adapter_config.json",
+                serde_json::json!({
+                    "peft_type": "LORA",
+                    "task_type": null,
+                    "r": lora.r,
+                    "lora_alpha": lora.lora_alpha,
+                    "lora_dropout": 0.0,
+                    "bias": "none",
+                    "target_modules": lora.target_modules,
+                    "use_rslora": false,
+                    "use_dora": false,
+                    "init_lora_weights": true,
+                }),
+                "adapter_model.safetensors",
+            ),
+            EncoderMode::Full => ("config.json", self.trainables.text.to_json(), "model.safetensors"),
+        };
         for part in [Part::Category, Part::Style] {
-            files.push((format!("{}/adapter_config.json", part.prefix()), serde_json::to_vec_pretty(&peft_config).expect("json")));
-            files.push((format!("{}/adapter_model.safetensors", part.prefix()), serialize_with_metadata(&tensors(part), &[("format", "pt".into())])));
+            files.push((format!("{}/{config_name}", part.prefix()), serde_json::to_vec_pretty(&config).expect("json")));
+            files.push((format!("{}/{weights_name}", part.prefix()), self.trainables.part_file(part)));
         }
         let a = &self.trainables.adapter;
         let adapter_config = serde_json::json!({
@@ -266,7 +271,7 @@ impl<'a> Trainer<'a> {
             "hidden_act": "gelu",
         });
         files.push(("adapter/config.json".into(), serde_json::to_vec_pretty(&adapter_config).expect("json")));
-        files.push(("adapter/model.safetensors".into(), serialize_with_metadata(&tensors(Part::Adapter), &[("format", "pt".into())])));
+        files.push(("adapter/model.safetensors".into(), self.trainables.part_file(Part::Adapter)));
         files
     }
 }

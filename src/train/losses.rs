@@ -1,8 +1,8 @@
 //! The fine-tuning objective of ../shared/DESIGN.md §2, in one place. Every choice the design leaves open
 //! is stated here; tests/fixtures/reference_finetune.py is the same reading in PyTorch.
 //!
-//! Notation: E the frozen text encoder; f_c, f_s = E with trainable LoRA factors; A the adapter (identity for
-//! E and f_c). For prompt t (77 tokens) through encoder g with adapter a:
+//! Notation: E the frozen text encoder; f_c, f_s = E with trainable LoRA factors, or trainable copies of E
+//! (full mode); A the adapter (identity for E and f_c). For prompt t (77 tokens) through encoder g with adapter a:
 //!
 //! ```text
 //! h = g(t)                       last hidden state after the final layer norm, 77 × D
@@ -75,10 +75,18 @@ pub struct Frozen<'a> {
     pub projection: &'a ClipTextModel,
 }
 
+/// A text encoder g for [`text_features`]: E itself, E with low-rank factors, or a whole model of E's shape.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoder<'a> {
+    Base,
+    Lora(&'a LoraTensors),
+    Full(&'a ClipTextModel),
+}
+
 /// The trained parts for one step (autodiff leaves while training, plain tensors when evaluating).
 pub struct Tuned<'a> {
-    pub category: &'a LoraTensors,
-    pub style: &'a LoraTensors,
+    pub category: Encoder<'a>,
+    pub style: Encoder<'a>,
     pub adapter: &'a Adapter,
 }
 
@@ -108,8 +116,13 @@ pub fn normalize(x: Tensor<2>) -> Tensor<2> {
 }
 
 /// Hidden states a(g(t)) [R, 77, D] and features u_g(t) [R, P] of token rows.
-pub fn text_features(frozen: &Frozen, lora: Option<&LoraTensors>, adapter: Option<&Adapter>, ids: &[Vec<u32>]) -> Result<(Tensor<3>, Tensor<2>)> {
-    let h = frozen.base.forward_tuned(ids, 0, lora)?.last_hidden_state;
+pub fn text_features(frozen: &Frozen, encoder: Encoder, adapter: Option<&Adapter>, ids: &[Vec<u32>]) -> Result<(Tensor<3>, Tensor<2>)> {
+    let h = match encoder {
+        Encoder::Base => frozen.base.forward(ids, 0)?,
+        Encoder::Lora(lora) => frozen.base.forward_tuned(ids, 0, Some(lora))?,
+        Encoder::Full(model) => model.forward(ids, 0)?,
+    }
+    .last_hidden_state;
     let c = match adapter {
         Some(a) => a.forward(h)?,
         None => h,
@@ -205,9 +218,9 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
     let tau = batch.temperature as f64;
 
     // One forward pass per encoder over everything it reads: class prompts, triplets, general prompts.
-    let run = |lora: &LoraTensors, adapter: Option<&Adapter>, triplets: &[Vec<u32>]| -> Result<(Tensor<3>, Tensor<2>)> {
+    let run = |encoder: Encoder, adapter: Option<&Adapter>, triplets: &[Vec<u32>]| -> Result<(Tensor<3>, Tensor<2>)> {
         let ids: Vec<Vec<u32>> = [&c.category[..], &c.style, triplets, &batch.keep].concat();
-        text_features(frozen, Some(lora), adapter, &ids)
+        text_features(frozen, encoder, adapter, &ids)
     };
     let (nc, ns, ng) = (c.category.len(), c.style.len(), batch.keep.len());
     let (h_c, u_c) = run(tuned.category, None, &batch.triplet_category)?;

@@ -1,11 +1,11 @@
 //! Control-CLIP fine-tuning (../shared/DESIGN.md §2): the category encoder f_c and the style encoder f_s as
-//! low-rank deltas over the generator's frozen text encoder E, and the adapter A, trained from a few
+//! low-rank deltas over the generator's frozen text encoder E (or as whole copies of it), and the adapter A, trained from a few
 //! labelled pictures (through a frozen CLIP model) and text-only triplets; the UNet never changes.
 //!
 //! - [`losses`]: the formulas, in one place.
 //! - [`optim`]: AdamW exactly as `torch.optim.AdamW`, on the host.
-//! - [`trainables`]: the trained tensors (PEFT-named LoRA factors, the adapter's weights) and their
-//!   conversion to and from autodiff leaves.
+//! - [`trainables`]: the trained tensors (PEFT-named LoRA factors or full encoder weights, the adapter's
+//!   weights) and their conversion to and from autodiff leaves.
 //!
 //! Nothing here touches the file system: data and results cross the same byte-level seams as bundles,
 //! so that the loop also builds for wasm32.
@@ -58,6 +58,15 @@ impl LoraSettings {
     }
 }
 
+/// How f_c and f_s are trained (and written): PEFT LoRA factors over E, or every weight of a copy of E.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderMode {
+    #[default]
+    Lora,
+    Full,
+}
+
 /// Every constant of the fine-tuning, with DESIGN §2's defaults; the JSON form is `--config train.json`
 /// and the `config` metadata of a `finetune-step` io file (tests/fixtures/reference_finetune.py uses the
 /// same names). Unknown fields are refused, so that a misspelt weight does not silently keep its default.
@@ -78,6 +87,8 @@ pub struct TrainConfig {
     pub betas: [f64; 2],
     pub eps: f64,
     pub weight_decay: f64,
+    /// `"lora"` (the default: `lora` below applies) or `"full"` (all of f_c's and f_s's weights).
+    pub encoders: EncoderMode,
     pub lora: LoraSettings,
     /// Width of the adapter's hidden layer.
     pub adapter_dim: usize,
@@ -111,6 +122,7 @@ impl Default for TrainConfig {
             betas: [0.9, 0.999],
             eps: 1e-8,
             weight_decay: 1e-2,
+            encoders: EncoderMode::Lora,
             lora: LoraSettings::default(),
             adapter_dim: 128,
             steps: 500,

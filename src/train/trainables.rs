@@ -1,7 +1,9 @@
-//! What fine-tuning trains, held on the host in PyTorch's layouts and PEFT's names: the LoRA factors of f_c
-//! and f_s over E (`base_model.model.text_model.encoder.layers.<i>.self_attn.q_proj.lora_A.weight` [r, in],
-//! `….lora_B.weight` [out, r]) and the adapter's weights (`norm.weight`, `fc1.weight`, …). Each step they
-//! become autodiff leaves ([`Trainables::leaves`]); gradients come back in the same layouts.
+//! What fine-tuning trains, held on the host in PyTorch's layouts and names: the LoRA factors of f_c and f_s
+//! over E (PEFT's keys, `base_model.model.text_model.encoder.layers.<i>.self_attn.q_proj.lora_A.weight`
+//! [r, in], `….lora_B.weight` [out, r]) or, in full mode, every weight of f_c and f_s (a `CLIPTextModel`'s
+//! state-dict keys, `text_model.embeddings.token_embedding.weight`, …), and the adapter's weights
+//! (`norm.weight`, `fc1.weight`, …). Each step they become autodiff leaves ([`Trainables::leaves`]);
+//! gradients come back in the same layouts.
 
 use std::collections::HashMap;
 
@@ -10,11 +12,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::control::{Adapter, AdapterConfig};
 use crate::device::read_f32;
 use crate::error::{Error, Result};
-use crate::models::clip::ClipTextConfig;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+pub use crate::models::nn::Leaf;
 use crate::models::nn::{Activation, LoraTensors};
 use crate::rng::NoiseRng;
-use crate::train::TrainConfig;
-use crate::weights::transpose;
+use crate::train::losses::Encoder;
+use crate::train::{EncoderMode, TrainConfig};
+use crate::weights::{RawTensor, SafeTensors, serialize_with_metadata, transpose};
 
 /// Which trained model a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +69,37 @@ pub fn lora_key(layer: usize, kind: &str, factor: char) -> String {
     format!("base_model.model.text_model.encoder.layers.{layer}.{block}.{kind}.lora_{factor}.weight")
 }
 
-/// Everything trained, in a fixed order (f_c's factors, f_s's, the adapter's).
+/// Everything trained, in a fixed order (f_c's tensors, f_s's, the adapter's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trainables {
+    pub mode: EncoderMode,
     pub lora_scale: f32,
+    /// E's shape, which full-mode encoders are built with.
+    pub text: ClipTextConfig,
     pub adapter: AdapterConfig,
     pub tensors: Vec<Trainable>,
+}
+
+/// Every parameter of a text model on the host, in PyTorch layout: (name, shape, values).
+pub async fn host_parameters(model: &ClipTextModel) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let mut out = Vec::new();
+    for (name, leaf) in model.leaves() {
+        out.push(match leaf {
+            Leaf::Transposed(m) => {
+                let (shape, v) = read_f32(m).await?;
+                (name, vec![shape[1], shape[0]], transpose(&v, shape[0], shape[1]))
+            }
+            Leaf::Matrix(m) => {
+                let (shape, v) = read_f32(m).await?;
+                (name, shape, v)
+            }
+            Leaf::Vector(v) => {
+                let (shape, v) = read_f32(v).await?;
+                (name, shape, v)
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// The (in, out) widths of a target kind in a CLIP text layer.
@@ -84,22 +113,40 @@ fn target_shape(text: &ClipTextConfig, kind: &str) -> (usize, usize) {
 }
 
 impl Trainables {
-    /// The starting point: PEFT's LoRA initialisation (A ~ U(±1/√in), its Kaiming-uniform with a = √5; B = 0)
-    /// for every target of every layer of f_c and then f_s, and the adapter with LN = (1, 0), fc1 as
-    /// `nn.Linear` initialises (weight and bias ~ U(±1/√d)), fc2 = 0 (so A starts as the identity). Drawn
-    /// from `seed` in this order.
-    pub fn init(text: &ClipTextConfig, cfg: &TrainConfig, seed: u64) -> Self {
+    /// The starting point, drawn from `seed` in this order. LoRA mode: PEFT's initialisation (A ~ U(±1/√in),
+    /// its Kaiming-uniform with a = √5; B = 0) for every target of every layer of f_c and then f_s. Full
+    /// mode: f_c and f_s are copies of E's weights (`base`). Then the adapter with LN = (1, 0), fc1 as
+    /// `nn.Linear` initialises (weight and bias ~ U(±1/√d)), fc2 = 0 (so A starts as the identity).
+    pub async fn init(base: &ClipTextModel, cfg: &TrainConfig, seed: u64) -> Result<Self> {
+        let base_parameters = match cfg.encoders {
+            EncoderMode::Full => host_parameters(base).await?,
+            EncoderMode::Lora => Vec::new(),
+        };
+        Ok(Self::init_with(&base.config, cfg, seed, &base_parameters))
+    }
+
+    /// [`Self::init`] with E's parameters already on the host (full mode only reads them).
+    pub fn init_with(text: &ClipTextConfig, cfg: &TrainConfig, seed: u64, base_parameters: &[(String, Vec<usize>, Vec<f32>)]) -> Self {
         let mut rng = NoiseRng::new(seed);
         let mut uniform = |n: usize, bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.next_uniform() * 2.0 - 1.0) * bound) as f32).collect() };
         let r = cfg.lora.r;
         let mut tensors = Vec::new();
         for part in [Part::Category, Part::Style] {
-            for layer in 0..text.num_hidden_layers {
-                for kind in &cfg.lora.target_modules {
-                    let (d_in, d_out) = target_shape(text, kind);
-                    let a = uniform(r * d_in, 1.0 / (d_in as f64).sqrt());
-                    tensors.push(Trainable { part, name: lora_key(layer, kind, 'A'), shape: vec![r, d_in], values: a });
-                    tensors.push(Trainable { part, name: lora_key(layer, kind, 'B'), shape: vec![d_out, r], values: vec![0.0; d_out * r] });
+            match cfg.encoders {
+                EncoderMode::Full => {
+                    for (name, shape, values) in base_parameters {
+                        tensors.push(Trainable { part, name: name.clone(), shape: shape.clone(), values: values.clone() });
+                    }
+                }
+                EncoderMode::Lora => {
+                    for layer in 0..text.num_hidden_layers {
+                        for kind in &cfg.lora.target_modules {
+                            let (d_in, d_out) = target_shape(text, kind);
+                            let a = uniform(r * d_in, 1.0 / (d_in as f64).sqrt());
+                            tensors.push(Trainable { part, name: lora_key(layer, kind, 'A'), shape: vec![r, d_in], values: a });
+                            tensors.push(Trainable { part, name: lora_key(layer, kind, 'B'), shape: vec![d_out, r], values: vec![0.0; d_out * r] });
+                        }
+                    }
                 }
             }
         }
@@ -112,8 +159,12 @@ impl Trainables {
         tensors.push(adapter("fc1.bias", vec![h], uniform(h, bound)));
         tensors.push(adapter("fc2.weight", vec![d, h], vec![0.0; d * h]));
         tensors.push(adapter("fc2.bias", vec![d], vec![0.0; d]));
-        let adapter = AdapterConfig { hidden_size: d, adapter_dim: h, layer_norm_eps: 1e-5, hidden_act: Activation::Gelu };
-        Self { lora_scale: cfg.lora.scale(), adapter, tensors }
+        Self { mode: cfg.encoders, lora_scale: cfg.lora.scale(), text: text.clone(), adapter: Self::adapter_config(text, cfg), tensors }
+    }
+
+    /// The adapter's shape for E of shape `text`.
+    pub fn adapter_config(text: &ClipTextConfig, cfg: &TrainConfig) -> AdapterConfig {
+        AdapterConfig { hidden_size: text.hidden_size, adapter_dim: cfg.adapter_dim, layer_norm_eps: 1e-5, hidden_act: Activation::Gelu }
     }
 
     pub fn sizes(&self) -> Vec<usize> {
@@ -125,15 +176,18 @@ impl Trainables {
     }
 
     /// The trainables as tensors on `device`: on an autodiff device, leaves that require gradients (for a
-    /// training step); on a plain device, constants (for evaluation). Returns the two LoRA sets and the
-    /// adapter, plus the leaves themselves for reading gradients back.
-    pub fn leaves(&self, device: &Device) -> Leaves {
+    /// training step); on a plain device, constants (for evaluation). Returns f_c and f_s (LoRA sets, or
+    /// whole text models in full mode) and the adapter, plus the leaves themselves for reading gradients
+    /// back.
+    pub fn leaves(&self, device: &Device) -> Result<Leaves> {
         let train = device.is_autodiff();
-        let mut lora = [LoraTensors { scale: self.lora_scale, layers: HashMap::new() }, LoraTensors { scale: self.lora_scale, layers: HashMap::new() }];
-        let mut handles = Vec::with_capacity(self.tensors.len());
-        let mut factors: HashMap<(usize, String), (Option<Tensor<2>>, Option<Tensor<2>>)> = HashMap::new();
+        let mut handles: Vec<Option<Leaf>> = vec![None; self.tensors.len()];
         let mut adapter: HashMap<&str, Leaf> = HashMap::new();
-        for t in &self.tensors {
+        let mut factors: [HashMap<String, (Option<Tensor<2>>, Option<Tensor<2>>)>; 2] = Default::default();
+        for (i, t) in self.tensors.iter().enumerate() {
+            if t.part != Part::Adapter && self.mode == EncoderMode::Full {
+                continue; // built below, as whole models
+            }
             let leaf = match t.shape.len() {
                 // PyTorch keeps weights [out, in]; the forward code wants their transposes.
                 2 => {
@@ -147,20 +201,33 @@ impl Trainables {
             };
             match (t.part, t.lora_target(), &leaf) {
                 (Part::Category | Part::Style, Some((path, is_a)), Leaf::Transposed(m)) => {
-                    let entry = factors.entry(((t.part == Part::Style) as usize, path.to_string())).or_default();
+                    let entry = factors[(t.part == Part::Style) as usize].entry(path.to_string()).or_default();
                     if is_a { entry.0 = Some(m.clone()) } else { entry.1 = Some(m.clone()) }
                 }
                 (Part::Adapter, _, _) => {
                     adapter.insert(t.name.as_str(), leaf.clone());
                 }
-                _ => {}
+                _ => return Err(Error::tensor("trainables", t.io_name(), "is not a PEFT LoRA factor of a text-model layer")),
             }
-            handles.push(leaf);
+            handles[i] = Some(leaf);
         }
-        for ((which, path), pair) in factors {
-            if let (Some(a), Some(b)) = pair {
-                lora[which].layers.insert(path, (a, b));
-            }
+        let mut encoders = Vec::with_capacity(2);
+        for (which, part) in [Part::Category, Part::Style].into_iter().enumerate() {
+            encoders.push(match self.mode {
+                EncoderMode::Lora => {
+                    let layers = std::mem::take(&mut factors[which]).into_iter().filter_map(|(path, pair)| Some((path, (pair.0?, pair.1?)))).collect();
+                    TunedText::Lora(LoraTensors { scale: self.lora_scale, layers })
+                }
+                EncoderMode::Full => {
+                    let model = self.full_model(part, device)?;
+                    let mut by_name: HashMap<String, Leaf> = model.leaves().into_iter().collect();
+                    for (i, t) in self.tensors.iter().enumerate().filter(|(_, t)| t.part == part) {
+                        let leaf = by_name.remove(&t.name).ok_or_else(|| Error::tensor("trainables", t.io_name(), "is not a parameter of a CLIP text model"))?;
+                        handles[i] = Some(leaf);
+                    }
+                    TunedText::Full(model)
+                }
+            });
         }
         let take_m = |k: &str| match adapter.get(k) {
             Some(Leaf::Transposed(m)) => m.clone(),
@@ -179,8 +246,22 @@ impl Trainables {
             fc2_t: take_m("fc2.weight"),
             fc2_bias: take_v("fc2.bias"),
         };
-        let [category, style] = lora;
-        Leaves { category, style, adapter, handles }
+        let style = encoders.pop().expect("two encoders");
+        let category = encoders.pop().expect("two encoders");
+        let handles = handles.into_iter().collect::<Option<Vec<_>>>().expect("every trainable has a leaf");
+        Ok(Leaves { category, style, adapter, handles })
+    }
+
+    /// The tensors of `part` as one safetensors file (its keys are the trainables' names).
+    pub fn part_file(&self, part: Part) -> Vec<u8> {
+        let tensors: Vec<RawTensor> = self.tensors.iter().filter(|t| t.part == part).map(|t| RawTensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
+        serialize_with_metadata(&tensors, &[("format", "pt".into())])
+    }
+
+    /// A full-mode encoder as a text model on `device` (on an autodiff device its parameters are leaves).
+    fn full_model(&self, part: Part, device: &Device) -> Result<ClipTextModel> {
+        let weights = SafeTensors::from_bytes(format!("trainables `{}`", part.prefix()), self.part_file(part))?;
+        ClipTextModel::from_weights(self.text.clone(), &weights, None, device)
     }
 
     /// Checks that the set holds every tensor [`Self::leaves`] needs, with consistent shapes.
@@ -194,7 +275,11 @@ impl Trainables {
             if t.shape.iter().product::<usize>() != t.values.len() || !(1..=2).contains(&t.shape.len()) {
                 return Err(Error::tensor(what, t.io_name(), format!("unexpected shape {:?}", t.shape)));
             }
-            if t.part != Part::Adapter {
+            if t.part != Part::Adapter && self.mode == EncoderMode::Full {
+                if !t.name.starts_with("text_model.") {
+                    return Err(Error::tensor(what, t.io_name(), "is not a CLIP text model parameter (`text_model.…`), as full mode trains"));
+                }
+            } else if t.part != Part::Adapter {
                 let Some((path, is_a)) = t.lora_target() else {
                     return Err(Error::tensor(what, t.io_name(), "is not a PEFT LoRA factor of a text-model layer"));
                 };
@@ -209,19 +294,26 @@ impl Trainables {
     }
 }
 
-/// A trainable as an autodiff leaf.
-#[derive(Debug, Clone)]
-pub enum Leaf {
-    /// A PyTorch-layout matrix [out, in] held transposed.
-    Transposed(Tensor<2>),
-    Vector(Tensor<1>),
+/// f_c or f_s while training: LoRA factors over E, or a whole text model (full mode).
+#[derive(Debug)]
+pub enum TunedText {
+    Lora(LoraTensors),
+    Full(ClipTextModel),
 }
 
-/// One step's leaves: f_c's and f_s's LoRA tensors, the adapter built from leaves, and every leaf in the
-/// trainables' order.
+impl TunedText {
+    pub fn encoder(&self) -> Encoder<'_> {
+        match self {
+            TunedText::Lora(l) => Encoder::Lora(l),
+            TunedText::Full(m) => Encoder::Full(m),
+        }
+    }
+}
+
+/// One step's leaves: f_c and f_s, the adapter built from leaves, and every leaf in the trainables' order.
 pub struct Leaves {
-    pub category: LoraTensors,
-    pub style: LoraTensors,
+    pub category: TunedText,
+    pub style: TunedText,
     pub adapter: Adapter,
     pub handles: Vec<Leaf>,
 }
@@ -238,6 +330,10 @@ impl Leaves {
                         let (_, v) = read_f32(g).await?;
                         transpose(&v, t.shape[1], t.shape[0])
                     }
+                    None => vec![0.0; t.values.len()],
+                },
+                Leaf::Matrix(m) => match m.grad(grads) {
+                    Some(g) => read_f32(g).await?.1,
                     None => vec![0.0; t.values.len()],
                 },
                 Leaf::Vector(v) => match v.grad(grads) {

@@ -17,9 +17,18 @@ fn cli() -> Command {
 
 /// A training config a test can afford (seconds).
 fn small_config(dir: &Path, steps: usize) -> PathBuf {
+    write_config(dir, serde_json::json!({"steps": steps, "batch": 8, "triplets": 2, "keep_prompts": 2, "lr": 3e-3,
+        "adapter_dim": 16, "lora": {"r": 2, "lora_alpha": 4}, "seed": 3, "checkpoint_every": 2}))
+}
+
+/// The same in full mode (every weight of f_c and f_s trains).
+fn full_config(dir: &Path, steps: usize) -> PathBuf {
+    write_config(dir, serde_json::json!({"encoders": "full", "steps": steps, "batch": 8, "triplets": 2, "keep_prompts": 2,
+        "lr": 1e-4, "adapter_dim": 16, "seed": 3, "checkpoint_every": 2}))
+}
+
+fn write_config(dir: &Path, cfg: serde_json::Value) -> PathBuf {
     let path = dir.join("train.json");
-    let cfg = serde_json::json!({"steps": steps, "batch": 8, "triplets": 2, "keep_prompts": 2, "lr": 3e-3,
-        "adapter_dim": 16, "lora": {"r": 2, "lora_alpha": 4}, "seed": 3, "checkpoint_every": 2});
     std::fs::write(&path, cfg.to_string()).unwrap();
     path
 }
@@ -41,13 +50,29 @@ fn ok(out: &Output, what: &str) {
 #[test]
 fn finetune_then_bundle_then_generate_and_eval() {
     let dir = tempdir("finetune-e2e");
+    let encoders = ["adapter_config.json", "adapter_model.safetensors"];
+    end_to_end(&dir, &small_config(&dir, 4), 4, encoders);
+}
+
+/// Full mode writes f_c and f_s as CLIPTextModel folders, which `bundle` and `eval` take as they are.
+#[test]
+fn full_mode_finetune_then_bundle_then_generate_and_eval() {
+    let dir = tempdir("finetune-e2e-full");
+    end_to_end(&dir, &full_config(&dir, 2), 2, ["config.json", "model.safetensors"]);
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("encoders/style_encoder/config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "CLIPTextModel");
+}
+
+fn end_to_end(dir: &Path, config: &Path, steps: usize, encoder_files: [&str; 2]) {
     let out = dir.join("encoders");
-    ok(&finetune(&fixtures().join("finetune/shapes/train"), &small_config(&dir, 4), &out, false), "finetune");
-    for f in ["category_encoder/adapter_config.json", "category_encoder/adapter_model.safetensors", "style_encoder/adapter_model.safetensors", "adapter/config.json", "adapter/model.safetensors"] {
-        assert!(out.join(f).exists(), "finetune did not write {f}");
+    ok(&finetune(&fixtures().join("finetune/shapes/train"), config, &out, false), "finetune");
+    let mut expected: Vec<String> = ["category_encoder", "style_encoder"].iter().flat_map(|e| encoder_files.map(|f| format!("{e}/{f}"))).collect();
+    expected.extend(["adapter/config.json".into(), "adapter/model.safetensors".into()]);
+    for f in expected {
+        assert!(out.join(&f).exists(), "finetune did not write {f}");
     }
     let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 4, "{log}");
+    assert_eq!(log.lines().count(), steps, "{log}");
     assert!(log.lines().all(|l| ["cat", "sty", "dec", "trip", "keep_c", "keep_s", "total"].iter().all(|k| l.contains(&format!("\"{k}\"")))), "{log}");
 
     let m = repo().join("tools/shapes/model");

@@ -33,14 +33,14 @@ fn small_config() -> TrainConfig {
 /// Trains with `cfg` and evaluates on the held-out set; returns the per-step totals and the report.
 fn train(cfg: TrainConfig, train: &Loaded, heldout: &Loaded) -> (Vec<f32>, EvalReport) {
     block_on(async {
-        let mut trainer = Trainer::new(cfg.clone(), &train.base, &train.clip.text, train.data.clone()).unwrap();
+        let mut trainer = Trainer::new(cfg.clone(), &train.base, &train.clip.text, train.data.clone()).await.unwrap();
         let mut totals = Vec::new();
         while trainer.step < cfg.steps {
             totals.push(trainer.train_step().await.unwrap().losses[6]);
         }
-        let leaves = trainer.trainables.leaves(&train.base.device());
+        let leaves = trainer.trainables.leaves(&train.base.device()).unwrap();
         let frozen = Frozen { base: &heldout.base, projection: &heldout.clip.text };
-        let report = evaluate(&frozen, &leaves.category, &leaves.style, &leaves.adapter, &heldout.data).await.unwrap();
+        let report = evaluate(&frozen, leaves.category.encoder(), leaves.style.encoder(), &leaves.adapter, &heldout.data).await.unwrap();
         (totals, report)
     })
 }

@@ -78,7 +78,7 @@ async fn finetune(args: FinetuneArgs) -> Result<()> {
     create_dir(&args.out)?;
     let checkpoint_path = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("log.jsonl");
-    let mut trainer = Trainer::new(cfg.clone(), &loaded.base, &loaded.clip.text, loaded.data.clone())?;
+    let mut trainer = Trainer::new(cfg.clone(), &loaded.base, &loaded.clip.text, loaded.data.clone()).await?;
     if args.resume {
         trainer.resume(&SafeTensors::read(&checkpoint_path)?)?;
         eprintln!("resumed at step {}", trainer.step);
