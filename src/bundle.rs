@@ -131,6 +131,31 @@ pub mod component {
     pub const REQUIRED: [&str; 5] = [TOKENIZER, TEXT_ENCODER, UNET, DECODER, SCHEDULER];
 }
 
+/// The longest file name a manifest may give.
+pub const MAX_FILE_NAME: usize = 128;
+
+/// A bundle's file names are joined to its folder (natively) or resolved against its URL (in the page), so
+/// a name must stay inside the bundle: 1 to [`MAX_FILE_NAME`] characters of ASCII letters, digits, `.`, `_`
+/// and `-`, not starting with `.`. That refuses path separators (`/`, `\`), `.` and `..`, absolute paths,
+/// drive letters and URL schemes (`:`), query and fragment marks, percent-escapes and control characters.
+pub fn check_file_name(manifest: &str, field: &str, name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
+        Some("is empty".to_string())
+    } else if name.len() > MAX_FILE_NAME {
+        Some(format!("is {} characters long (at most {MAX_FILE_NAME})", name.len()))
+    } else if name.starts_with('.') {
+        Some(format!("`{}` starts with `.`", name.escape_debug()))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("`{}` contains `{}`", name.escape_debug(), c.escape_debug()))
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(Error::config(manifest, field, format!("{p}: a bundle file must be a plain name in the bundle's folder (letters, digits, `.`, `_`, `-`)"))),
+    }
+}
+
 /// One file of a bundle: its name in the folder, sha256 and size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleFile {
@@ -228,6 +253,24 @@ impl Components {
         }
     }
 
+    /// Refuses any file name that is not a plain name inside the bundle (see [`check_file_name`]), naming
+    /// the manifest field, before anything is read or fetched.
+    fn check_file_names(&self, manifest: &str) -> Result<()> {
+        check_file_name(manifest, "components.tokenizer.file", &self.tokenizer.file)?;
+        for name in component::WEIGHTS {
+            let Some(c) = self.weights(name) else { continue };
+            match &c.files {
+                Files::One(f) => check_file_name(manifest, &format!("components.{name}.file"), &f.file)?,
+                Files::Shards { shards } => {
+                    for (i, f) in shards.iter().enumerate() {
+                        check_file_name(manifest, &format!("components.{name}.shards[{i}].file"), &f.file)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every file of the bundle but the manifest: the tokenizer, then each weights component's files.
     pub fn files(&self) -> Vec<&BundleFile> {
         let weights = component::WEIGHTS.iter().filter_map(|name| self.weights(name)).flat_map(|c| c.files.list());
@@ -319,6 +362,7 @@ impl Manifest {
         if let Some(name) = component::WEIGHTS.into_iter().find(|n| manifest.components.weights(n).is_some_and(|c| c.files.list().is_empty())) {
             return Err(Error::config(&file, format!("components.{name}.shards"), "must be a non-empty list of files"));
         }
+        manifest.components.check_file_names(&file)?;
         manifest.origin = origin.to_string();
         Ok(manifest)
     }

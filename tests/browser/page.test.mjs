@@ -39,6 +39,14 @@ after(async () => {
   if (server) server.close();
 });
 
+// Names that point outside the bundle: another folder of the same server, an absolute path, another origin.
+const HOSTILE_NAMES = [
+  ['name-parent', '../../../../www/models/default/decoder.safetensors'],
+  ['name-absolute', '/www/models/default/decoder.safetensors'],
+  ['name-origin', 'http://127.0.0.2:9/decoder.safetensors'],
+  ['name-escaped', '..%2F..%2Fdefault%2Fdecoder.safetensors'],
+];
+
 function makeBrokenBundles() {
   const src = path.join(ROOT, 'www/models/default');
   for (const name of ['bad-sha', 'missing-file', 'wrong-version']) {
@@ -53,6 +61,15 @@ function makeBrokenBundles() {
   fs.rmSync(path.join(BUNDLES, 'missing-file/decoder.safetensors'));
   const manifest = path.join(BUNDLES, 'wrong-version/manifest.json');
   fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 2', '"format_version": 99'));
+  // Hostile file names: only the manifest is copied, so any fetch of a bundle file would be the name's own.
+  for (const [name, file] of HOSTILE_NAMES) {
+    const dir = path.join(BUNDLES, name);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+    const m = JSON.parse(fs.readFileSync(path.join(src, 'manifest.json'), 'utf8'));
+    m.components.decoder.file = file;
+    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m));
+  }
 }
 
 // A page that records the page's `control-clip` events and its errors.
@@ -189,6 +206,29 @@ for (const [name, words] of [
       assert.equal(await page.isEditable('#prompt'), true);
       assert.deepEqual(errors, []);
     } finally {
+      await page.close();
+    }
+  });
+}
+
+for (const [name] of HOSTILE_NAMES) {
+  test(`a manifest file name outside the bundle (${name}) is refused before anything is fetched`, async () => {
+    const { page, errors } = await open('about:blank');
+    // The context sees the requests of the page's workers too.
+    const fetched = [];
+    const record = r => fetched.push(r.url());
+    page.context().on('request', record);
+    try {
+      await page.goto(`${base}/www/index.html?backend=cpu&bundle=/tests/browser/out/bundles/${name}/`, { waitUntil: 'load' });
+      await state(page, ['load-error', 'ready']);
+      const message = await page.textContent('#error');
+      console.log(`# page ${name}: ${message}`);
+      for (const w of ['components.decoder.file', 'plain name']) assert.ok(message.includes(w), `"${w}" missing from: ${message}`);
+      const bundleFiles = fetched.filter(u => u.includes('.safetensors') || u.includes('tokenizer.json') || !u.startsWith(base));
+      assert.deepEqual(bundleFiles, [], 'bundle files were fetched');
+      assert.deepEqual(errors, []);
+    } finally {
+      page.context().off('request', record);
       await page.close();
     }
   });

@@ -250,3 +250,59 @@ fn a_malformed_manifest_names_the_component_at_fault() {
         assert!(e.starts_with("b/manifest.json: field `") && e.contains(want), "{want}: {e}");
     }
 }
+
+/// A manifest's file names must be plain names inside the bundle: every other form is refused by
+/// `Manifest::parse`, naming the field, before any file is read. The local-file probe (a name that points
+/// at a file outside the bundle, whose size and digest a mismatch message would otherwise tell) fails
+/// without a word about that file.
+#[test]
+fn file_names_outside_the_bundle_are_refused_before_reading() {
+    let dir = tempdir("hostile-names");
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let src = fixtures().join("bundles/tiny-random");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    let secret = dir.join("secret.bin");
+    std::fs::write(&secret, b"not a bundle file").unwrap();
+    let text = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
+    let names = [
+        "../secret.bin".to_string(),
+        secret.display().to_string(),
+        "sub/unet.safetensors".into(),
+        "sub\\unet.safetensors".into(),
+        "..".into(),
+        ".".into(),
+        ".hidden".into(),
+        "".into(),
+        "https://example.com/unet.safetensors".into(),
+        "C:unet.safetensors".into(),
+        "unet.safetensors?x=1".into(),
+        "unet.safetensors#x".into(),
+        "%2e%2e%2fsecret.bin".into(),
+        "unet\n.safetensors".into(),
+        "unet\u{0}.safetensors".into(),
+        "ü.safetensors".into(),
+        "a".repeat(129),
+    ];
+    for name in names {
+        for field in ["tokenizer", "unet"] {
+            let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let (entry, path) = match field {
+                "tokenizer" => (&mut manifest["components"]["tokenizer"], "components.tokenizer.file".to_string()),
+                _ => (&mut manifest["components"]["unet"]["shards"][0], "components.unet.shards[0].file".to_string()),
+            };
+            entry["file"] = name.clone().into();
+            std::fs::write(bundle.join("manifest.json"), manifest.to_string()).unwrap();
+            let e = err_of(&bundle);
+            assert!(e.contains(&format!("field `{path}`")) && e.contains("plain name"), "{name:?} in {field}: {e}");
+            assert!(!e.contains("bytes") && !e.contains("sha256"), "{name:?}: the message tells about the file: {e}");
+        }
+    }
+    // The longest allowed name and every allowed character still parse.
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest["components"]["tokenizer"]["file"] = format!("Az09._-{}", "x".repeat(121)).into();
+    control_clip::bundle::Manifest::parse("b", &manifest.to_string()).unwrap();
+}
