@@ -1,10 +1,11 @@
 //! The CLIP BPE tokenizer, as Stable Diffusion 1.x pipelines use it.
 //!
-//! `tokenizer.json` (built offline by tests/fixtures/make_tokenizer.py from OpenAI's BPE vocabulary) does
+//! `tokenizer.json` (built offline by tests/fixtures/make_tokenizer.py from OpenAI's BPE vocabulary, or by
+//! [`tokenizer_json_from_vocab`] from a diffusers pipeline's `tokenizer/vocab.json` + `merges.txt`) does
 //! the normalisation (NFC, whitespace runs to one space, lower-casing), the CLIP pre-tokenizer regex, the
 //! byte-level BPE and the `<|startoftext|>` … `<|endoftext|>` wrapping. This file adds what SD pipelines
-//! add: truncation to the model's positions (telling the caller what was dropped) and padding with
-//! `<|endoftext|>`.
+//! add: truncation to the model's positions (telling the caller what was dropped) and padding (with
+//! `<|endoftext|>`, or the tokenizer.json's own `padding.pad_id` when it names one, as SD 2.x's `!`).
 
 use tokenizers::Tokenizer;
 
@@ -55,7 +56,52 @@ impl ClipTokenizer {
         };
         let bos = id("<|startoftext|>")?;
         let eos = id("<|endoftext|>")?;
-        Ok(Self { inner, bos, eos, pad: eos })
+        let pad = inner.get_padding().map_or(eos, |p| p.pad_id);
+        Ok(Self { inner, bos, eos, pad })
+    }
+
+    /// Builds the tokenizer from a `vocab.json` + `merges.txt` pair ([`tokenizer_json_from_vocab`]).
+    pub fn from_vocab(vocab: (&str, &[u8]), merges: (&str, &[u8]), special: &SpecialTokens) -> Result<Self> {
+        let json = tokenizer_json_from_vocab(vocab, merges, special)?;
+        Self::from_bytes(&format!("{} + {}", vocab.0, merges.0), &json)
+    }
+
+    /// Reads a transformers tokenizer folder: its `tokenizer.json` when it has one, else `vocab.json` +
+    /// `merges.txt` with the special tokens of `tokenizer_config.json` and then `special_tokens_map.json`
+    /// (the later file wins, as in transformers) (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
+        let (name, bytes) = Self::tokenizer_json_of_dir(dir)?;
+        Self::from_bytes(&name, &bytes)
+    }
+
+    /// The `tokenizer.json` bytes [`Self::read_dir`] builds the tokenizer from, and their name.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn tokenizer_json_of_dir(dir: &std::path::Path) -> Result<(String, Vec<u8>)> {
+        use crate::files::read_bytes;
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            return Ok((json.display().to_string(), read_bytes(&json)?));
+        }
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        if !vocab.exists() || !merges.exists() {
+            return Err(Error::file(dir.display().to_string(), "holds neither tokenizer.json nor vocab.json + merges.txt"));
+        }
+        let mut special = SpecialTokens::default();
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let path = dir.join(name);
+            if path.exists() {
+                special = special.with_json(&path.display().to_string(), &read_bytes(&path)?)?;
+            }
+        }
+        let (vocab_name, merges_name) = (vocab.display().to_string(), merges.display().to_string());
+        let bytes = tokenizer_json_from_vocab((&vocab_name, &read_bytes(&vocab)?), (&merges_name, &read_bytes(&merges)?), &special)?;
+        Ok((format!("{vocab_name} + merges.txt"), bytes))
+    }
+
+    /// The id of padding positions.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -103,4 +149,122 @@ impl ClipTokenizer {
         ids.resize(max_positions, self.pad);
         Ok(TokenizedPrompt { ids, dropped_tokens: dropped.len(), dropped_text })
     }
+}
+
+/// The special tokens of a CLIP tokenizer, as transformers' `CLIPTokenizer` defaults them; a pipeline's
+/// `tokenizer/special_tokens_map.json` or `tokenizer_config.json` may change them (SD 2.x pads with `!`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecialTokens {
+    pub bos: String,
+    pub eos: String,
+    pub unk: String,
+    pub pad: String,
+}
+
+impl Default for SpecialTokens {
+    fn default() -> Self {
+        Self { bos: "<|startoftext|>".into(), eos: "<|endoftext|>".into(), unk: "<|endoftext|>".into(), pad: "<|endoftext|>".into() }
+    }
+}
+
+impl SpecialTokens {
+    /// Reads `bos_token`, `eos_token`, `unk_token` and `pad_token` from a `special_tokens_map.json` or
+    /// `tokenizer_config.json` object (each a string or `{"content": …}`); absent ones keep the defaults.
+    pub fn with_json(mut self, file: &str, json: &[u8]) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| Error::file(file, format!("is not valid JSON: {e}")))?;
+        for (field, slot) in [("bos_token", &mut self.bos), ("eos_token", &mut self.eos), ("unk_token", &mut self.unk), ("pad_token", &mut self.pad)] {
+            match value.get(field) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(t)) => *slot = t.clone(),
+                Some(v) => match v.get("content").and_then(|c| c.as_str()) {
+                    Some(t) => *slot = t.to_string(),
+                    None => return Err(Error::config(file, field, "must be a string or an object with a string `content`")),
+                },
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The `tokenizer.json` that transformers' `CLIPTokenizer` builds from a `vocab.json` (token → id) and a
+/// `merges.txt` (an optional `#version` line, then one `left right` pair per line, in rank order): byte-level
+/// BPE with the `</w>` end-of-word suffix, NFC + whitespace runs → " " + lower-casing, CLIP's split regex
+/// (the special tokens kept whole), `<|startoftext|>` … `<|endoftext|>` around every text, and padding with
+/// `special.pad` when it is not the end token. Each name in the pairs is used in error messages.
+pub fn tokenizer_json_from_vocab(vocab: (&str, &[u8]), merges: (&str, &[u8]), special: &SpecialTokens) -> Result<Vec<u8>> {
+    let (vocab_name, vocab_bytes) = vocab;
+    let table: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(vocab_bytes).map_err(|e| Error::file(vocab_name, format!("is not a JSON object of token → id: {e}")))?;
+    if table.is_empty() {
+        return Err(Error::file(vocab_name, "holds no tokens"));
+    }
+    let mut ids = std::collections::HashSet::with_capacity(table.len());
+    for (token, id) in &table {
+        let id = id.as_u64().filter(|&i| i < u32::MAX as u64).ok_or_else(|| Error::file(vocab_name, format!("the id of `{token}` is not a non-negative integer")))?;
+        if !ids.insert(id) {
+            return Err(Error::file(vocab_name, format!("id {id} is given to more than one token (again for `{token}`)")));
+        }
+    }
+    let id_of = |token: &str, field: &str| -> Result<u64> {
+        table.get(token).and_then(|v| v.as_u64()).ok_or_else(|| Error::file(vocab_name, format!("has no `{token}` token (the {field})")))
+    };
+    let (bos, eos) = (id_of(&special.bos, "start token")?, id_of(&special.eos, "end token")?);
+    id_of(&special.unk, "unknown token")?;
+    let pad = id_of(&special.pad, "padding token")?;
+
+    let (merges_name, merges_bytes) = merges;
+    let text = std::str::from_utf8(merges_bytes).map_err(|e| Error::file(merges_name, format!("is not UTF-8 text: {e}")))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if (i == 0 && line.starts_with("#version")) || line.trim().is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> = line.split(' ').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(Error::file(format!("{merges_name}:{}", i + 1), format!("`{}` is not a merge (two tokens separated by one space)", line.escape_debug())));
+        }
+        let merged = format!("{}{}", parts[0], parts[1]);
+        if !table.contains_key(&merged) {
+            return Err(Error::file(format!("{merges_name}:{}", i + 1), format!("merges into `{merged}`, which vocab.json does not have")));
+        }
+        pairs.push(serde_json::json!([parts[0], parts[1]]));
+    }
+
+    let added = |id: u64, content: &str| serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    let mut added_tokens = vec![added(bos, &special.bos), added(eos, &special.eos)];
+    if pad != eos && pad != bos {
+        added_tokens.push(added(pad, &special.pad));
+    }
+    let split = format!(r"{}|{}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex_escape(&special.bos), regex_escape(&special.eos));
+    let padding = (pad != eos).then(|| {
+        serde_json::json!({"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": null, "pad_id": pad, "pad_type_id": 0, "pad_token": special.pad})
+    });
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": padding,
+        "added_tokens": added_tokens,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": split}, "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+        "post_processor": {"type": "RobertaProcessing", "sep": [special.eos, eos], "cls": [special.bos, bos], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": special.unk, "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": table, "merges": pairs},
+    });
+    Ok(serde_json::to_vec(&json).expect("a tokenizer.json serializes"))
+}
+
+/// `text` with the regex metacharacters escaped (`<|endoftext|>` → `<\|endoftext\|>`).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

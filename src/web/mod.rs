@@ -72,6 +72,19 @@ impl Tokenizer {
         Ok(Tokenizer { inner: ClipTokenizer::from_bytes(name, bytes).map_err(js_err)? })
     }
 
+    /// From a diffusers pipeline's `tokenizer/` files: `vocab.json` and `merges.txt` bytes, and the text of
+    /// `tokenizer_config.json` / `special_tokens_map.json` (either may be empty: transformers' defaults).
+    #[wasm_bindgen(js_name = fromVocab)]
+    pub fn from_vocab(vocab: &[u8], merges: &[u8], tokenizer_config: &str, special_tokens_map: &str) -> Result<Tokenizer, JsError> {
+        let mut special = crate::tokenizer::SpecialTokens::default();
+        for (name, text) in [("tokenizer_config.json", tokenizer_config), ("special_tokens_map.json", special_tokens_map)] {
+            if !text.is_empty() {
+                special = special.with_json(name, text.as_bytes()).map_err(js_err)?;
+            }
+        }
+        Ok(Tokenizer { inner: ClipTokenizer::from_vocab(("vocab.json", vocab), ("merges.txt", merges), &special).map_err(js_err)? })
+    }
+
     /// `{ids: Uint32Array(77), droppedTokens, notice}`; `notice` is null unless the prompt was truncated.
     pub fn encode(&self, prompt: &str) -> Result<Object, JsError> {
         let t = self.inner.encode(prompt, crate::tokenizer::MAX_POSITIONS).map_err(js_err)?;

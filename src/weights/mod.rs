@@ -409,10 +409,43 @@ pub fn serialize_with_metadata(tensors: &[RawTensor], metadata: &[(&str, String)
 /// The weights file of a transformers / diffusers / PEFT model folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn find_weights_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    const NAMES: [&str; 4] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors"];
-    NAMES.iter().map(|n| dir.join(n)).find(|p| p.exists()).ok_or_else(|| {
-        Error::file(dir.display().to_string(), format!("no weights file in the folder (looked for {})", NAMES.join(", ")))
-    })
+    find_weights_file_variant(dir, None)
+}
+
+/// The weights file of a model folder, or of one of its weight variants (`--variant fp16`:
+/// `diffusion_pytorch_model.fp16.safetensors`, as diffusers' `save_pretrained(variant=…)` names them).
+/// A folder with only pickled weights (`*.bin`) is refused with what to run instead: pickles can run code
+/// when loaded, so they are never read. Sharded weights (`*.safetensors.index.json`) are not read yet.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn find_weights_file_variant(dir: &std::path::Path, variant: Option<&str>) -> Result<std::path::PathBuf> {
+    const STEMS: [&str; 3] = ["model", "diffusion_pytorch_model", "adapter_model"];
+    let names: Vec<String> = match variant {
+        Some(v) => STEMS.iter().map(|s| format!("{s}.{v}.safetensors")).collect(),
+        None => ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors"].map(String::from).to_vec(),
+    };
+    if let Some(found) = names.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
+        return Ok(found);
+    }
+    let listing: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let folder = dir.display().to_string();
+    if let Some(pickle) = listing.iter().find(|f| f.ends_with(".bin") || f.ends_with(".ckpt") || f.ends_with(".pt")) {
+        return Err(Error::file(
+            folder,
+            format!(
+                "holds pickled PyTorch weights ({pickle}) and no safetensors file: control-clip never loads pickles (they can run code). \
+                 Convert them once with the library that saved them, e.g. `python -c \"from diffusers import UNet2DConditionModel as M; \
+                 M.from_pretrained('DIR').save_pretrained('DIR', safe_serialization=True)\"` (transformers' CLIPTextModel likewise)"
+            ),
+        ));
+    }
+    let variants: Vec<&String> = listing.iter().filter(|f| f.ends_with(".safetensors") && f.matches('.').count() == 2).collect();
+    if variant.is_none() && !variants.is_empty() {
+        let v: Vec<&str> = variants.iter().filter_map(|f| f.split('.').nth(1)).collect();
+        return Err(Error::file(folder, format!("holds only weight variants ({}): choose one with --variant {}", variants.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), v[0])));
+    }
+    Err(Error::file(folder, format!("no weights file in the folder (looked for {})", names.join(", "))))
 }
 
 /// A model folder as transformers / diffusers save it: its config.json and its weights file.

@@ -33,6 +33,18 @@ async function main() {
   }
   report.tokenizerCases = cases.length;
   report.tokenizerMismatches = mismatches;
+  // The same from vocab.json + merges.txt (a diffusers pipeline's tokenizer/ folder), for the real and a
+  // small vocabulary (tests/fixtures/fixtures_tokenizer_files.py).
+  report.vocabMismatches = {};
+  for (const name of ['real', 'small']) {
+    const dir = `${FIXTURES}/tokenizer_files/${name}`;
+    const text = async file => { const r = await fetch(`${dir}/${file}`); return r.ok ? r.text() : ''; };
+    const fromVocab = Tokenizer.fromVocab(await bytes(`${dir}/vocab.json`), await bytes(`${dir}/merges.txt`),
+      await text('tokenizer_config.json'), await text('special_tokens_map.json'));
+    const vocabCases = (await (await fetch(`${dir}/cases.json`)).json()).cases;
+    report.vocabMismatches[name] = vocabCases.filter(c => fromVocab.encode(c.text).ids.join(',') !== c.input_ids.join(',')).map(c => c.text.slice(0, 40));
+    report.vocabMismatches[name + 'Cases'] = vocabCases.length;
+  }
 
   // 2. Text encoder: prompts → ids (must equal the fixture's) → hidden states vs transformers.
   const io = readSafetensors(await bytes(`${MODEL}/io.safetensors`));

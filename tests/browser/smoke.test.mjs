@@ -33,6 +33,10 @@ for (const backend of ['wgpu', 'cpu']) {
     assert.equal(status, 'ok', `status ${status}: ${JSON.stringify(report, null, 1)}\n${lines.slice(-20).join('\n')}`);
     assert.deepEqual(report.tokenizerMismatches, []);
     assert.ok(report.tokenizerCases >= 40);
+    for (const name of ['real', 'small']) {
+      assert.deepEqual(report.vocabMismatches[name], [], `${name} vocabulary`);
+      assert.ok(report.vocabMismatches[name + 'Cases'] >= 50);
+    }
     assert.ok(report.idsMatchFixture, 'prompt ids differ from the fixture');
     assert.ok(report.maxAbsErr <= TOLERANCE, `max abs err ${report.maxAbsErr} > ${TOLERANCE}`);
     for (const e of report.errors) assert.ok(e.ok, `${e.label}: ${e.message}`);

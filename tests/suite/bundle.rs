@@ -306,3 +306,87 @@ fn file_names_outside_the_bundle_are_refused_before_reading() {
     manifest["components"]["tokenizer"]["file"] = format!("Az09._-{}", "x".repeat(121)).into();
     control_clip::bundle::Manifest::parse("b", &manifest.to_string()).unwrap();
 }
+
+fn bundle_cli(tag: &str, args: &[&std::ffi::OsStr]) -> (PathBuf, std::process::Output) {
+    let out = tempdir(&format!("bundle-{tag}"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_control-clip"))
+        .arg("bundle")
+        .args(args)
+        .args(["--dtype", "f16", "--width", "64", "--height", "64", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    (out, output)
+}
+
+fn image_of(dir: &Path) -> Vec<f32> {
+    let pipeline = load(dir).unwrap();
+    let mut req = GenerateRequest::new("a red star in striped style");
+    (req.steps, req.width, req.height, req.seed) = (2, 64, 64, 5);
+    block_on(pipeline.generate(&req, &mut |_| true)).unwrap().image
+}
+
+/// `bundle --pipeline DIR` on a folder `StableDiffusionPipeline.save_pretrained` wrote (fp16 variant,
+/// tokenizer as vocab.json + merges.txt, a feature extractor it skips) gives the same image as the bundle
+/// of the same weights from separate folders (tests/fixtures/fixtures_pipeline_folder.py).
+#[test]
+fn a_diffusers_pipeline_folder_bundles_in_one_command() {
+    let f = fixtures();
+    let pipeline = f.join("pipeline_folder/sd-tiny");
+    let (from_pipeline, out) = bundle_cli("pipeline", &[pipeline_arg(), pipeline.as_os_str(), "--variant".as_ref(), "fp16".as_ref()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping the pipeline's feature_extractor"), "{stderr}");
+    let (from_folders, out) = bundle_cli(
+        "pipeline-parts",
+        &[
+            "--tokenizer".as_ref(), f.join("tokenizer_files/small").as_os_str(),
+            "--text-encoder".as_ref(), f.join("clip_text/sd-mini-f16").as_os_str(),
+            "--unet".as_ref(), f.join("unet/sd-tiny").as_os_str(),
+            "--decoder".as_ref(), f.join("vae/kl-tiny").as_os_str(),
+            "--scheduler-config".as_ref(), f.join("pipeline/ddim-2-steps/scheduler_config.json").as_os_str(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (image_of(&from_pipeline), image_of(&from_folders));
+    assert_eq!(max_abs_err(&a, &b), 0.0, "the pipeline folder's bundle draws another image");
+    assert_eq!(std::fs::read(from_pipeline.join("tokenizer.json")).unwrap(), std::fs::read(from_folders.join("tokenizer.json")).unwrap());
+
+    // Without --variant the variant-only folder says which to pass.
+    let (_, out) = bundle_cli("pipeline-novariant", &[pipeline_arg(), pipeline.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--variant fp16"), "{stderr}");
+
+    // --tiny-decoder swaps the VAE for a TAESD decoder.
+    let (tiny, out) = bundle_cli("pipeline-taesd", &[pipeline_arg(), pipeline.as_os_str(), "--variant".as_ref(), "fp16".as_ref(), "--tiny-decoder".as_ref(), f.join("tiny_decoder/taesd-narrow").as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(manifest_of(&tiny)["components"]["decoder"]["config"]["_class_name"], "AutoencoderTiny");
+    image_of(&tiny);
+}
+
+fn pipeline_arg() -> &'static std::ffi::OsStr {
+    "--pipeline".as_ref()
+}
+
+/// Pickled weights are refused with what to run instead, before anything is read from them.
+#[test]
+fn pickled_weights_are_refused_with_a_way_out() {
+    let f = fixtures();
+    let unet = tempdir("pickled-unet");
+    std::fs::copy(f.join("unet/sd-tiny/config.json"), unet.join("config.json")).unwrap();
+    std::fs::write(unet.join("diffusion_pytorch_model.bin"), b"not really a pickle").unwrap();
+    let (_, out) = bundle_cli(
+        "pickled",
+        &[
+            "--tokenizer".as_ref(), f.join("tokenizer.json").as_os_str(),
+            "--text-encoder".as_ref(), f.join("clip_text/sd-mini-f16").as_os_str(),
+            "--unet".as_ref(), unet.as_os_str(),
+            "--decoder".as_ref(), f.join("vae/kl-tiny").as_os_str(),
+            "--scheduler-config".as_ref(), f.join("pipeline/ddim-2-steps/scheduler_config.json").as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("diffusion_pytorch_model.bin") && stderr.contains("never loads pickles") && stderr.contains("safe_serialization=True"), "{stderr}");
+}

@@ -1,4 +1,5 @@
-//! `control-clip bundle`: builds a bundle folder (docs/bundle.md) from diffusers / transformers folders.
+//! `control-clip bundle`: builds a bundle folder (docs/bundle.md) from a diffusers pipeline folder or from
+//! separate diffusers / transformers folders.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,22 +11,38 @@ use control_clip::bundle::{
 };
 use control_clip::config::ConfigJson;
 use control_clip::files;
-use control_clip::weights::{find_weights_file, serialize};
+use control_clip::control::{Adapter, ControlEncoders, EncoderSource};
+use control_clip::models::ModelFolder;
+use control_clip::weights::{find_weights_file_variant, serialize};
 use control_clip::{ClipTokenizer, Error, SafeTensors};
 
 #[derive(Args)]
 pub struct BundleArgs {
+    /// A diffusers pipeline folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), as
+    /// `save_pretrained` writes it; the options below override its parts.
     #[arg(long)]
-    tokenizer: PathBuf,
+    pipeline: Option<PathBuf>,
+    /// Read the generator's weight variant (text encoder, UNet, VAE), e.g. `fp16` for `*.fp16.safetensors`;
+    /// not the --tiny-decoder's or the Control-CLIP parts'.
     #[arg(long)]
-    text_encoder: PathBuf,
+    variant: Option<String>,
+    /// A tokenizer.json, or a tokenizer folder (tokenizer.json, or vocab.json + merges.txt with
+    /// tokenizer_config.json / special_tokens_map.json).
     #[arg(long)]
-    unet: PathBuf,
-    /// AutoencoderKL or AutoencoderTiny folder.
+    tokenizer: Option<PathBuf>,
     #[arg(long)]
-    decoder: PathBuf,
+    text_encoder: Option<PathBuf>,
     #[arg(long)]
-    scheduler_config: PathBuf,
+    unet: Option<PathBuf>,
+    /// AutoencoderKL or AutoencoderTiny folder (a pipeline's vae/ otherwise).
+    #[arg(long)]
+    decoder: Option<PathBuf>,
+    /// A TAESD (AutoencoderTiny) folder to use instead of the pipeline's VAE: in a browser, the right
+    /// choice (previews, speed, memory).
+    #[arg(long, conflicts_with = "decoder")]
+    tiny_decoder: Option<PathBuf>,
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
     /// Control-CLIP category encoder f_c: a CLIP text model folder (config.json) or LoRA deltas over
     /// --text-encoder (adapter_config.json + safetensors).
     #[arg(long)]
@@ -86,7 +103,59 @@ pub fn run(args: BundleArgs) -> ExitCode {
     }
 }
 
+/// Where each part comes from: the explicit options, else the pipeline folder.
+struct Sources {
+    tokenizer: PathBuf,
+    text_encoder: PathBuf,
+    unet: PathBuf,
+    decoder: PathBuf,
+    scheduler_config: PathBuf,
+}
+
+/// The components `bundle` reads from a pipeline, by their model_index.json names.
+const PIPELINE_PARTS: [&str; 5] = ["text_encoder", "tokenizer", "unet", "vae", "scheduler"];
+
+impl Sources {
+    fn resolve(args: &BundleArgs) -> control_clip::Result<Self> {
+        if let Some(dir) = &args.pipeline {
+            let index = ConfigJson::read(&dir.join("model_index.json"))?;
+            for (name, value) in &index.object {
+                let class = value.as_array().and_then(|v| v.get(1)).and_then(|c| c.as_str());
+                if name.starts_with('_') || PIPELINE_PARTS.contains(&name.as_str()) || class.is_none() {
+                    continue;
+                }
+                if name.ends_with("_2") {
+                    return Err(Error::config(&index.file, name, "a second text encoder (an SDXL-type pipeline) is not supported: control-clip runs SD 1.x / 2.x-type pipelines"));
+                }
+                eprintln!("note: skipping the pipeline's {name} ({}): control-clip does not run it", class.unwrap_or("?"));
+            }
+            for part in PIPELINE_PARTS {
+                if index.object.get(part).and_then(|v| v.as_array()).and_then(|v| v.get(1)).and_then(|c| c.as_str()).is_none() {
+                    return Err(Error::config(&index.file, part, "missing: bundle needs text_encoder, tokenizer, unet, vae and scheduler"));
+                }
+            }
+        }
+        let part = |given: &Option<PathBuf>, option: &str, in_pipeline: &str| -> control_clip::Result<PathBuf> {
+            match (given, &args.pipeline) {
+                (Some(p), _) => Ok(p.clone()),
+                (None, Some(dir)) => Ok(dir.join(in_pipeline)),
+                (None, None) => Err(Error::invalid(option, "is required without --pipeline")),
+            }
+        };
+        let decoder = if args.tiny_decoder.is_some() { &args.tiny_decoder } else { &args.decoder };
+        Ok(Self {
+            tokenizer: part(&args.tokenizer, "--tokenizer", "tokenizer")?,
+            text_encoder: part(&args.text_encoder, "--text-encoder", "text_encoder")?,
+            unet: part(&args.unet, "--unet", "unet")?,
+            decoder: part(decoder, "--decoder", "vae")?,
+            scheduler_config: part(&args.scheduler_config, "--scheduler-config", "scheduler/scheduler_config.json")?,
+        })
+    }
+}
+
 fn build(args: &BundleArgs) -> control_clip::Result<u64> {
+    let src = Sources::resolve(args)?;
+    let variant = args.variant.as_deref();
     let dtype: StoreDType = args.dtype.parse()?;
     let shard_bytes = parse_size(&args.shard_size)?;
     control_clip::control::ControlWeights::new(args.category_weight as f32, args.style_weight.unwrap_or(0.0) as f32)?;
@@ -97,29 +166,35 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     }
     files::create_dir(out)?;
 
-    // Validate the tokenizer by loading it, then copy it as is.
-    let tokenizer = files::read_bytes(&args.tokenizer)?;
-    ClipTokenizer::from_bytes(&args.tokenizer.display().to_string(), &tokenizer)?;
+    // Validate the tokenizer by loading it, then copy it (a vocab.json + merges.txt folder becomes the
+    // tokenizer.json transformers builds from them).
+    let (tokenizer_source, tokenizer) = if src.tokenizer.is_dir() {
+        ClipTokenizer::tokenizer_json_of_dir(&src.tokenizer)?
+    } else {
+        (src.tokenizer.display().to_string(), files::read_bytes(&src.tokenizer)?)
+    };
+    ClipTokenizer::from_bytes(&tokenizer_source, &tokenizer)?;
     let tokenizer_name = format!("{}.json", component::TOKENIZER);
     files::write_atomic(&out.join(&tokenizer_name), &tokenizer)?;
     let mut total = tokenizer.len() as u64;
 
     // Load everything once as the pipeline would, so that a bundle that cannot run is never written.
     {
-        let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
-        control_clip::control::ControlEncoders::read_dirs(
-            &args.text_encoder,
-            args.category_encoder.as_deref(),
-            args.style_encoder.as_deref(),
-            args.adapter.as_deref(),
-            &device,
-        )?;
+        if args.category_encoder.is_some() || args.style_encoder.is_some() || args.adapter.is_some() {
+            let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
+            let base = (ConfigJson::read(&src.text_encoder.join("config.json"))?, SafeTensors::read(&find_weights_file_variant(&src.text_encoder, variant)?)?);
+            let source = |d: &Option<PathBuf>| d.as_deref().map(EncoderSource::read_dir).transpose();
+            let adapter = args.adapter.as_deref().map(|d| <Adapter as ModelFolder>::read_dir(d, &device)).transpose()?;
+            ControlEncoders::load((&base.0, &base.1), source(&args.category_encoder)?, source(&args.style_encoder)?, adapter, &device)?;
+        }
     }
     let mut write_component = |name: &str, dir: &Path, form: Option<EncoderForm>| -> control_clip::Result<WeightsComponent> {
         // Deltas are recognised by their PEFT config; EncoderSource refused a folder that is neither above.
         let config_name = if form == Some(EncoderForm::Lora) { "adapter_config.json" } else { "config.json" };
         let config = ConfigJson::read(&dir.join(config_name))?;
-        let weights = SafeTensors::read(&find_weights_file(dir)?)?;
+        // Control-CLIP outputs and a --tiny-decoder have no variants; the generator's components may.
+        let own_variant = form.is_none() && name != component::ADAPTER && args.tiny_decoder.as_deref() != Some(dir);
+        let weights = SafeTensors::read(&find_weights_file_variant(dir, if own_variant { variant } else { None })?)?;
         let shards = shard_tensors(convert_weights(&weights, dtype)?, shard_bytes);
         let names = shard_file_names(name, shards.len());
         let mut entries = Vec::new();
@@ -142,10 +217,10 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let style_encoder = encoder(component::STYLE_ENCODER, &args.style_encoder)?;
     let components = Components {
         tokenizer: BundleFile::of(&tokenizer_name, &tokenizer),
-        text_encoder: write_component(component::TEXT_ENCODER, &args.text_encoder, None)?,
-        unet: write_component(component::UNET, &args.unet, None)?,
-        decoder: write_component(component::DECODER, &args.decoder, None)?,
-        scheduler: SchedulerComponent { config: ConfigJson::read(&args.scheduler_config)?.object },
+        text_encoder: write_component(component::TEXT_ENCODER, &src.text_encoder, None)?,
+        unet: write_component(component::UNET, &src.unet, None)?,
+        decoder: write_component(component::DECODER, &src.decoder, None)?,
+        scheduler: SchedulerComponent { config: ConfigJson::read(&src.scheduler_config)?.object },
         category_encoder,
         style_encoder,
         adapter: args.adapter.as_deref().map(|d| write_component(component::ADAPTER, d, None)).transpose()?,
