@@ -27,6 +27,14 @@ const TINY = '/tests/fixtures/bundles/tiny-random/';
 const UNET_SHARDS = JSON.parse(fs.readFileSync(path.join(ROOT, 'www/models/default/manifest.json'), 'utf8')).components.unet.shards.map(s => s.file);
 
 let server, browser, base;
+// Names that point outside the bundle: another folder of the same server, an absolute path, another origin.
+const HOSTILE_NAMES = [
+  ['name-parent', '../../../../www/models/default/decoder.safetensors'],
+  ['name-absolute', '/www/models/default/decoder.safetensors'],
+  ['name-origin', 'http://127.0.0.2:9/decoder.safetensors'],
+  ['name-escaped', '..%2F..%2Fdefault%2Fdecoder.safetensors'],
+];
+
 before(async () => {
   fs.mkdirSync(OUT, { recursive: true });
   makeBrokenBundles();
@@ -38,14 +46,6 @@ after(async () => {
   if (browser) await browser.close();
   if (server) server.close();
 });
-
-// Names that point outside the bundle: another folder of the same server, an absolute path, another origin.
-const HOSTILE_NAMES = [
-  ['name-parent', '../../../../www/models/default/decoder.safetensors'],
-  ['name-absolute', '/www/models/default/decoder.safetensors'],
-  ['name-origin', 'http://127.0.0.2:9/decoder.safetensors'],
-  ['name-escaped', '..%2F..%2Fdefault%2Fdecoder.safetensors'],
-];
 
 function makeBrokenBundles() {
   const src = path.join(ROOT, 'www/models/default');
