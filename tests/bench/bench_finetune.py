@@ -7,7 +7,9 @@ reference (tests/fixtures/reference_finetune.py: peft + torch.optim.AdamW) on th
     python3 tests/bench/bench_finetune.py [--runs 2] [--backends cpu]
 
 E has CLIP ViT-L/14's text shape (12 layers, 768 wide, 12 heads, MLP 3072, 49,408 tokens; random weights,
-std 0.02); LoRA r = 8 on all six kinds of linear layer of f_c and f_s, adapter width 128; each encoder reads
+std 0.02); LoRA r = 8 on all six kinds of linear layer of f_c and f_s, adapter width 128, all trainables
+starting at std 0.02 (larger starting factors make this deep model's f32 gradients ill-conditioned: at 0.3,
+PyTorch's own f32 and f64 gradients differ by up to 50 %); each encoder reads
 32 prompts × 77 tokens per step (8 category and 8 style class prompts, 4 triplets, 4 general prompts) and the
 step has 16 labelled pictures. PyTorch runs one reference step (written as io.safetensors with its
 expectations), then --runs timed steps; `control-clip bench-finetune` checks one step against those
@@ -43,7 +45,7 @@ def main():
     from fixtures_finetune import make_finetune
 
     spec = dict(name="vit-l-text", seed=41, n=16, k_c=4, t_c=2, k_s=4, t_s=2, m=4, g=4, adapter_dim=128,
-                weight_scale=0.02, text=VIT_L_TEXT,
+                weight_scale=0.02, init_scale=0.02, text=VIT_L_TEXT,
                 train=dict(lr=1e-4, eps=1e-3, lora=dict(r=8, lora_alpha=16,
                                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])))
     times = make_finetune(spec, out=args.work, timed_runs=args.runs)
