@@ -134,6 +134,10 @@ pub mod component {
 /// The longest file name a manifest may give.
 pub const MAX_FILE_NAME: usize = 128;
 
+/// The largest size a manifest may declare for one file: 16 GiB (an SD-1.5 UNet in f32 is 3.4 GB; wasm32
+/// cannot hold even 4 GiB). A larger figure is refused at parse time rather than trusted by a reader.
+pub const MAX_FILE_BYTES: u64 = 16 << 30;
+
 /// A bundle's file names are joined to its folder (natively) or resolved against its URL (in the page), so
 /// a name must stay inside the bundle: 1 to [`MAX_FILE_NAME`] characters of ASCII letters, digits, `.`, `_`
 /// and `-`, not starting with `.`. That refuses path separators (`/`, `\`), `.` and `..`, absolute paths,
@@ -254,16 +258,23 @@ impl Components {
     }
 
     /// Refuses any file name that is not a plain name inside the bundle (see [`check_file_name`]), naming
-    /// the manifest field, before anything is read or fetched.
-    fn check_file_names(&self, manifest: &str) -> Result<()> {
-        check_file_name(manifest, "components.tokenizer.file", &self.tokenizer.file)?;
+    /// the manifest field, before anything is read or fetched, and any declared size over [`MAX_FILE_BYTES`].
+    fn check_files(&self, manifest: &str) -> Result<()> {
+        let check = |field: String, f: &BundleFile| -> Result<()> {
+            check_file_name(manifest, &format!("{field}.file"), &f.file)?;
+            if f.bytes > MAX_FILE_BYTES {
+                return Err(Error::config(manifest, format!("{field}.bytes"), format!("{} bytes is more than any bundle file may hold ({MAX_FILE_BYTES})", f.bytes)));
+            }
+            Ok(())
+        };
+        check("components.tokenizer".into(), &self.tokenizer)?;
         for name in component::WEIGHTS {
             let Some(c) = self.weights(name) else { continue };
             match &c.files {
-                Files::One(f) => check_file_name(manifest, &format!("components.{name}.file"), &f.file)?,
+                Files::One(f) => check(format!("components.{name}"), f)?,
                 Files::Shards { shards } => {
                     for (i, f) in shards.iter().enumerate() {
-                        check_file_name(manifest, &format!("components.{name}.shards[{i}].file"), &f.file)?;
+                        check(format!("components.{name}.shards[{i}]"), f)?;
                     }
                 }
             }
@@ -362,7 +373,7 @@ impl Manifest {
         if let Some(name) = component::WEIGHTS.into_iter().find(|n| manifest.components.weights(n).is_some_and(|c| c.files.list().is_empty())) {
             return Err(Error::config(&file, format!("components.{name}.shards"), "must be a non-empty list of files"));
         }
-        manifest.components.check_file_names(&file)?;
+        manifest.components.check_files(&file)?;
         manifest.origin = origin.to_string();
         Ok(manifest)
     }
@@ -450,7 +461,14 @@ impl Manifest {
     /// Reads one of the bundle folder's files and verifies it against the manifest (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_verified(&self, dir: &std::path::Path, file: &BundleFile) -> Result<Vec<u8>> {
-        let bytes = crate::files::read_bytes(&dir.join(&file.file))?;
+        let path = dir.join(&file.file);
+        // The size first, from the file system: a file of the wrong size is never read into memory.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.len() != file.bytes {
+                self.verify_digest(file, meta.len(), "")?;
+            }
+        }
+        let bytes = crate::files::read_bytes(&path)?;
         self.verify(file, &bytes)?;
         Ok(bytes)
     }

@@ -57,9 +57,15 @@ async function openCache() {
   try { return await caches.open(BUNDLE_CACHE); } catch { return null; } // no Cache Storage (e.g. file://)
 }
 
-// Reads a response body with progress callbacks.
-async function readWithProgress(response, onChunk) {
-  if (!response.body) return new Uint8Array(await response.arrayBuffer());
+// Reads a response body with progress callbacks, never more than `limit` bytes (the manifest's size for the
+// file): a longer body is cut off with an error instead of filling memory.
+async function readWithProgress(response, limit, onChunk) {
+  const tooLong = () => new Error(`${response.url}: more than the manifest's ${limit} bytes: reading stopped (wrong or damaged file)`);
+  if (!response.body) {
+    const whole = new Uint8Array(await response.arrayBuffer());
+    if (whole.length > limit) throw tooLong();
+    return whole;
+  }
   const reader = response.body.getReader();
   const chunks = [];
   let length = 0;
@@ -68,6 +74,10 @@ async function readWithProgress(response, onChunk) {
     if (done) break;
     chunks.push(value);
     length += value.length;
+    if (length > limit) {
+      await reader.cancel();
+      throw tooLong();
+    }
     onChunk(length);
   }
   const bytes = new Uint8Array(length);
@@ -127,7 +137,9 @@ async function loadFromUrl(id, base, backend) {
     let response;
     try { response = await fetch(url, { cache: 'no-cache' }); } catch (e) { throw new Error(`${url}: could not be fetched (${e.message}); offline?`); }
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}${response.status === 404 ? ' (the file is missing from the bundle)' : ''}`);
-    const bytes = await readWithProgress(response, n => progress(name, n, entry.bytes));
+    const declared = Number(response.headers.get('content-length'));
+    if (declared > entry.bytes && !response.headers.get('content-encoding')) throw new Error(`${url}: ${declared} bytes, more than the manifest's ${entry.bytes}: refused before reading (wrong file)`);
+    const bytes = await readWithProgress(response, entry.bytes, n => progress(name, n, entry.bytes));
     await verify(manifest, name, bytes);
     if (cache) await cache.put(url, new Response(bytes));
     return bytes;

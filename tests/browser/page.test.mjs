@@ -49,7 +49,7 @@ after(async () => {
 
 function makeBrokenBundles() {
   const src = path.join(ROOT, 'www/models/default');
-  for (const name of ['bad-sha', 'missing-file', 'wrong-version']) {
+  for (const name of ['bad-sha', 'missing-file', 'wrong-version', 'too-long']) {
     const dir = path.join(BUNDLES, name);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.cpSync(src, dir, { recursive: true });
@@ -59,6 +59,9 @@ function makeBrokenBundles() {
   bytes[bytes.length - 10] ^= 0xff; // same size, different content
   fs.writeFileSync(unet, bytes);
   fs.rmSync(path.join(BUNDLES, 'missing-file/decoder.safetensors'));
+  // A file longer than the manifest's size: reading stops at that size (or, where the server sends a
+  // Content-Length, before it starts) instead of filling memory.
+  fs.appendFileSync(path.join(BUNDLES, 'too-long/decoder.safetensors'), Buffer.alloc(1 << 20));
   const manifest = path.join(BUNDLES, 'wrong-version/manifest.json');
   fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 2', '"format_version": 99'));
   // Hostile file names: only the manifest is copied, so any fetch of a bundle file would be the name's own.
@@ -195,6 +198,7 @@ for (const [name, words] of [
   ['bad-sha', [UNET_SHARDS[1], 'sha256', 'does not match']],
   ['missing-file', ['decoder.safetensors', '404', 'missing']],
   ['wrong-version', ['format_version', '99', 'not supported']],
+  ['too-long', ['decoder.safetensors', "more than the manifest's"]],
 ]) {
   test(`a broken bundle (${name}) shows a clear error and the page stays usable`, async () => {
     const { page, errors } = await open(`${base}/www/index.html?backend=cpu&bundle=/tests/browser/out/bundles/${name}/`);

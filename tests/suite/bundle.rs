@@ -390,3 +390,14 @@ fn pickled_weights_are_refused_with_a_way_out() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("diffusion_pytorch_model.bin") && stderr.contains("never loads pickles") && stderr.contains("safe_serialization=True"), "{stderr}");
 }
+
+/// A declared size over the bound is refused at parse time, naming the field; a local file whose size
+/// differs from the manifest's is refused from its metadata, before it is read.
+#[test]
+fn declared_sizes_are_bounded_and_checked_before_reading() {
+    let text = std::fs::read_to_string(fixtures().join("bundles/tiny-random/manifest.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest["components"]["unet"]["shards"][1]["bytes"] = (1u64 << 40).into();
+    let e = control_clip::bundle::Manifest::parse("b", &manifest.to_string()).err().unwrap().to_string();
+    assert!(e.contains("components.unet.shards[1].bytes") && e.contains("more than any bundle file"), "{e}");
+}
