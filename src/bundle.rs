@@ -42,32 +42,45 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Re-encodes every float tensor of a safetensors file in `dtype` (integers are kept). Values that do
-/// not fit f16 are refused by tensor name rather than silently becoming infinities.
-pub fn convert_weights(file: &SafeTensors, dtype: StoreDType) -> Result<Vec<RawTensor>> {
-    let mut out = Vec::new();
-    for raw in file.raw_tensors() {
-        if !raw.dtype.is_float() {
-            out.push(raw);
-            continue;
-        }
-        let (shape, values) = file.f32(&raw.name)?;
-        out.push(match dtype {
-            StoreDType::F32 => RawTensor::f32(raw.name.clone(), shape, &values),
-            StoreDType::F16 => {
-                let mut bytes = Vec::with_capacity(values.len() * 2);
-                for v in &values {
-                    let h = half::f16::from_f32(*v);
-                    if !h.is_finite() {
-                        return Err(Error::tensor(file.file_of(&raw.name), &raw.name, format!("value {v} does not fit in f16; bundle it as f32")));
-                    }
-                    bytes.extend_from_slice(&h.to_le_bytes());
-                }
-                RawTensor { name: raw.name.clone(), dtype: DType::F16, shape, bytes }
-            }
-        });
+/// Re-encodes one tensor of a safetensors file in `dtype` (integers are kept). Values that do not fit f16
+/// are refused by tensor name rather than silently becoming infinities.
+pub fn convert_tensor(file: &SafeTensors, key: &str, dtype: StoreDType) -> Result<RawTensor> {
+    if !file.is_float(key)? {
+        return file.raw_tensor(key);
     }
-    Ok(out)
+    let (shape, values) = file.f32(key)?;
+    Ok(match dtype {
+        StoreDType::F32 => RawTensor::f32(key, shape, &values),
+        StoreDType::F16 => {
+            let mut bytes = Vec::with_capacity(values.len() * 2);
+            for v in &values {
+                let h = half::f16::from_f32(*v);
+                if !h.is_finite() {
+                    return Err(Error::tensor(file.file_of(key), key, format!("value {v} does not fit in f16; bundle it as f32")));
+                }
+                bytes.extend_from_slice(&h.to_le_bytes());
+            }
+            RawTensor { name: key.to_string(), dtype: DType::F16, shape, bytes }
+        }
+    })
+}
+
+/// The size a tensor's data will have once stored in `dtype`.
+pub fn stored_len(file: &SafeTensors, key: &str, dtype: StoreDType) -> Result<usize> {
+    let numel: usize = file.shape(key)?.iter().product();
+    Ok(match (file.is_float(key)?, dtype) {
+        (false, _) => file.data_len(key)?,
+        (true, StoreDType::F32) => numel * 4,
+        (true, StoreDType::F16) => numel * 2,
+    })
+}
+
+/// The tensors of a file in `dtype`, planned into shards of at most `max_bytes` of data each (names only,
+/// in name order; a tensor over `max_bytes` gets a shard of its own, as safetensors cannot split one), so that a converter can then build and write one shard at
+/// a time and never hold a whole converted copy of a large component.
+pub fn plan_shards(file: &SafeTensors, dtype: StoreDType, max_bytes: usize) -> Result<Vec<Vec<String>>> {
+    let sized = file.keys().map(|k| Ok((k.to_string(), stored_len(file, k, dtype)?))).collect::<Result<Vec<_>>>()?;
+    Ok(group_by_size(sized, max_bytes))
 }
 
 /// A size in bytes: a whole number with an optional K, M or G suffix (binary: KiB, MiB, GiB).
@@ -84,24 +97,24 @@ pub fn parse_size(text: &str) -> Result<usize> {
     n.checked_shl(shift).filter(|&b| b > 0 && b >> shift == n).ok_or_else(bad)
 }
 
-/// Splits tensors (kept in order) into groups whose data stays within `max_bytes` each. A tensor larger
-/// than `max_bytes` gets a group of its own (safetensors cannot split a tensor).
-pub fn shard_tensors(tensors: Vec<RawTensor>, max_bytes: usize) -> Vec<Vec<RawTensor>> {
-    let mut shards: Vec<Vec<RawTensor>> = Vec::new();
+/// Consecutive groups of items whose sizes add up to at most `max_bytes` (an item over it alone); at least
+/// one group.
+fn group_by_size<T>(items: Vec<(T, usize)>, max_bytes: usize) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
     let mut size = 0;
-    for t in tensors {
-        let fits = shards.last().is_some_and(|s| !s.is_empty() && size + t.bytes.len() <= max_bytes);
+    for (item, n) in items {
+        let fits = groups.last().is_some_and(|g| !g.is_empty() && size + n <= max_bytes);
         if !fits {
-            shards.push(Vec::new());
+            groups.push(Vec::new());
             size = 0;
         }
-        size += t.bytes.len();
-        shards.last_mut().expect("a shard was pushed").push(t);
+        size += n;
+        groups.last_mut().expect("a group was pushed").push(item);
     }
-    if shards.is_empty() {
-        shards.push(Vec::new());
+    if groups.is_empty() {
+        groups.push(Vec::new());
     }
-    shards
+    groups
 }
 
 /// The file names of a component's `count` weight files: `unet.safetensors` when there is one,

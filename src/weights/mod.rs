@@ -352,6 +352,18 @@ impl RawTensor {
 
 impl SafeTensors {
     /// Every tensor of the file as stored (dtype, shape, bytes), in name order.
+    /// One tensor's bytes as stored (a copy of that tensor only).
+    pub fn raw_tensor(&self, key: &str) -> Result<RawTensor> {
+        let e = self.entry(key)?;
+        Ok(RawTensor { name: key.to_string(), dtype: e.dtype, shape: e.shape.clone(), bytes: self.data(e).1.to_vec() })
+    }
+
+    /// The size of a tensor's data as stored, in bytes.
+    pub fn data_len(&self, key: &str) -> Result<usize> {
+        let e = self.entry(key)?;
+        Ok(e.end - e.start)
+    }
+
     pub fn raw_tensors(&self) -> Vec<RawTensor> {
         self.entries
             .iter()

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use control_clip::bundle::{
     BundleFile, Components, Defaults, EncoderForm, Files, MANIFEST, Manifest, SchedulerComponent, StoreDType, WeightsComponent, component,
-    convert_weights, parse_size, shard_file_names, shard_tensors,
+    convert_tensor, parse_size, plan_shards, shard_file_names,
 };
 use control_clip::config::ConfigJson;
 use control_clip::files;
@@ -195,11 +195,13 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
         // Control-CLIP outputs and a --tiny-decoder have no variants; the generator's components may.
         let own_variant = form.is_none() && name != component::ADAPTER && args.tiny_decoder.as_deref() != Some(dir);
         let weights = SafeTensors::read(&find_weights_file_variant(dir, if own_variant { variant } else { None })?)?;
-        let shards = shard_tensors(convert_weights(&weights, dtype)?, shard_bytes);
+        // One shard converted and in memory at a time: the component's file plus at most one shard.
+        let shards = plan_shards(&weights, dtype, shard_bytes)?;
         let names = shard_file_names(name, shards.len());
         let mut entries = Vec::new();
-        for (file_name, tensors) in names.iter().zip(&shards) {
-            let bytes = serialize(tensors);
+        for (file_name, keys) in names.iter().zip(&shards) {
+            let tensors = keys.iter().map(|k| convert_tensor(&weights, k, dtype)).collect::<control_clip::Result<Vec<_>>>()?;
+            let bytes = serialize(&tensors);
             if let [t] = tensors.as_slice()
                 && t.bytes.len() > shard_bytes
             {
