@@ -22,4 +22,5 @@ mod parity_finetune;
 mod parity_pipeline;
 mod parity_schedulers;
 mod parity_unet;
+mod soak;
 mod tokenizer_parity;

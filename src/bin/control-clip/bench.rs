@@ -68,9 +68,34 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Peak resident memory of this process (Linux), in MiB.
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// A request for `prompt` with a bundle's recommended settings (steps, guidance, size, weights), seed 1.
+pub(crate) fn bundle_request(dir: &std::path::Path, prompt: &str) -> control_clip::Result<GenerateRequest> {
+    let defaults = control_clip::bundle::Manifest::read_dir(dir)?.defaults;
+    let mut req = GenerateRequest::new(prompt);
+    req.steps = defaults.steps.unwrap_or(req.steps);
+    req.guidance = defaults.guidance.map_or(req.guidance, |v| v as f32);
+    req.width = defaults.width.unwrap_or(req.width);
+    req.height = defaults.height.unwrap_or(req.height);
+    req.seed = 1;
+    req.control = control_clip::control::ControlWeights::new(
+        defaults.category_weight.map_or(1.0, |v| v as f32),
+        defaults.style_weight.map_or(0.0, |v| v as f32),
+    )?;
+    Ok(req)
+}
+
+/// Resident memory of this process now (Linux), in MiB.
+pub(crate) fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -85,17 +110,8 @@ async fn bench_bundle(dir: &std::path::Path, args: &BenchArgs) -> control_clip::
     let t = Instant::now();
     let pipeline = Pipeline::read_bundle(dir, &device).await?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let defaults = control_clip::bundle::Manifest::read_dir(dir)?.defaults;
-    let mut req = GenerateRequest::new("a cat in Pokemon style");
-    req.steps = args.generation_steps.or(defaults.steps).unwrap_or(req.steps);
-    req.guidance = defaults.guidance.map_or(req.guidance, |v| v as f32);
-    req.width = defaults.width.unwrap_or(req.width);
-    req.height = defaults.height.unwrap_or(req.height);
-    req.seed = 1;
-    req.control = control_clip::control::ControlWeights::new(
-        defaults.category_weight.map_or(1.0, |v| v as f32),
-        defaults.style_weight.map_or(0.0, |v| v as f32),
-    )?;
+    let mut req = bundle_request(dir, "a cat in Pokemon style")?;
+    req.steps = args.generation_steps.unwrap_or(req.steps);
     let (mut first_ms, mut generation_ms, mut step_ms) = (0.0, Vec::new(), Vec::new());
     for run in 0..=args.runs {
         let t = Instant::now();

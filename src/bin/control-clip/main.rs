@@ -8,6 +8,7 @@ mod check;
 mod eval;
 mod finetune;
 mod generate;
+mod soak;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Generate an image from a prompt and write it as a PNG.
     Generate(generate::GenerateArgs),
+    /// Many generations in one process: memory bounded, no slowdown, repeated seeds identical.
+    Soak(soak::SoakArgs),
     /// Show the token ids of a prompt (and what a too-long prompt loses).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Bundle(args) => bundle::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Finetune(args) => finetune::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
