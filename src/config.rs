@@ -7,6 +7,12 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// The largest integer a config may give (a count, a size, an id): 2^20. No supported model needs more
+/// (vocabularies are under 300 k, widths under 20 k, timesteps 1,000), and a larger value would only make a
+/// reader allocate or loop before the weights could contradict it (a scheduler's 10^12 training timesteps
+/// would ask for terabytes of betas), so it is refused by name.
+pub const MAX_CONFIG_INTEGER: usize = 1 << 20;
+
 /// A parsed JSON object plus the name of the file it came from.
 pub struct ConfigJson {
     pub file: String,
@@ -75,9 +81,16 @@ impl ConfigJson {
         })
     }
 
-    /// A non-negative integer, or None when absent or null.
+    /// A non-negative integer up to [`MAX_CONFIG_INTEGER`], or None when absent or null.
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
-        self.typed(field, "a non-negative integer", |v| v.as_u64().map(|x| x as usize))
+        self.typed(field, "a non-negative integer", |v| v.as_u64())?.map(|x| self.bounded(field, x)).transpose()
+    }
+
+    fn bounded(&self, field: &str, value: u64) -> Result<usize> {
+        if value > MAX_CONFIG_INTEGER as u64 {
+            return Err(Error::config(&self.file, field, format!("{value} is over the largest value a config may give ({MAX_CONFIG_INTEGER})")));
+        }
+        Ok(value as usize)
     }
 
     /// true / false, or None when absent or null.
@@ -147,12 +160,13 @@ impl ConfigJson {
             return default.map(|d| vec![d; n]).ok_or_else(|| Error::config(&self.file, field, "missing"));
         };
         if let Some(x) = v.as_u64() {
-            return Ok(vec![x as usize; n]);
+            return Ok(vec![self.bounded(field, x)?; n]);
         }
         let list = v
             .as_array()
-            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+            .and_then(|a| a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>())
             .ok_or_else(|| self.wrong(field, "an integer or a list of integers", v))?;
+        let list = list.into_iter().map(|x| self.bounded(field, x)).collect::<Result<Vec<_>>>()?;
         if list.len() != n {
             return Err(Error::config(&self.file, field, format!("has {} entries, expected one per block ({n})", list.len())));
         }

@@ -198,3 +198,27 @@ fn control_weights_and_adapters_are_validated() {
     let e = load(&config, SafeTensors::from_bytes("adapter/model.safetensors", serialize(&tensors)).unwrap());
     assert!(e.contains("norm.bias") && e.contains("missing"), "{e}");
 }
+
+/// Config integers over the bound (2^20) are refused by file and field before anything is allocated or
+/// looped over: a layer count, a list entry, a scheduler's training timesteps.
+#[test]
+fn over_large_config_integers_are_refused_by_name() {
+    let start = std::time::Instant::now();
+    let mut config: serde_json::Value = serde_json::from_str(&config_text()).unwrap();
+    config["num_hidden_layers"] = 1_000_000_000_000u64.into();
+    let text = config.to_string();
+    let e = load_err(&text, model_bytes());
+    assert!(e.contains("m/config.json") && e.contains("num_hidden_layers") && e.contains("over the largest value"), "{e}");
+
+    let scheduler = ConfigJson::parse("s/scheduler_config.json", r#"{"_class_name": "DDIMScheduler", "num_train_timesteps": 1000000000000}"#).unwrap();
+    let e = control_clip::schedulers::SchedulerConfig::from_json(&scheduler).err().unwrap().to_string();
+    assert!(e.contains("s/scheduler_config.json") && e.contains("num_train_timesteps"), "{e}");
+
+    let unet = ConfigJson::parse("u/config.json", r#"{"block_out_channels": [32, 4294967296]}"#).unwrap();
+    let e = unet.usize_per_block("block_out_channels", 2, None).err().unwrap().to_string();
+    assert!(e.contains("block_out_channels") && e.contains("over the largest value"), "{e}");
+    // The bound itself is allowed.
+    let ok = ConfigJson::parse("u/config.json", &format!(r#"{{"x": {}}}"#, control_clip::config::MAX_CONFIG_INTEGER)).unwrap();
+    assert_eq!(ok.opt_usize("x").unwrap(), Some(control_clip::config::MAX_CONFIG_INTEGER));
+    assert!(start.elapsed().as_secs() < 5, "refusing took {:?}", start.elapsed());
+}
