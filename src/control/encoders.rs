@@ -80,10 +80,12 @@ impl ControlEncoders {
         Ok(Self { category, style, adapter })
     }
 
-    /// Reads f_c, f_s (full or delta folders) and the adapter folder; `text_encoder` is E's folder.
+    /// Reads f_c, f_s (full or delta folders) and the adapter folder; `text_encoder` is E's folder, read
+    /// with its weight `variant` (`fp16` for `model.fp16.safetensors`) when one is given.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dirs(
         text_encoder: &std::path::Path,
+        variant: Option<&str>,
         category: Option<&std::path::Path>,
         style: Option<&std::path::Path>,
         adapter: Option<&std::path::Path>,
@@ -92,7 +94,8 @@ impl ControlEncoders {
         if category.is_none() && style.is_none() && adapter.is_none() {
             return Ok(Self::default());
         }
-        let (config, weights) = crate::weights::read_model_dir(text_encoder)?;
+        let config = ConfigJson::read(&text_encoder.join("config.json"))?;
+        let weights = SafeTensors::read(&crate::weights::find_weights_file_variant(text_encoder, variant)?)?;
         let category = category.map(EncoderSource::read_dir).transpose()?;
         let style = style.map(EncoderSource::read_dir).transpose()?;
         let adapter = adapter.map(|d| <Adapter as crate::models::ModelFolder>::read_dir(d, device)).transpose()?;

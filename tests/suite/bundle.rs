@@ -215,7 +215,7 @@ fn bundle_with_control_encoders_records_them_and_reproduces_the_control_fixture(
     std::fs::write(other.join("adapter_model.safetensors"), control_clip::weights::serialize(&renamed)).unwrap();
     let err = block_on(async {
         let device = init_device(BackendKind::Cpu).await.unwrap();
-        control_clip::control::ControlEncoders::read_dirs(&f.join("clip_text/sd-mini-f16"), Some(&other), None, None, &device).err().unwrap()
+        control_clip::control::ControlEncoders::read_dirs(&f.join("clip_text/sd-mini-f16"), None, Some(&other), None, None, &device).err().unwrap()
     });
     assert!(err.to_string().contains("encoder.layers.7."), "{err}");
 }

@@ -61,7 +61,7 @@ impl FixturePipeline<'_> {
         let control = match self.control {
             None => ControlEncoders::default(),
             Some([category, style, adapter]) => {
-                ControlEncoders::read_dirs(self.text_encoder, Some(category), Some(style), Some(adapter), device).unwrap()
+                ControlEncoders::read_dirs(self.text_encoder, None, Some(category), Some(style), Some(adapter), device).unwrap()
             }
         };
         Pipeline {

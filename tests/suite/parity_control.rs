@@ -81,6 +81,7 @@ fn read_encoders(device: &burn::tensor::Device, category: &str) -> ControlEncode
     let enc = fixtures().join("control/encoders");
     ControlEncoders::read_dirs(
         &fixtures().join("clip_text/sd-mini-f16"),
+        None,
         Some(&enc.join(category)),
         Some(&enc.join("style_full")),
         Some(&enc.join("adapter")),

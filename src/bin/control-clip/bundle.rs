@@ -11,8 +11,7 @@ use control_clip::bundle::{
 };
 use control_clip::config::ConfigJson;
 use control_clip::files;
-use control_clip::control::{Adapter, ControlEncoders, EncoderSource};
-use control_clip::models::ModelFolder;
+use control_clip::control::ControlEncoders;
 use control_clip::weights::{find_weights_file_variant, serialize};
 use control_clip::{ClipTokenizer, Error, SafeTensors};
 
@@ -112,6 +111,12 @@ struct Sources {
     scheduler_config: PathBuf,
 }
 
+/// A model_index.json component's class: entries are `[library, class]`; `[null, null]` is a component the
+/// pipeline does not have.
+fn class_of(value: Option<&serde_json::Value>) -> Option<&str> {
+    value.and_then(|v| v.as_array()).and_then(|v| v.get(1)).and_then(|c| c.as_str())
+}
+
 /// The components `bundle` reads from a pipeline, by their model_index.json names.
 const PIPELINE_PARTS: [&str; 5] = ["text_encoder", "tokenizer", "unet", "vae", "scheduler"];
 
@@ -120,7 +125,7 @@ impl Sources {
         if let Some(dir) = &args.pipeline {
             let index = ConfigJson::read(&dir.join("model_index.json"))?;
             for (name, value) in &index.object {
-                let class = value.as_array().and_then(|v| v.get(1)).and_then(|c| c.as_str());
+                let class = class_of(Some(value));
                 if name.starts_with('_') || PIPELINE_PARTS.contains(&name.as_str()) || class.is_none() {
                     continue;
                 }
@@ -130,7 +135,7 @@ impl Sources {
                 eprintln!("note: skipping the pipeline's {name} ({}): control-clip does not run it", class.unwrap_or("?"));
             }
             for part in PIPELINE_PARTS {
-                if index.object.get(part).and_then(|v| v.as_array()).and_then(|v| v.get(1)).and_then(|c| c.as_str()).is_none() {
+                if class_of(index.object.get(part)).is_none() {
                     return Err(Error::config(&index.file, part, "missing: bundle needs text_encoder, tokenizer, unet, vae and scheduler"));
                 }
             }
@@ -180,21 +185,23 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
 
     // Load everything once as the pipeline would, so that a bundle that cannot run is never written.
     {
-        if args.category_encoder.is_some() || args.style_encoder.is_some() || args.adapter.is_some() {
-            let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
-            let base = (ConfigJson::read(&src.text_encoder.join("config.json"))?, SafeTensors::read(&find_weights_file_variant(&src.text_encoder, variant)?)?);
-            let source = |d: &Option<PathBuf>| d.as_deref().map(EncoderSource::read_dir).transpose();
-            let adapter = args.adapter.as_deref().map(|d| <Adapter as ModelFolder>::read_dir(d, &device)).transpose()?;
-            ControlEncoders::load((&base.0, &base.1), source(&args.category_encoder)?, source(&args.style_encoder)?, adapter, &device)?;
-        }
+        let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
+        ControlEncoders::read_dirs(
+            &src.text_encoder,
+            variant,
+            args.category_encoder.as_deref(),
+            args.style_encoder.as_deref(),
+            args.adapter.as_deref(),
+            &device,
+        )?;
     }
-    let mut write_component = |name: &str, dir: &Path, form: Option<EncoderForm>| -> control_clip::Result<WeightsComponent> {
+    // `variant` is the weight variant to read: the generator's parts may have one (not a --tiny-decoder,
+    // not the Control-CLIP parts).
+    let mut write_component = |name: &str, dir: &Path, form: Option<EncoderForm>, variant: Option<&str>| -> control_clip::Result<WeightsComponent> {
         // Deltas are recognised by their PEFT config; EncoderSource refused a folder that is neither above.
         let config_name = if form == Some(EncoderForm::Lora) { "adapter_config.json" } else { "config.json" };
         let config = ConfigJson::read(&dir.join(config_name))?;
-        // Control-CLIP outputs and a --tiny-decoder have no variants; the generator's components may.
-        let own_variant = form.is_none() && name != component::ADAPTER && args.tiny_decoder.as_deref() != Some(dir);
-        let weights = SafeTensors::read(&find_weights_file_variant(dir, if own_variant { variant } else { None })?)?;
+        let weights = SafeTensors::read(&find_weights_file_variant(dir, variant)?)?;
         // One shard converted and in memory at a time: the component's file plus at most one shard.
         let shards = plan_shards(&weights, dtype, shard_bytes)?;
         let names = shard_file_names(name, shards.len());
@@ -214,18 +221,18 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
         Ok(WeightsComponent { files: Files::from_list(entries), dtype: Some(args.dtype.clone()), form, config: config.object })
     };
     let encoder_form = |dir: &Path| if dir.join("adapter_config.json").exists() { EncoderForm::Lora } else { EncoderForm::Full };
-    let mut encoder = |name: &str, dir: &Option<PathBuf>| dir.as_deref().map(|d| write_component(name, d, Some(encoder_form(d)))).transpose();
+    let mut encoder = |name: &str, dir: &Option<PathBuf>| dir.as_deref().map(|d| write_component(name, d, Some(encoder_form(d)), None)).transpose();
     let category_encoder = encoder(component::CATEGORY_ENCODER, &args.category_encoder)?;
     let style_encoder = encoder(component::STYLE_ENCODER, &args.style_encoder)?;
     let components = Components {
         tokenizer: BundleFile::of(&tokenizer_name, &tokenizer),
-        text_encoder: write_component(component::TEXT_ENCODER, &src.text_encoder, None)?,
-        unet: write_component(component::UNET, &src.unet, None)?,
-        decoder: write_component(component::DECODER, &src.decoder, None)?,
+        text_encoder: write_component(component::TEXT_ENCODER, &src.text_encoder, None, variant)?,
+        unet: write_component(component::UNET, &src.unet, None, variant)?,
+        decoder: write_component(component::DECODER, &src.decoder, None, if args.tiny_decoder.is_some() { None } else { variant })?,
         scheduler: SchedulerComponent { config: ConfigJson::read(&src.scheduler_config)?.object },
         category_encoder,
         style_encoder,
-        adapter: args.adapter.as_deref().map(|d| write_component(component::ADAPTER, d, None)).transpose()?,
+        adapter: args.adapter.as_deref().map(|d| write_component(component::ADAPTER, d, None, None)).transpose()?,
     };
     let defaults = Defaults {
         prompt: args.prompt.clone(),

@@ -176,6 +176,7 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
                 Pipeline::from_dirs(&part(&args.tokenizer), &text_encoder, &part(&args.unet), &part(&args.decoder), &part(&args.scheduler_config), &device)?;
             pipeline.control = ControlEncoders::read_dirs(
                 &text_encoder,
+                None,
                 args.category_encoder.as_deref(),
                 args.style_encoder.as_deref(),
                 args.adapter.as_deref(),
