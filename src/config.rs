@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 pub const MAX_CONFIG_INTEGER: usize = 1 << 20;
 
 /// A parsed JSON object plus the name of the file it came from.
+#[derive(Debug, Clone)]
 pub struct ConfigJson {
     pub file: String,
     pub object: Map<String, Value>,

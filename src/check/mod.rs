@@ -143,7 +143,7 @@ pub async fn run(component: Component, config: &ConfigJson, weights: Option<&Saf
 pub async fn run_dir(component: Component, dir: &std::path::Path, io: &SafeTensors, device: &Device, tolerance: f32) -> Result<CheckReport> {
     let config = ConfigJson::read(&dir.join(component.config_file()))?;
     let weights = match component.has_weights() {
-        true => Some(SafeTensors::read(&crate::weights::find_weights_file(dir)?)?),
+        true => Some(crate::weights::read_weights(dir, None)?),
         false => None,
     };
     run(component, &config, weights.as_ref(), io, device, tolerance).await

@@ -95,11 +95,24 @@ impl ControlEncoders {
             return Ok(Self::default());
         }
         let config = ConfigJson::read(&text_encoder.join("config.json"))?;
-        let weights = SafeTensors::read(&crate::weights::find_weights_file_variant(text_encoder, variant)?)?;
+        let weights = crate::weights::read_weights(text_encoder, variant)?;
+        Self::read_parts((&config, &weights), category, style, adapter, device)
+    }
+
+    /// [`Self::read_dirs`] with E already read (its config and weights): E may come from a single-file
+    /// checkpoint rather than a folder.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_parts(
+        (config, weights): (&ConfigJson, &SafeTensors),
+        category: Option<&std::path::Path>,
+        style: Option<&std::path::Path>,
+        adapter: Option<&std::path::Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let category = category.map(EncoderSource::read_dir).transpose()?;
         let style = style.map(EncoderSource::read_dir).transpose()?;
         let adapter = adapter.map(|d| <Adapter as crate::models::ModelFolder>::read_dir(d, device)).transpose()?;
-        Self::load((&config, &weights), category, style, adapter, device)
+        Self::load((config, weights), category, style, adapter, device)
     }
 
     /// True when f_c = f_s = E and there is no adapter.

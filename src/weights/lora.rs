@@ -107,7 +107,7 @@ impl LowRankDeltas {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
         let config = ConfigJson::read(&dir.join("adapter_config.json"))?;
-        let weights = SafeTensors::read(&super::find_weights_file(dir)?)?;
+        let weights = super::read_weights(dir, None)?;
         Self::load(&config, &weights)
     }
 

@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 
 mod lora;
 pub use lora::LowRankDeltas;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod single_file;
 
 /// Element types a safetensors file may hold (the subset models and fixtures use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,72 +91,11 @@ impl SafeTensors {
     /// Parses and validates the header of `bytes`; `name` is used in every error message.
     pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
         let name = name.into();
-        let fail = |m: String| Error::file(&name, m);
-        if bytes.is_empty() {
-            return Err(fail("the file is empty (0 bytes), not a safetensors file".into()));
-        }
-        if bytes.len() < 8 {
-            return Err(fail(format!("truncated: {} bytes, too short for a safetensors header", bytes.len())));
-        }
-        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let data_start = 8u64
-            .checked_add(header_len)
-            .filter(|&end| end <= bytes.len() as u64)
-            .ok_or_else(|| {
-                fail(format!(
-                    "truncated or not safetensors: the header claims {header_len} bytes but the file has {} bytes",
-                    bytes.len()
-                ))
-            })? as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..data_start])
-            .map_err(|e| fail(format!("the safetensors header is not valid JSON: {e}")))?;
-        let header = header.as_object().ok_or_else(|| fail("the safetensors header is not a JSON object".into()))?;
-
-        let mut entries = BTreeMap::new();
-        let mut metadata = BTreeMap::new();
-        for (key, info) in header {
-            if key == "__metadata__" {
-                let map = info.as_object().ok_or_else(|| fail("`__metadata__` is not a JSON object".into()))?;
-                for (k, v) in map {
-                    let v = v.as_str().ok_or_else(|| fail(format!("`__metadata__.{k}` is not a string")))?;
-                    metadata.insert(k.clone(), v.to_string());
-                }
-                continue;
-            }
-            let bad = |m: String| Error::tensor(&name, key, m);
-            let dtype_str = info.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("header entry has no `dtype`".into()))?;
-            let dtype = DType::parse(dtype_str).ok_or_else(|| bad(format!("unsupported dtype {dtype_str}")))?;
-            let shape: Vec<usize> = info
-                .get("shape")
-                .and_then(|v| v.as_array())
-                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| bad("header entry has no valid `shape`".into()))?;
-            let offsets = info
-                .get("data_offsets")
-                .and_then(|v| v.as_array())
-                .and_then(|a| a.iter().map(|d| d.as_u64()).collect::<Option<Vec<_>>>())
-                .filter(|o| o.len() == 2)
-                .ok_or_else(|| bad("header entry has no valid `data_offsets`".into()))?;
-            let (begin, end) = (offsets[0], offsets[1]);
-            let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-            let expected = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
-            if end < begin || Some(end - begin) != expected {
-                return Err(bad(format!(
-                    "the header lies about sizes: shape {shape:?} of {dtype_str} needs {} bytes but data_offsets [{begin}, {end}] span {}",
-                    expected.map_or("too many".to_string(), |e| e.to_string()),
-                    end as i128 - begin as i128
-                )));
-            }
-            let available = (bytes.len() - data_start) as u64;
-            if end > available {
-                return Err(bad(format!(
-                    "truncated file: the tensor's data ends at byte {end} of the data section, which has only {available} bytes"
-                )));
-            }
-            entries.insert(
-                key.clone(),
-                Entry { dtype, shape, file: 0, start: data_start + begin as usize, end: data_start + end as usize },
-            );
+        let data_start = header_end(&name, &bytes[..bytes.len().min(8)], bytes.len() as u64)? as usize;
+        let (mut entries, metadata) = parse_header(&name, &bytes[8..data_start], (bytes.len() - data_start) as u64)?;
+        for e in entries.values_mut() {
+            e.start += data_start;
+            e.end += data_start;
         }
         Ok(Self { name: name.clone(), files: vec![(name, bytes)], entries, metadata })
     }
@@ -271,6 +212,170 @@ impl SafeTensors {
         })?;
         let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+/// safetensors' own limit on a header (100 MB): a larger one is refused before it is read.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Where a safetensors file's data section starts (8 + the header's length), from its first 8 bytes and
+/// the file's length; a header that claims more bytes than the file has is refused.
+fn header_end(name: &str, first: &[u8], file_len: u64) -> Result<u64> {
+    let fail = |m: String| Error::file(name, m);
+    if file_len == 0 {
+        return Err(fail("the file is empty (0 bytes), not a safetensors file".into()));
+    }
+    if first.len() < 8 {
+        return Err(fail(format!("truncated: {file_len} bytes, too short for a safetensors header")));
+    }
+    let header_len = u64::from_le_bytes(first[..8].try_into().expect("8 bytes"));
+    if header_len > MAX_HEADER_BYTES && header_len < file_len {
+        return Err(fail(format!("the header claims {header_len} bytes, over safetensors' limit of {MAX_HEADER_BYTES}")));
+    }
+    8u64.checked_add(header_len).filter(|&end| end <= file_len && header_len <= MAX_HEADER_BYTES).ok_or_else(|| {
+        fail(format!("truncated or not safetensors: the header claims {header_len} bytes but the file has {file_len} bytes"))
+    })
+}
+
+/// The tensors a header lists (offsets relative to the data section, each checked against its shape and
+/// against `data_len`) and its `__metadata__`.
+fn parse_header(name: &str, header: &[u8], data_len: u64) -> Result<(BTreeMap<String, Entry>, BTreeMap<String, String>)> {
+    let fail = |m: String| Error::file(name, m);
+    let header: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| fail(format!("the safetensors header is not valid JSON: {e}")))?;
+    let header = header.as_object().ok_or_else(|| fail("the safetensors header is not a JSON object".into()))?;
+    let mut entries = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    for (key, info) in header {
+        if key == "__metadata__" {
+            let map = info.as_object().ok_or_else(|| fail("`__metadata__` is not a JSON object".into()))?;
+            for (k, v) in map {
+                let v = v.as_str().ok_or_else(|| fail(format!("`__metadata__.{k}` is not a string")))?;
+                metadata.insert(k.clone(), v.to_string());
+            }
+            continue;
+        }
+        let bad = |m: String| Error::tensor(name, key, m);
+        let dtype_str = info.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("header entry has no `dtype`".into()))?;
+        let dtype = DType::parse(dtype_str).ok_or_else(|| bad(format!("unsupported dtype {dtype_str}")))?;
+        let shape: Vec<usize> = info
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| bad("header entry has no valid `shape`".into()))?;
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect::<Option<Vec<_>>>())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| bad("header entry has no valid `data_offsets`".into()))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let expected = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
+        if end < begin || Some(end - begin) != expected {
+            return Err(bad(format!(
+                "the header lies about sizes: shape {shape:?} of {dtype_str} needs {} bytes but data_offsets [{begin}, {end}] span {}",
+                expected.map_or("too many".to_string(), |e| e.to_string()),
+                end as i128 - begin as i128
+            )));
+        }
+        if end > data_len {
+            return Err(bad(format!(
+                "truncated file: the tensor's data ends at byte {end} of the data section, which has only {data_len} bytes"
+            )));
+        }
+        entries.insert(key.clone(), Entry { dtype, shape, file: 0, start: begin as usize, end: end as usize });
+    }
+    Ok((entries, metadata))
+}
+
+/// A safetensors file on disk known by its header alone, for a file of which only some tensors are
+/// wanted at a time (a single-file checkpoint holds three models, and often EMA copies besides): the
+/// wanted tensors are then read by their byte ranges, never the whole file.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct FileIndex {
+    path: std::path::PathBuf,
+    name: String,
+    data_start: u64,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// One tensor to take from a [`FileIndex`]: its name in the file, its new name, and a new shape when the
+/// tensor is reinterpreted (same elements, e.g. a 1×1 convolution's [o, i, 1, 1] as a linear's [o, i]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pick {
+    pub from: String,
+    pub to: String,
+    pub shape: Option<Vec<usize>>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl FileIndex {
+    /// Reads and checks the header of the file at `path` (only the header).
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        use std::io::Read;
+        let name = path.display().to_string();
+        let io = |e: std::io::Error| Error::file(&name, format!("cannot read: {e}"));
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut first = [0u8; 8];
+        let got = file.read(&mut first).map_err(io)?;
+        let data_start = header_end(&name, &first[..got], len)?;
+        let mut header = vec![0u8; (data_start - 8) as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let (entries, _) = parse_header(&name, &header, len - data_start)?;
+        Ok(Self { path: path.to_path_buf(), name, data_start, entries })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.entries.get(key).map(|e| e.shape.as_slice())
+    }
+
+    /// The tensors `picks` names, renamed (and reshaped), as one set named `name`; only their bytes are
+    /// read, in file order.
+    pub fn read_tensors(&self, name: &str, picks: &[Pick]) -> Result<SafeTensors> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |e: std::io::Error| Error::file(&self.name, format!("cannot read: {e}"));
+        let mut ordered: Vec<(&Pick, &Entry)> = Vec::with_capacity(picks.len());
+        for pick in picks {
+            let e = self.entries.get(&pick.from).ok_or_else(|| Error::tensor(&self.name, &pick.from, "missing from the file"))?;
+            if let Some(shape) = &pick.shape
+                && shape.iter().product::<usize>() != e.shape.iter().product::<usize>()
+            {
+                return Err(Error::tensor(&self.name, &pick.from, format!("has shape {:?}, which cannot be read as {shape:?}", e.shape)));
+            }
+            ordered.push((pick, e));
+        }
+        ordered.sort_by_key(|(_, e)| e.start);
+        let total = ordered.iter().map(|(_, e)| e.end - e.start).sum();
+        let mut bytes = vec![0u8; total];
+        let mut file = std::fs::File::open(&self.path).map_err(io)?;
+        let mut entries = BTreeMap::new();
+        let mut at = 0;
+        for (pick, e) in ordered {
+            let len = e.end - e.start;
+            file.seek(SeekFrom::Start(self.data_start + e.start as u64)).map_err(io)?;
+            file.read_exact(&mut bytes[at..at + len]).map_err(io)?;
+            let shape = pick.shape.clone().unwrap_or_else(|| e.shape.clone());
+            if entries.insert(pick.to.clone(), Entry { dtype: e.dtype, shape, file: 0, start: at, end: at + len }).is_some() {
+                return Err(Error::tensor(&self.name, &pick.from, format!("is the second tensor read as {}", pick.to)));
+            }
+            at += len;
+        }
+        let name = name.to_string();
+        Ok(SafeTensors { name: name.clone(), files: vec![(name, bytes)], entries, metadata: BTreeMap::new() })
     }
 }
 
@@ -418,16 +523,41 @@ pub fn serialize_with_metadata(tensors: &[RawTensor], metadata: &[(&str, String)
     out
 }
 
-/// The weights file of a transformers / diffusers / PEFT model folder.
+/// The weights of a model folder ([`find_weights_file_variant`]): one safetensors file, or the shards an
+/// index (`*.safetensors.index.json`, as `save_pretrained` writes a large model) lists, read as one set.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn find_weights_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    find_weights_file_variant(dir, None)
+pub fn read_weights(dir: &std::path::Path, variant: Option<&str>) -> Result<SafeTensors> {
+    let path = find_weights_file_variant(dir, variant)?;
+    if !path.to_string_lossy().ends_with(".json") {
+        return SafeTensors::read(&path);
+    }
+    let index = crate::config::ConfigJson::read(&path)?;
+    let map = index.object.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::config(&index.file, "weight_map", "missing or not an object of tensor → file"))?;
+    let mut files: Vec<&str> = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().filter(|f| !f.is_empty() && !f.contains(['/', '\\']) && *f != "..").ok_or_else(|| {
+            Error::config(&index.file, format!("weight_map.{tensor}"), "must name a file in the same folder")
+        })?;
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    files.sort();
+    let shards = files.iter().map(|f| SafeTensors::read(&dir.join(f))).collect::<Result<Vec<_>>>()?;
+    let set = SafeTensors::from_shards(path.display().to_string(), shards)?;
+    for (tensor, file) in map {
+        let file = dir.join(file.as_str().unwrap_or_default()).display().to_string();
+        if set.file_of(tensor) != file {
+            return Err(Error::tensor(&file, tensor, format!("missing: {} lists it in this file", index.file)));
+        }
+    }
+    Ok(set)
 }
 
 /// The weights file of a model folder, or of one of its weight variants (`--variant fp16`:
-/// `diffusion_pytorch_model.fp16.safetensors`, as diffusers' `save_pretrained(variant=…)` names them).
-/// A folder with only pickled weights (`*.bin`) is refused with what to run instead: pickles can run code
-/// when loaded, so they are never read. Sharded weights (`*.safetensors.index.json`) are not read yet.
+/// `diffusion_pytorch_model.fp16.safetensors`, as diffusers' `save_pretrained(variant=…)` names them), or
+/// its shards' index. A folder with only pickled weights (`*.bin`) is refused with what to run instead:
+/// pickles can run code when loaded, so they are never read.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn find_weights_file_variant(dir: &std::path::Path, variant: Option<&str>) -> Result<std::path::PathBuf> {
     const STEMS: [&str; 3] = ["model", "diffusion_pytorch_model", "adapter_model"];
@@ -436,6 +566,14 @@ pub fn find_weights_file_variant(dir: &std::path::Path, variant: Option<&str>) -
         None => ["model.safetensors", "diffusion_pytorch_model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors"].map(String::from).to_vec(),
     };
     if let Some(found) = names.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
+        return Ok(found);
+    }
+    // Sharded: `save_pretrained` names the index `<stem>.safetensors.index[.<variant>].json`.
+    let index = |s: &&str| match variant {
+        Some(v) => format!("{s}.safetensors.index.{v}.json"),
+        None => format!("{s}.safetensors.index.json"),
+    };
+    if let Some(found) = STEMS.iter().map(index).map(|n| dir.join(n)).find(|p| p.exists()) {
         return Ok(found);
     }
     let listing: Vec<String> = std::fs::read_dir(dir)
@@ -452,7 +590,7 @@ pub fn find_weights_file_variant(dir: &std::path::Path, variant: Option<&str>) -
             ),
         ));
     }
-    let variants: Vec<&String> = listing.iter().filter(|f| f.ends_with(".safetensors") && f.matches('.').count() == 2).collect();
+    let variants: Vec<&String> = listing.iter().filter(|f| f.ends_with(".safetensors") && f.matches('.').count() == 2 && !f.contains("-of-")).collect();
     if variant.is_none() && !variants.is_empty() {
         let v: Vec<&str> = variants.iter().filter_map(|f| f.split('.').nth(1)).collect();
         return Err(Error::file(folder, format!("holds only weight variants ({}): choose one with --variant {}", variants.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), v[0])));
@@ -464,6 +602,5 @@ pub fn find_weights_file_variant(dir: &std::path::Path, variant: Option<&str>) -
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_model_dir(dir: &std::path::Path) -> Result<(crate::config::ConfigJson, SafeTensors)> {
     let config = crate::config::ConfigJson::read(&dir.join("config.json"))?;
-    let weights = SafeTensors::read(&find_weights_file(dir)?)?;
-    Ok((config, weights))
+    Ok((config, read_weights(dir, None)?))
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark: peak memory of `control-clip bundle --pipeline` on a real-size SD-1.5-shaped pipeline folder.
+"""Benchmark: peak memory of `control-clip bundle` on a real-size SD-1.5-shaped pipeline folder and on the same
+weights as a single-file checkpoint.
 
     pip install torch transformers diffusers safetensors
     python3 tests/bench/bench_bundle_memory.py [--binary PATH] [--work DIR]
@@ -7,8 +8,11 @@
 Writes (once, cached in --work) a diffusers StableDiffusionPipeline folder with random weights in SD 1.5's
 shapes, saved in f32 as `save_pretrained` does: UNet 860 M parameters (3.4 GB), CLIP ViT-L/14 text encoder,
 the full AutoencoderKL, DDIM scheduler, the tokenizer as vocab.json + merges.txt (the real vocabulary from
-tests/fixtures/tokenizer_files/real). Then runs `control-clip bundle --pipeline DIR --dtype f16` under
-GNU time and prints a markdown section (peak RSS, wall time, bundle size) for docs/benchmarks.md.
+tests/fixtures/tokenizer_files/real), and the same weights as one f32 single-file checkpoint in the LDM layout
+(written with tests/fixtures/fixtures_single_file.py's `to_ldm`). Then runs `control-clip bundle --pipeline DIR
+--dtype f16` and `control-clip bundle --checkpoint FILE --tokenizer DIR --dtype f16` (SD 1.5's built-in
+configs: this also checks them against SD 1.5's real shapes) under GNU time, checks that the two bundles are
+byte-identical, and prints a markdown section (peak RSS, wall time, bundle size) for docs/benchmarks.md.
 Not run by CI.
 """
 import argparse
@@ -48,6 +52,36 @@ def make_pipeline(folder):
         shutil.copy(os.path.join(ROOT, "tests/fixtures/tokenizer_files/real", name), tok)
 
 
+def make_checkpoint(pipeline, path):
+    """The pipeline's weights as one single-file checkpoint (f32, LDM names)."""
+    import sys
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
+    from fixtures_single_file import to_ldm
+
+    state = to_ldm(UNet2DConditionModel.from_pretrained(os.path.join(pipeline, "unet")),
+                   AutoencoderKL.from_pretrained(os.path.join(pipeline, "vae")),
+                   CLIPTextModel.from_pretrained(os.path.join(pipeline, "text_encoder")))
+    save_file(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def tensors(bundle):
+    """Every tensor of a bundle's weights files: {(component, name): sha256}, `text_model.` dropped."""
+    import hashlib
+    from safetensors.numpy import load_file
+    out = {}
+    for f in sorted(os.listdir(bundle)):
+        if f.endswith(".safetensors"):
+            for name, value in load_file(os.path.join(bundle, f)).items():
+                key = (f.split("-")[0].split(".")[0], name.removeprefix("text_model."))
+                out[key] = hashlib.sha256(value.tobytes() + str(value.dtype).encode() + str(value.shape).encode()).hexdigest()
+    return out
+
+
 def folder_bytes(folder):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
 
@@ -62,22 +96,36 @@ def main():
     pipeline = os.path.join(args.work, "pipeline")
     if not os.path.exists(os.path.join(pipeline, "model_index.json")):
         make_pipeline(pipeline)
-    out = os.path.join(args.work, "bundle")
-    shutil.rmtree(out, ignore_errors=True)
-    run = subprocess.run(["/usr/bin/time", "-v", args.binary, "bundle", "--pipeline", pipeline, "--dtype", "f16",
-                          "--out", out], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise SystemExit(run.stderr)
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (.+)", run.stderr).group(1)
+    checkpoint = os.path.join(args.work, "sd15-ldm.safetensors")
+    if not os.path.exists(checkpoint):
+        make_checkpoint(pipeline, checkpoint)
+    tokenizer = os.path.join(ROOT, "tests/fixtures/tokenizer_files/real")
+    rows = []
+    for name, source in [("pipeline", ["--pipeline", pipeline]), ("checkpoint", ["--checkpoint", checkpoint, "--tokenizer", tokenizer])]:
+        out = os.path.join(args.work, "bundle-" + name)
+        shutil.rmtree(out, ignore_errors=True)
+        run = subprocess.run(["/usr/bin/time", "-v", args.binary, "bundle", *source, "--dtype", "f16", "--out", out],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(run.stderr)
+        peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
+        wall = re.search(r"Elapsed \(wall clock\) time.*: (.+)", run.stderr).group(1)
+        rows.append((name, out, peak_kb, wall))
+    first, second = rows[0][1], rows[1][1]
+    identical = tensors(first) == tensors(second)
     unet = os.path.getsize(os.path.join(pipeline, "unet", "diffusion_pytorch_model.safetensors"))
-    print(f"## Memory of `bundle --pipeline`: an SD-1.5-shaped pipeline, f32 → f16\n")
+    print(f"## Memory of `bundle`: an SD-1.5-shaped pipeline and single-file checkpoint, f32 → f16\n")
     print(f"`python3 tests/bench/bench_bundle_memory.py` on {platform.machine()}, {os.cpu_count()} cores; "
           f"binary `{os.path.relpath(args.binary, TARGET)}` under the target folder.\n")
-    print("| pipeline folder (f32) | its UNet file | bundle (f16) | peak RSS | wall time |\n|---|---|---|---|---|")
-    print(f"| {folder_bytes(pipeline) / 1e9:.2f} GB | {unet / 1e9:.2f} GB | {folder_bytes(out) / 1e9:.2f} GB "
-          f"| {peak_kb / 1024 / 1024:.2f} GiB | {wall} |")
-
+    print("| input | its size (f32) | bundle (f16) | peak RSS | wall time |\n|---|---|---|---|---|")
+    sizes = {"pipeline": folder_bytes(pipeline), "checkpoint": os.path.getsize(checkpoint)}
+    for name, out, peak_kb, wall in rows:
+        print(f"| {name} | {sizes[name] / 1e9:.2f} GB | {folder_bytes(out) / 1e9:.2f} GB "
+              f"| {peak_kb / 1024 / 1024:.2f} GiB | {wall} |")
+    print(f"\nThe pipeline's UNet file alone: {unet / 1e9:.2f} GB. The two bundles' tensors are "
+          f"{'identical' if identical else 'DIFFERENT'} (the text encoder's names compared without `text_model.`, "
+          "which transformers ≥ 5.6 no longer writes and the LDM layout has; the manifests differ in the configs "
+          "the checkpoint was read with: SD 1.5's built-in ones).")
 
 if __name__ == "__main__":
     main()

@@ -401,3 +401,160 @@ fn declared_sizes_are_bounded_and_checked_before_reading() {
     let e = control_clip::bundle::Manifest::parse("b", &manifest.to_string()).err().unwrap().to_string();
     assert!(e.contains("components.unet.shards[1].bytes") && e.contains("more than any bundle file"), "{e}");
 }
+
+/// A copy of the tiny single-file checkpoint with tensors renamed (`rename` returns None to drop one) and
+/// `extra` tensors added, for the refusals below.
+fn edited_checkpoint(tag: &str, rename: impl Fn(&str) -> Option<String>, extra: &[&str]) -> PathBuf {
+    use control_clip::weights::{RawTensor, serialize};
+    let file = control_clip::SafeTensors::read(&fixtures().join("single_file/sd-tiny.safetensors")).unwrap();
+    let mut tensors: Vec<RawTensor> = file.raw_tensors().into_iter().filter_map(|t| rename(&t.name).map(|name| RawTensor { name, ..t })).collect();
+    tensors.extend(extra.iter().map(|name| RawTensor::f32(*name, vec![2], &[0.5, 0.5])));
+    let path = tempdir(&format!("checkpoint-{tag}")).join("model.safetensors");
+    std::fs::write(&path, serialize(&tensors)).unwrap();
+    path
+}
+
+/// `bundle --checkpoint FILE` on a single-file checkpoint in the LDM layout (tests/fixtures/fixtures_single_file.py
+/// writes it and proves the layout with diffusers' `from_single_file`) gives the bundle of the diffusers
+/// folder of the same weights, byte for byte, and so the same image; models that do not fit are refused by
+/// the tensor at fault.
+#[test]
+fn a_single_file_checkpoint_bundles_as_its_pipeline_folder() {
+    let f = fixtures();
+    let pipeline = f.join("pipeline_folder/sd-tiny");
+    let checkpoint = f.join("single_file/sd-tiny.safetensors");
+    let (from_pipeline, out) = bundle_cli("sf-pipeline", &[pipeline_arg(), pipeline.as_os_str(), "--variant".as_ref(), "fp16".as_ref()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = ["--config".as_ref(), pipeline.as_os_str()];
+    let (from_checkpoint, out) = bundle_cli("sf-checkpoint", &[&["--checkpoint".as_ref(), checkpoint.as_os_str()][..], &config].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<_> = std::fs::read_dir(&from_pipeline).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    for name in &names {
+        assert!(std::fs::read(from_pipeline.join(name)).unwrap() == std::fs::read(from_checkpoint.join(name)).unwrap(), "{name:?} differs");
+    }
+    assert_eq!(max_abs_err(&image_of(&from_pipeline), &image_of(&from_checkpoint)), 0.0);
+
+    // Older checkpoints name the text encoder's tensors without `text_model.`; strangers outside the three
+    // models are skipped with a notice.
+    let legacy = edited_checkpoint("legacy", |n| Some(n.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.")), &["embedding_manager.x"]);
+    let (from_legacy, out) = bundle_cli("sf-legacy", &[&["--checkpoint".as_ref(), legacy.as_os_str()][..], &config].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping 1 tensors") && stderr.contains("embedding_manager.x"), "{stderr}");
+    assert_eq!(std::fs::read(from_legacy.join("text_encoder.safetensors")).unwrap(), std::fs::read(from_pipeline.join("text_encoder.safetensors")).unwrap());
+
+    let tokenizer = f.join("tokenizer.json");
+    let refused = |tag: &str, path: &Path, with_config: bool, expected: &[&str]| {
+        let mut args = vec!["--checkpoint".as_ref(), path.as_os_str(), "--tokenizer".as_ref(), tokenizer.as_os_str()];
+        if with_config {
+            args.extend(config);
+        }
+        let (_, out) = bundle_cli(tag, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tag}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{tag}: no `{e}` in {stderr}");
+        }
+    };
+    // SD 1.5's configs (no --config) do not fit the tiny model: the first telling shape says so.
+    refused("sf-sd15", &checkpoint, false, &["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "[49408, 16]", "[49408, 768]", "--config"]);
+    let missing = edited_checkpoint("missing", |n| (n != "model.diffusion_model.output_blocks.5.1.proj_out.bias").then(|| n.to_string()), &[]);
+    refused("sf-missing", &missing, true, &["model.diffusion_model.output_blocks.5.1.proj_out.bias", "missing"]);
+    let extra = edited_checkpoint("extra", |n| Some(n.to_string()), &["model.diffusion_model.label_emb.0.0.weight"]);
+    refused("sf-extra", &extra, true, &["model.diffusion_model.label_emb.0.0.weight", "not part of the unet"]);
+    let sdxl = edited_checkpoint("sdxl", |n| Some(n.to_string()), &["conditioner.embedders.1.model.ln_final.weight"]);
+    refused("sf-sdxl", &sdxl, true, &["SDXL"]);
+    let sd2 = edited_checkpoint("sd2", |n| Some(n.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.model.")), &[]);
+    refused("sf-sd2", &sd2, true, &["SD 2.x", "OpenCLIP"]);
+    let truncated = tempdir("checkpoint-truncated").join("model.safetensors");
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    refused("sf-truncated", &truncated, true, &["truncated"]);
+
+    // Without --config or --tokenizer: a single file holds no tokenizer, and the message says where one is.
+    let (_, out) = bundle_cli("sf-no-tokenizer", &["--checkpoint".as_ref(), checkpoint.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tokenizer") && stderr.contains("holds no tokenizer"), "{stderr}");
+}
+
+/// A scheduler config of a class we do not run (SD 1.5's PNDM) becomes DDIM with the same schedule, with a
+/// notice; --scheduler picks the class.
+#[test]
+fn an_unimplemented_scheduler_class_becomes_ddim_and_scheduler_chooses() {
+    let f = fixtures();
+    let pndm = tempdir("pndm").join("scheduler_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("pipeline/ddim-2-steps/scheduler_config.json")).unwrap()).unwrap();
+    config["_class_name"] = "PNDMScheduler".into();
+    std::fs::write(&pndm, config.to_string()).unwrap();
+    let parts = |scheduler: &Path| -> Vec<std::ffi::OsString> {
+        [
+            ("--tokenizer", f.join("tokenizer.json")),
+            ("--text-encoder", f.join("clip_text/sd-mini-f16")),
+            ("--unet", f.join("unet/sd-tiny")),
+            ("--decoder", f.join("vae/kl-tiny")),
+            ("--scheduler-config", scheduler.to_path_buf()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.into(), v.into_os_string()])
+        .collect()
+    };
+    let args = parts(&pndm);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (ddim, out) = bundle_cli("pndm", &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("PNDMScheduler") && stderr.contains("DDIMScheduler"), "{stderr}");
+    let scheduler = &manifest_of(&ddim)["components"]["scheduler"]["config"];
+    assert_eq!(scheduler["_class_name"], "DDIMScheduler");
+    assert_eq!(scheduler["steps_offset"], config["steps_offset"], "the schedule is kept");
+    let (euler, out) = bundle_cli("pndm-euler", &[&args[..], &["--scheduler".as_ref(), "euler-a".as_ref()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(manifest_of(&euler)["components"]["scheduler"]["config"]["_class_name"], "EulerAncestralDiscreteScheduler");
+}
+
+/// A model saved in shards (`save_pretrained(max_shard_size=…)`: an index and its files) is read as one
+/// set of tensors: the bundle is the one of the unsharded folder; an index that lies is refused by tensor.
+#[test]
+fn sharded_model_folders_are_read_through_their_index() {
+    let f = fixtures();
+    let parts = |unet: &Path| -> Vec<std::ffi::OsString> {
+        [
+            ("--tokenizer", f.join("tokenizer.json")),
+            ("--text-encoder", f.join("clip_text/sd-mini-f16")),
+            ("--unet", unet.to_path_buf()),
+            ("--decoder", f.join("vae/kl-tiny")),
+            ("--scheduler-config", f.join("pipeline/ddim-2-steps/scheduler_config.json")),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.into(), v.into_os_string()])
+        .collect()
+    };
+    let run = |tag: &str, unet: &Path| {
+        let args = parts(unet);
+        bundle_cli(tag, &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>())
+    };
+    let (whole, out) = run("unsharded", &f.join("unet/sd-tiny"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (sharded, out) = run("sharded", &f.join("sharded/unet"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(whole.join("unet.safetensors")).unwrap(), std::fs::read(sharded.join("unet.safetensors")).unwrap());
+
+    let lying = tempdir("sharded-lying");
+    for entry in std::fs::read_dir(f.join("sharded/unet")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), lying.join(entry.file_name())).unwrap();
+    }
+    let index_path = lying.join("diffusion_pytorch_model.safetensors.index.json");
+    let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    let map = index["weight_map"].as_object_mut().unwrap();
+    let (tensor, file) = map.iter().find(|(_, v)| v.as_str() != Some("diffusion_pytorch_model-00001-of-00005.safetensors")).map(|(k, v)| (k.clone(), v.clone())).unwrap();
+    map.insert(tensor.clone(), "diffusion_pytorch_model-00001-of-00005.safetensors".into());
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let (_, out) = run("sharded-lying", &lying);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&tensor) && stderr.contains("missing") && stderr.contains("00001-of-00005"), "{stderr} (the tensor is in {file})");
+}

@@ -1,5 +1,5 @@
-//! `control-clip bundle`: builds a bundle folder (docs/bundle.md) from a diffusers pipeline folder or from
-//! separate diffusers / transformers folders.
+//! `control-clip bundle`: builds a bundle folder (docs/bundle.md) from a diffusers pipeline folder, a
+//! single-file SD 1.x checkpoint, or separate diffusers / transformers folders.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +12,9 @@ use control_clip::bundle::{
 use control_clip::config::ConfigJson;
 use control_clip::files;
 use control_clip::control::ControlEncoders;
-use control_clip::weights::{find_weights_file_variant, serialize};
+use control_clip::schedulers::SchedulerKind;
+use control_clip::weights::single_file::{Checkpoint, CheckpointConfigs, Part};
+use control_clip::weights::{read_model_dir, read_weights, serialize};
 use control_clip::{ClipTokenizer, Error, SafeTensors};
 
 #[derive(Args)]
@@ -21,6 +23,20 @@ pub struct BundleArgs {
     /// `save_pretrained` writes it; the options below override its parts.
     #[arg(long)]
     pipeline: Option<PathBuf>,
+    /// A single-file SD 1.x checkpoint in the original LDM layout (`model.diffusion_model.*`,
+    /// `first_stage_model.*`, `cond_stage_model.transformer.*`), safetensors only; it holds no tokenizer,
+    /// so --tokenizer (or --config's tokenizer/) names one.
+    #[arg(long, conflicts_with = "pipeline")]
+    checkpoint: Option<PathBuf>,
+    /// The --checkpoint's configs: a diffusers pipeline folder (unet/, vae/, text_encoder/, scheduler/
+    /// configs, tokenizer/; weights not read). Without it, Stable Diffusion 1.5's configs.
+    #[arg(long, requires = "checkpoint")]
+    config: Option<PathBuf>,
+    /// The bundle's scheduler (ddim, euler-a, dpmpp-2m, lcm), built from the given scheduler config as
+    /// diffusers' `from_config` swaps schedulers. Default: the config's own class, or DDIM when that class
+    /// is not implemented here (PNDM, SD 1.5's).
+    #[arg(long)]
+    scheduler: Option<String>,
     /// Read the generator's weight variant (text encoder, UNet, VAE), e.g. `fp16` for `*.fp16.safetensors`;
     /// not the --tiny-decoder's or the Control-CLIP parts'.
     #[arg(long)]
@@ -102,13 +118,20 @@ pub fn run(args: BundleArgs) -> ExitCode {
     }
 }
 
-/// Where each part comes from: the explicit options, else the pipeline folder.
+/// Where a model comes from: its own folder, or a single-file checkpoint.
+enum ModelSource {
+    Folder(PathBuf),
+    Checkpoint(Part),
+}
+
+/// Where each part comes from: the explicit options, else the pipeline folder or the checkpoint.
 struct Sources {
     tokenizer: PathBuf,
-    text_encoder: PathBuf,
-    unet: PathBuf,
-    decoder: PathBuf,
-    scheduler_config: PathBuf,
+    text_encoder: ModelSource,
+    unet: ModelSource,
+    decoder: ModelSource,
+    scheduler: ConfigJson,
+    checkpoint: Option<(Checkpoint, CheckpointConfigs)>,
 }
 
 /// A model_index.json component's class: entries are `[library, class]`; `[null, null]` is a component the
@@ -140,22 +163,95 @@ impl Sources {
                 }
             }
         }
-        let part = |given: &Option<PathBuf>, option: &str, in_pipeline: &str| -> control_clip::Result<PathBuf> {
-            match (given, &args.pipeline) {
-                (Some(p), _) => Ok(p.clone()),
-                (None, Some(dir)) => Ok(dir.join(in_pipeline)),
-                (None, None) => Err(Error::invalid(option, "is required without --pipeline")),
+        let checkpoint = match &args.checkpoint {
+            Some(file) => {
+                let checkpoint = Checkpoint::open(file)?;
+                let configs = match &args.config {
+                    Some(dir) => CheckpointConfigs::read_dir(dir)?,
+                    None => CheckpointConfigs::sd1(),
+                };
+                let unused = checkpoint.unused();
+                if let Some(first) = unused.first() {
+                    eprintln!("note: skipping {} tensors of {} that no model reads (e.g. {first})", unused.len(), checkpoint.name());
+                }
+                Some((checkpoint, configs))
+            }
+            None => None,
+        };
+        let model = |given: &Option<PathBuf>, option: &str, in_pipeline: &str, part: Part| -> control_clip::Result<ModelSource> {
+            match (given, &args.pipeline, &checkpoint) {
+                (Some(p), _, _) => Ok(ModelSource::Folder(p.clone())),
+                (None, Some(dir), _) => Ok(ModelSource::Folder(dir.join(in_pipeline))),
+                (None, None, Some(_)) => Ok(ModelSource::Checkpoint(part)),
+                (None, None, None) => Err(Error::invalid(option, "is required without --pipeline or --checkpoint")),
             }
         };
         let decoder = if args.tiny_decoder.is_some() { &args.tiny_decoder } else { &args.decoder };
+        let tokenizer = match (&args.tokenizer, &args.pipeline, &args.config, &args.checkpoint) {
+            (Some(p), _, _, _) => p.clone(),
+            (None, Some(dir), _, _) | (None, None, Some(dir), _) => dir.join("tokenizer"),
+            (None, None, None, Some(_)) => {
+                return Err(Error::invalid(
+                    "--tokenizer",
+                    "is required with --checkpoint: a single-file checkpoint holds no tokenizer. SD 1.x uses CLIP ViT-L/14's: the tokenizer/ folder of an SD 1.x diffusers pipeline, or this repository's www/models/default/tokenizer.json (the same vocabulary)",
+                ));
+            }
+            (None, None, None, None) => return Err(Error::invalid("--tokenizer", "is required without --pipeline or --checkpoint")),
+        };
+        let scheduler = match (&args.scheduler_config, &args.pipeline, &checkpoint) {
+            (Some(p), _, _) => ConfigJson::read(p)?,
+            (None, Some(dir), _) => ConfigJson::read(&dir.join("scheduler/scheduler_config.json"))?,
+            (None, None, Some((_, configs))) => configs.scheduler.clone(),
+            (None, None, None) => return Err(Error::invalid("--scheduler-config", "is required without --pipeline or --checkpoint")),
+        };
         Ok(Self {
-            tokenizer: part(&args.tokenizer, "--tokenizer", "tokenizer")?,
-            text_encoder: part(&args.text_encoder, "--text-encoder", "text_encoder")?,
-            unet: part(&args.unet, "--unet", "unet")?,
-            decoder: part(decoder, "--decoder", "vae")?,
-            scheduler_config: part(&args.scheduler_config, "--scheduler-config", "scheduler/scheduler_config.json")?,
+            tokenizer,
+            text_encoder: model(&args.text_encoder, "--text-encoder", "text_encoder", Part::TextEncoder)?,
+            unet: model(&args.unet, "--unet", "unet", Part::Unet)?,
+            decoder: model(decoder, "--decoder", "vae", Part::Vae)?,
+            scheduler,
+            checkpoint,
         })
     }
+
+    /// A model's config and weights (`variant`: the weight variant of a folder).
+    fn load(&self, source: &ModelSource, variant: Option<&str>) -> control_clip::Result<(ConfigJson, SafeTensors)> {
+        match source {
+            ModelSource::Folder(dir) => Ok((ConfigJson::read(&dir.join("config.json"))?, read_weights(dir, variant)?)),
+            ModelSource::Checkpoint(part) => {
+                let (checkpoint, configs) = self.checkpoint.as_ref().expect("a checkpoint part has a checkpoint");
+                let config = match part {
+                    Part::TextEncoder => &configs.text_encoder,
+                    Part::Unet => &configs.unet,
+                    Part::Vae => &configs.vae,
+                };
+                Ok((config.clone(), checkpoint.read(*part, config)?))
+            }
+        }
+    }
+}
+
+/// The scheduler config the bundle carries: `choice` (a CLI or class name) or the config's own class, else
+/// DDIM; the training schedule (betas, timestep spacing, offsets) is the config's either way.
+fn scheduler_config(mut config: ConfigJson, choice: Option<&str>) -> control_clip::Result<ConfigJson> {
+    let class = config.opt_string("_class_name")?;
+    let kind = match choice {
+        Some(name) => name.parse::<SchedulerKind>()?,
+        None => match class.as_deref().and_then(SchedulerKind::from_class_name) {
+            Some(kind) => kind,
+            None => {
+                eprintln!(
+                    "note: {} names {}, which control-clip does not implement: the bundle uses DDIMScheduler with the same training schedule (--scheduler chooses another)",
+                    config.file,
+                    class.as_deref().unwrap_or("no scheduler class")
+                );
+                SchedulerKind::Ddim
+            }
+        },
+    };
+    config.object.insert("_class_name".into(), kind.class_name().into());
+    control_clip::schedulers::build(kind, &control_clip::schedulers::SchedulerConfig::from_json(&config)?)?;
+    Ok(config)
 }
 
 fn build(args: &BundleArgs) -> control_clip::Result<u64> {
@@ -173,6 +269,7 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
 
     // Validate the tokenizer by loading it, then copy it (a vocab.json + merges.txt folder becomes the
     // tokenizer.json transformers builds from them).
+    let scheduler = scheduler_config(src.scheduler.clone(), args.scheduler.as_deref())?;
     let (tokenizer_source, tokenizer) = if src.tokenizer.is_dir() {
         ClipTokenizer::tokenizer_json_of_dir(&src.tokenizer)?
     } else {
@@ -184,11 +281,11 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let mut total = tokenizer.len() as u64;
 
     // Load everything once as the pipeline would, so that a bundle that cannot run is never written.
-    {
+    if args.category_encoder.is_some() || args.style_encoder.is_some() || args.adapter.is_some() {
         let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
-        ControlEncoders::read_dirs(
-            &src.text_encoder,
-            variant,
+        let (config, weights) = src.load(&src.text_encoder, variant)?;
+        ControlEncoders::read_parts(
+            (&config, &weights),
             args.category_encoder.as_deref(),
             args.style_encoder.as_deref(),
             args.adapter.as_deref(),
@@ -197,11 +294,7 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     }
     // `variant` is the weight variant to read: the generator's parts may have one (not a --tiny-decoder,
     // not the Control-CLIP parts).
-    let mut write_component = |name: &str, dir: &Path, form: Option<EncoderForm>, variant: Option<&str>| -> control_clip::Result<WeightsComponent> {
-        // Deltas are recognised by their PEFT config; EncoderSource refused a folder that is neither above.
-        let config_name = if form == Some(EncoderForm::Lora) { "adapter_config.json" } else { "config.json" };
-        let config = ConfigJson::read(&dir.join(config_name))?;
-        let weights = SafeTensors::read(&find_weights_file_variant(dir, variant)?)?;
+    let mut write_component = |name: &str, (config, weights): (ConfigJson, SafeTensors), form: Option<EncoderForm>| -> control_clip::Result<WeightsComponent> {
         // One shard converted and in memory at a time: the component's file plus at most one shard.
         let shards = plan_shards(&weights, dtype, shard_bytes)?;
         let names = shard_file_names(name, shards.len());
@@ -220,19 +313,28 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
         }
         Ok(WeightsComponent { files: Files::from_list(entries), dtype: Some(args.dtype.clone()), form, config: config.object })
     };
-    let encoder_form = |dir: &Path| if dir.join("adapter_config.json").exists() { EncoderForm::Lora } else { EncoderForm::Full };
-    let mut encoder = |name: &str, dir: &Option<PathBuf>| dir.as_deref().map(|d| write_component(name, d, Some(encoder_form(d)), None)).transpose();
+    // Deltas are recognised by their PEFT config; EncoderSource refused a folder that is neither above.
+    let control_part = |dir: &Path| -> control_clip::Result<(ConfigJson, SafeTensors, EncoderForm)> {
+        let form = if dir.join("adapter_config.json").exists() { EncoderForm::Lora } else { EncoderForm::Full };
+        let config_name = if form == EncoderForm::Lora { "adapter_config.json" } else { "config.json" };
+        Ok((ConfigJson::read(&dir.join(config_name))?, read_weights(dir, None)?, form))
+    };
+    let mut encoder = |name: &str, dir: &Option<PathBuf>| {
+        dir.as_deref()
+            .map(|d| control_part(d).and_then(|(config, weights, form)| write_component(name, (config, weights), Some(form))))
+            .transpose()
+    };
     let category_encoder = encoder(component::CATEGORY_ENCODER, &args.category_encoder)?;
     let style_encoder = encoder(component::STYLE_ENCODER, &args.style_encoder)?;
     let components = Components {
         tokenizer: BundleFile::of(&tokenizer_name, &tokenizer),
-        text_encoder: write_component(component::TEXT_ENCODER, &src.text_encoder, None, variant)?,
-        unet: write_component(component::UNET, &src.unet, None, variant)?,
-        decoder: write_component(component::DECODER, &src.decoder, None, if args.tiny_decoder.is_some() { None } else { variant })?,
-        scheduler: SchedulerComponent { config: ConfigJson::read(&src.scheduler_config)?.object },
+        text_encoder: write_component(component::TEXT_ENCODER, src.load(&src.text_encoder, variant)?, None)?,
+        unet: write_component(component::UNET, src.load(&src.unet, variant)?, None)?,
+        decoder: write_component(component::DECODER, src.load(&src.decoder, if args.tiny_decoder.is_some() { None } else { variant })?, None)?,
+        scheduler: SchedulerComponent { config: scheduler.object },
         category_encoder,
         style_encoder,
-        adapter: args.adapter.as_deref().map(|d| write_component(component::ADAPTER, d, None, None)).transpose()?,
+        adapter: args.adapter.as_deref().map(|d| write_component(component::ADAPTER, read_model_dir(d)?, None)).transpose()?,
     };
     let defaults = Defaults {
         prompt: args.prompt.clone(),
