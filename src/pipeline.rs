@@ -24,6 +24,11 @@ use crate::schedulers::{self, SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, MAX_POSITIONS};
 use crate::weights::LowRankDeltas;
 
+/// The largest width or height a generation may ask for: 4× the area of SDXL's 1024², so no real use is
+/// refused, while a mistyped 100000 is refused by name instead of exhausting memory (the page's fields
+/// stop at 1024).
+pub const MAX_IMAGE_SIDE: usize = 2048;
+
 /// Everything one generation needs, loaded once.
 pub struct Pipeline {
     pub tokenizer: ClipTokenizer,
@@ -184,6 +189,9 @@ impl Pipeline {
         for (what, v) in [("width", req.width), ("height", req.height)] {
             if v == 0 || v % f != 0 {
                 return Err(Error::invalid(what, format!("{v} is not a positive multiple of {f} (decoder factor × UNet factor)")));
+            }
+            if v > MAX_IMAGE_SIDE {
+                return Err(Error::invalid(what, format!("{v} is over the largest side control-clip generates, {MAX_IMAGE_SIDE} pixels")));
             }
         }
         if req.steps == 0 {

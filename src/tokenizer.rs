@@ -78,10 +78,10 @@ impl ClipTokenizer {
     /// The `tokenizer.json` bytes [`Self::read_dir`] builds the tokenizer from, and their name.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn tokenizer_json_of_dir(dir: &std::path::Path) -> Result<(String, Vec<u8>)> {
-        use crate::files::read_bytes;
+        use crate::files::{MAX_SMALL_FILE, read_bytes_at_most};
         let json = dir.join("tokenizer.json");
         if json.exists() {
-            return Ok((json.display().to_string(), read_bytes(&json)?));
+            return Ok((json.display().to_string(), read_bytes_at_most(&json, MAX_SMALL_FILE)?));
         }
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if !vocab.exists() || !merges.exists() {
@@ -91,11 +91,11 @@ impl ClipTokenizer {
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {
             let path = dir.join(name);
             if path.exists() {
-                special = special.with_json(&path.display().to_string(), &read_bytes(&path)?)?;
+                special = special.with_json(&path.display().to_string(), &read_bytes_at_most(&path, MAX_SMALL_FILE)?)?;
             }
         }
         let (vocab_name, merges_name) = (vocab.display().to_string(), merges.display().to_string());
-        let bytes = tokenizer_json_from_vocab((&vocab_name, &read_bytes(&vocab)?), (&merges_name, &read_bytes(&merges)?), &special)?;
+        let bytes = tokenizer_json_from_vocab((&vocab_name, &read_bytes_at_most(&vocab, MAX_SMALL_FILE)?), (&merges_name, &read_bytes_at_most(&merges, MAX_SMALL_FILE)?), &special)?;
         Ok((format!("{vocab_name} + merges.txt"), bytes))
     }
 
@@ -106,7 +106,7 @@ impl ClipTokenizer {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &std::path::Path) -> Result<Self> {
-        Self::from_bytes(&path.display().to_string(), &crate::files::read_bytes(path)?)
+        Self::from_bytes(&path.display().to_string(), &crate::files::read_bytes_at_most(path, crate::files::MAX_SMALL_FILE)?)
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -154,6 +154,9 @@ export class ControlClipClient {
 
   cancel() { if (this.worker) this.worker.postMessage({ type: 'cancel' }); }
 
+  // What the worker holds: {wasmBytes, gpuBytes, gpuBuffers} (worker.js), or null without a worker.
+  async stats() { return this.worker ? this.request({ type: 'stats' }) : null; }
+
   async dispose() {
     if (!this.worker) return;
     await this.request({ type: 'dispose' });

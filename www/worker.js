@@ -6,12 +6,12 @@
 //
 // Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu')}
 //               {type: 'load-files', id, files: {name: ArrayBuffer}, backend}
-//               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}
+//               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}   {type: 'stats', id}
 // Messages out: {type: 'progress', id, file, done, total, allDone, allTotal}  {type: 'loaded', id, info}
 //               {type: 'step', id, step, total, stepMs, elapsedMs, preview}  {type: 'result', id, width, height, rgba, notices}
 //               {type: 'error', id, message, cancelled}: `cancelled` is true when the generation was stopped by
 //               a cancel (the wasm rejects with an AbortError), never inferred from the message's text
-//               {type: 'disposed', id}
+//               {type: 'disposed', id}   {type: 'stats', id, wasmBytes, gpuBytes, gpuBuffers}
 //               {type: 'fatal', message}: the GPU device was lost or the wasm module trapped; this worker is
 //               done and the client starts a fresh one.
 import init, { BundleManifest, Generator } from './pkg/control_clip.js';
@@ -43,6 +43,33 @@ if (self.GPUAdapter && GPUAdapter.prototype.requestDevice) {
     return device;
   };
 }
+// What this worker holds, for the soak and stress tests (tests/browser/soak.test.mjs), which read it with
+// `self.controlClipStats()`: the wasm memory's size, and the GPU buffers alive (created and not destroyed:
+// burn's device memory pool takes its pages as buffers, so this is the pool's size and what else the
+// wasm allocated on the device).
+let wasmMemory = null;
+const gpu = { bytes: 0, buffers: 0, live: new WeakSet() };
+if (self.GPUDevice && GPUDevice.prototype.createBuffer) {
+  const createBuffer = GPUDevice.prototype.createBuffer;
+  GPUDevice.prototype.createBuffer = function (...args) {
+    const buffer = createBuffer.apply(this, args);
+    gpu.live.add(buffer);
+    gpu.bytes += buffer.size;
+    gpu.buffers += 1;
+    return buffer;
+  };
+  const destroy = GPUBuffer.prototype.destroy;
+  GPUBuffer.prototype.destroy = function (...args) {
+    if (gpu.live.has(this)) {
+      gpu.live.delete(this);
+      gpu.bytes -= this.size;
+      gpu.buffers -= 1;
+    }
+    return destroy.apply(this, args);
+  };
+}
+self.controlClipStats = () => ({ wasmBytes: wasmMemory ? wasmMemory.buffer.byteLength : 0, gpuBytes: gpu.bytes, gpuBuffers: gpu.buffers });
+
 // A Rust panic traps the wasm module, which cannot be used after that.
 const trapped = e => post({ type: 'fatal', message: `The generator stopped with an internal error (${(e && e.message) || e}); the next generation starts afresh.` });
 self.addEventListener('error', e => trapped(e.error || e.message));
@@ -164,7 +191,7 @@ async function loadFromFiles(id, files, backend) {
 self.onmessage = async ({ data }) => {
   const { id } = data;
   try {
-    if (!ready) ready = init();
+    if (!ready) ready = init().then(wasm => { wasmMemory = wasm.memory; });
     await ready;
     if (data.type === 'load' || data.type === 'load-files') {
       if (generator) { generator.free(); generator = null; }
@@ -180,6 +207,8 @@ self.onmessage = async ({ data }) => {
       post({ type: 'result', id, width: out.width, height: out.height, rgba, notices: Array.from(out.notices) }, [rgba.buffer]);
     } else if (data.type === 'cancel') {
       if (generator) generator.cancel();
+    } else if (data.type === 'stats') {
+      post({ type: 'stats', id, ...self.controlClipStats() });
     } else if (data.type === 'dispose') {
       if (generator) { generator.free(); generator = null; }
       post({ type: 'disposed', id });

@@ -35,11 +35,23 @@ impl RgbImage {
     }
 }
 
+/// The most pixels a picture may have (a 4096 × 4096 picture, or a 12-megapixel phone photo): the header's
+/// size is checked before the pixels are allocated, so a forged header cannot exhaust memory.
+pub const MAX_PICTURE_PIXELS: u64 = 1 << 24;
+
+fn check_picture_size(name: &str, width: u64, height: u64) -> Result<()> {
+    if width == 0 || height == 0 || width * height > MAX_PICTURE_PIXELS {
+        return Err(Error::file(name, format!("is {width} × {height} pixels; pictures must be non-empty and at most {MAX_PICTURE_PIXELS} pixels")));
+    }
+    Ok(())
+}
+
 fn decode_png(name: &str, bytes: &[u8]) -> Result<RgbImage> {
     let bad = |e: &dyn std::fmt::Display| Error::file(name, format!("is not a readable PNG picture: {e}"));
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
+    check_picture_size(name, reader.info().width as u64, reader.info().height as u64)?;
     let size = reader.output_buffer_size().ok_or_else(|| bad(&"the picture is too large"))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
@@ -61,6 +73,10 @@ fn decode_png(name: &str, bytes: &[u8]) -> Result<RgbImage> {
 
 fn decode_jpeg(name: &str, bytes: &[u8]) -> Result<RgbImage> {
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().map_err(|e| Error::file(name, format!("is not a readable JPEG picture: {e}")))?;
+    if let Some(info) = decoder.info() {
+        check_picture_size(name, info.width as u64, info.height as u64)?;
+    }
     let samples = decoder.decode().map_err(|e| Error::file(name, format!("is not a readable JPEG picture: {e}")))?;
     let info = decoder.info().ok_or_else(|| Error::file(name, "has no JPEG frame header"))?;
     let (width, height) = (info.width as usize, info.height as usize);

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use crate::bundle::{Manifest, component};
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::files::{read_bytes, read_text};
+use crate::files::{MAX_SMALL_FILE, read_bytes_at_most, read_text};
 use crate::models::ModelFolder;
 use crate::models::clip::ClipTextModel;
 use crate::models::clip_vision::ClipModel;
@@ -31,7 +31,7 @@ pub fn read_base(base: &Path) -> Result<(ConfigJson, SafeTensors, Option<Vec<u8>
     if base.join("model_index.json").exists() {
         let (config, weights) = crate::weights::read_model_dir(&base.join("text_encoder"))?;
         let tokenizer = base.join("tokenizer").join("tokenizer.json");
-        return Ok((config, weights, tokenizer.exists().then(|| read_bytes(&tokenizer)).transpose()?));
+        return Ok((config, weights, tokenizer.exists().then(|| read_bytes_at_most(&tokenizer, MAX_SMALL_FILE)).transpose()?));
     }
     let (config, weights) = crate::weights::read_model_dir(base)?;
     Ok((config, weights, None))
@@ -65,7 +65,7 @@ pub async fn load(base_dir: &Path, clip_dir: &Path, data_dir: &Path, tokenizer: 
     let mut pictures = Vec::with_capacity(labels.len());
     for l in &labels {
         let path = data_dir.join(&l.file);
-        let bytes = read_bytes(&path).map_err(|e| Error::file(format!("{labels_name}:{}", l.line), format!("its picture cannot be read: {e}")))?;
+        let bytes = read_bytes_at_most(&path, MAX_SMALL_FILE).map_err(|e| Error::file(format!("{labels_name}:{}", l.line), format!("its picture cannot be read: {e}")))?;
         pictures.push((path.display().to_string(), bytes));
     }
     let features = image_features(&clip.vision, &processor, &pictures).await?;

@@ -558,3 +558,24 @@ fn sharded_model_folders_are_read_through_their_index() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&tensor) && stderr.contains("missing") && stderr.contains("00001-of-00005"), "{stderr} (the tensor is in {file})");
 }
+
+/// A generation request's sizes are bounded before anything is allocated: a side over
+/// `MAX_IMAGE_SIDE` (2048) and more steps than the scheduler has training timesteps are refused by name.
+#[test]
+fn over_large_generation_requests_are_refused_by_name() {
+    let pipeline = load(&fixtures().join("bundles/tiny-random")).unwrap();
+    let start = std::time::Instant::now();
+    let refused = |edit: &dyn Fn(&mut GenerateRequest), words: &[&str]| {
+        let mut req = GenerateRequest::new("a red star");
+        (req.steps, req.width, req.height) = (2, 64, 64);
+        edit(&mut req);
+        let e = block_on(pipeline.generate(&req, &mut |_| true)).err().unwrap().to_string();
+        for w in words {
+            assert!(e.contains(w), "no `{w}` in {e}");
+        }
+    };
+    refused(&|r| r.width = 1 << 20, &["width", "1048576", "2048"]);
+    refused(&|r| r.height = control_clip::pipeline::MAX_IMAGE_SIDE + 64, &["height", "2112"]);
+    refused(&|r| r.steps = 1_000_000_000, &["1000000000"]);
+    assert!(start.elapsed().as_secs() < 5, "refusing took {:?}", start.elapsed());
+}

@@ -222,3 +222,64 @@ fn over_large_config_integers_are_refused_by_name() {
     assert_eq!(ok.opt_usize("x").unwrap(), Some(control_clip::config::MAX_CONFIG_INTEGER));
     assert!(start.elapsed().as_secs() < 5, "refusing took {:?}", start.elapsed());
 }
+
+/// Files read whole (configs, manifests, dataset lists, training configs, tokenizer files, pictures) are
+/// refused from their size over 64 MiB, before they are read: the files below are sparse, so the test
+/// writes nothing, and refusing is immediate.
+#[test]
+fn over_large_small_files_are_refused_before_reading() {
+    let start = std::time::Instant::now();
+    let dir = crate::common::tempdir("over-large-files");
+    let big = |name: &str| {
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().set_len(control_clip::files::MAX_SMALL_FILE + 1).unwrap();
+        path
+    };
+    let e = ConfigJson::read(&big("config.json")).err().unwrap().to_string();
+    assert!(e.contains("config.json") && e.contains("over the 67108864-byte limit"), "{e}");
+    let e = control_clip::ClipTokenizer::read(&big("tokenizer.json")).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("over the"), "{e}");
+    // The bound itself is allowed (read, then refused as JSON).
+    let exact = dir.join("exact.json");
+    std::fs::write(&exact, vec![b' '; control_clip::files::MAX_SMALL_FILE as usize]).unwrap();
+    let e = ConfigJson::read(&exact).err().unwrap().to_string();
+    assert!(!e.contains("limit"), "{e}");
+    assert!(start.elapsed().as_secs() < 10, "refusing took {:?}", start.elapsed());
+}
+
+/// A picture whose header declares more than 2^24 pixels is refused from the header, before its pixels
+/// are allocated (PNG and JPEG).
+#[test]
+fn pictures_over_the_pixel_bound_are_refused_from_their_header() {
+    use control_clip::models::image_processor::RgbImage;
+    let start = std::time::Instant::now();
+    // A PNG of 65536 × 65536 (its header only: nothing past it is read).
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, 65536, 65536);
+        encoder.set_color(png::ColorType::Rgba);
+        let mut writer = encoder.write_header().unwrap();
+        // An empty zlib stream as the image data: the decoder reads the header up to the first IDAT.
+        writer.write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]).unwrap();
+        std::mem::forget(writer); // its drop would finish the file with the image data it lacks
+    }
+    let e = RgbImage::decode("huge.png", &png_bytes).err().unwrap().to_string();
+    assert!(e.contains("huge.png") && e.contains("65536 × 65536") && e.contains("at most 16777216 pixels"), "{e}");
+    // A baseline JPEG header (SOF0) of 65535 × 65535, greyscale.
+    let mut jpeg = vec![0xFF, 0xD8];
+    jpeg.extend([0xFF, 0xDB, 0x00, 0x43, 0x00]);
+    jpeg.extend([1u8; 64]);
+    jpeg.extend([0xFF, 0xC0, 0x00, 0x0B, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x01, 0x11, 0x00]);
+    jpeg.extend([0xFF, 0xC4, 0x00, 0x14, 0x00, 0x01]);
+    jpeg.extend([0u8; 15]);
+    jpeg.push(0);
+    jpeg.extend([0xFF, 0xC4, 0x00, 0x14, 0x10, 0x01]);
+    jpeg.extend([0u8; 15]);
+    jpeg.push(0);
+    jpeg.extend([0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00, 0x00, 0xFF, 0xD9]);
+    let e = RgbImage::decode("huge.jpg", &jpeg).err().unwrap().to_string();
+    assert!(e.contains("huge.jpg") && e.contains("65535 × 65535"), "{e}");
+    // The fixtures' real pictures still decode.
+    RgbImage::decode("photo.jpg", &std::fs::read(fixtures().join("clip_vision/preprocess/photo.jpg")).unwrap()).unwrap();
+    assert!(start.elapsed().as_secs() < 5, "refusing took {:?}", start.elapsed());
+}

@@ -273,7 +273,7 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let (tokenizer_source, tokenizer) = if src.tokenizer.is_dir() {
         ClipTokenizer::tokenizer_json_of_dir(&src.tokenizer)?
     } else {
-        (src.tokenizer.display().to_string(), files::read_bytes(&src.tokenizer)?)
+        (src.tokenizer.display().to_string(), files::read_bytes_at_most(&src.tokenizer, files::MAX_SMALL_FILE)?)
     };
     ClipTokenizer::from_bytes(&tokenizer_source, &tokenizer)?;
     let tokenizer_name = format!("{}.json", component::TOKENIZER);
