@@ -283,3 +283,18 @@ fn pictures_over_the_pixel_bound_are_refused_from_their_header() {
     RgbImage::decode("photo.jpg", &std::fs::read(fixtures().join("clip_vision/preprocess/photo.jpg")).unwrap()).unwrap();
     assert!(start.elapsed().as_secs() < 5, "refusing took {:?}", start.elapsed());
 }
+
+/// A safetensors header longer than safetensors' own 100 MB limit is refused before it is read (here a
+/// sparse 200 MB file whose first 8 bytes claim a 150 MB header), naming the file.
+#[test]
+fn over_long_safetensors_headers_are_refused_before_reading() {
+    use std::io::Write;
+    let path = crate::common::tempdir("long-header").join("model.safetensors");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&150_000_000u64.to_le_bytes()).unwrap();
+    file.set_len(200_000_000).unwrap();
+    let start = std::time::Instant::now();
+    let e = control_clip::weights::FileIndex::read(&path).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("150000000") && e.contains("limit"), "{e}");
+    assert!(start.elapsed().as_secs() < 2, "refusing took {:?}", start.elapsed());
+}
