@@ -41,17 +41,16 @@ ensure_wasm_tools() {
 
 build_wasm() {
   ensure_wasm_tools
-  log "building the wasm package (release)"
+  log "building the wasm package (profile wasm-release: Cargo.toml says why)"
   local start=$SECONDS
-  cargo build --release --lib --target wasm32-unknown-unknown
+  cargo build --profile wasm-release --lib --target wasm32-unknown-unknown
   rm -rf www/pkg
-  wasm-bindgen --target web --no-typescript --out-dir www/pkg \
-    "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/control_clip.wasm"
-  if command -v wasm-opt >/dev/null 2>&1; then
-    log "optimising with wasm-opt"
-    wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals \
-      www/pkg/control_clip_bg.wasm -o www/pkg/control_clip_bg.wasm
-  fi
+  # Function names are 8.6 MB of the module and only help reading a trace: dropped from the download
+  # unless WASM_NAMES=1 (then wasm traps name the Rust function).
+  local names=(--remove-name-section --remove-producers-section)
+  [ "${WASM_NAMES:-0}" = 1 ] && names=()
+  wasm-bindgen --target web --no-typescript "${names[@]}" --out-dir www/pkg \
+    "$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/control_clip.wasm"
   log "www/pkg/control_clip_bg.wasm: $(stat -c %s www/pkg/control_clip_bg.wasm) bytes ($((SECONDS - start)) s)"
 }
 

@@ -3,7 +3,7 @@
 // page downloads. Rewrites the "In the browser" section of docs/benchmarks.md.
 //
 //   ./build.sh && cargo build --release --bin control-clip
-//   node tests/browser/bench.mjs [--runs 3]
+//   node tests/browser/bench.mjs [--runs 3] [--browser cpu,wgpu] [--native cpu,wgpu] ('' for none)
 //
 // Load = a fresh worker from `new ControlClipClient()` to the bundle being ready: fetching and compiling the
 // wasm, fetching and verifying the bundle (first load: from the server; second: from the Cache Storage) and
@@ -27,7 +27,9 @@ const TARGET = process.env.CARGO_TARGET_DIR || path.join(os.homedir(), '.cache/c
 const BINARY = process.env.CONTROL_CLIP || path.join(TARGET, 'release/control-clip');
 const argValue = (flag, fallback) => (process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : fallback);
 // Native backends to time beside the browser (lavapipe spends minutes autotuning a new model: `--native cpu`).
-const NATIVE = argValue('--native', 'cpu,wgpu').split(',');
+const NATIVE = argValue('--native', 'cpu,wgpu').split(',').filter(Boolean);
+// Browser backends to time (`--browser cpu` skips SwiftShader's two-minute WebGPU generations).
+const BROWSER = argValue('--browser', 'cpu,wgpu').split(',').filter(Boolean);
 const BUNDLE = 'www/models/default';
 
 const median = v => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
@@ -85,7 +87,7 @@ async function main() {
   const base = `http://127.0.0.1:${server.address().port}`;
   const rows = [];
   let adapter = '';
-  for (const backend of ['cpu', 'wgpu']) {
+  for (const backend of BROWSER) {
     const browser = await launch(); // a fresh profile: the first load is a cold one
     try {
       const page = await browser.context.newPage();
