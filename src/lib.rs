@@ -10,6 +10,8 @@ pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod files;
 pub mod kernels;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod loaders;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

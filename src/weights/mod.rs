@@ -14,8 +14,6 @@ use crate::error::{Error, Result};
 
 mod lora;
 pub use lora::LowRankDeltas;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod single_file;
 
 /// Element types a safetensors file may hold (the subset models and fixtures use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

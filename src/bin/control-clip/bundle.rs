@@ -13,7 +13,7 @@ use control_clip::config::ConfigJson;
 use control_clip::files;
 use control_clip::control::ControlEncoders;
 use control_clip::schedulers::SchedulerKind;
-use control_clip::weights::single_file::{Checkpoint, CheckpointConfigs, Part};
+use control_clip::loaders::single_file::{Checkpoint, CheckpointConfigs, Part};
 use control_clip::weights::{read_model_dir, read_weights, serialize};
 use control_clip::{ClipTokenizer, Error, SafeTensors};
 

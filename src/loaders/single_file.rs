@@ -12,7 +12,7 @@ use crate::config::ConfigJson;
 use crate::error::{Error, Result};
 use crate::models::unet::UNetConfig;
 
-use super::{FileIndex, Pick, SafeTensors};
+use crate::weights::{FileIndex, Pick, SafeTensors};
 
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
@@ -28,7 +28,7 @@ pub struct CheckpointConfigs {
 }
 
 impl CheckpointConfigs {
-    /// Stable Diffusion 1.x: the configs of the stable-diffusion-v1-5 pipeline folder (src/weights/sd1/).
+    /// Stable Diffusion 1.x: the configs of the stable-diffusion-v1-5 pipeline folder (src/loaders/sd1/).
     pub fn sd1() -> Self {
         let parse = |name: &str, text: &str| ConfigJson::parse(format!("control-clip's SD 1.x {name} config"), text).expect("built-in config parses");
         Self {
