@@ -11,6 +11,7 @@
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
 use crate::models::unet::UNetConfig;
+use crate::models::vae::VaeConfig;
 
 use crate::weights::{FileIndex, Pick, SafeTensors};
 
@@ -57,6 +58,28 @@ pub enum Part {
     TextEncoder,
     Unet,
     Vae,
+}
+
+impl Part {
+    /// Its folder's name in a diffusers pipeline.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::TextEncoder => "text_encoder",
+            Part::Unet => "unet",
+            Part::Vae => "vae",
+        }
+    }
+}
+
+impl CheckpointConfigs {
+    /// The config `part` is read with.
+    pub fn of(&self, part: Part) -> &ConfigJson {
+        match part {
+            Part::TextEncoder => &self.text_encoder,
+            Part::Unet => &self.unet,
+            Part::Vae => &self.vae,
+        }
+    }
 }
 
 /// A single-file checkpoint, known by its header; each model's tensors are read when asked for.
@@ -133,11 +156,7 @@ impl Checkpoint {
         };
         let picks: Vec<Pick> = picks.into_iter().map(|p| Pick { from: format!("{prefix}{}", p.from), ..p }).collect();
         let wanted: std::collections::BTreeSet<&str> = picks.iter().map(|p| p.from.as_str()).collect();
-        let component = match part {
-            Part::Unet => "unet",
-            Part::Vae => "vae",
-            Part::TextEncoder => "text_encoder",
-        };
+        let component = part.name();
         // The shapes first: a checkpoint of another model fails there with the clearest message.
         for (key, expected) in signature_shapes(part, config)? {
             let key = format!("{prefix}{key}");
@@ -284,13 +303,10 @@ fn unet_picks(c: &ConfigJson) -> Result<Vec<Pick>> {
 
 /// The autoencoder's tensors (encoder and decoder), LDM name → diffusers name.
 fn vae_picks(c: &ConfigJson) -> Result<Vec<Pick>> {
-    let up = c.str_list("up_block_types")?;
-    let boc = c.usize_per_block("block_out_channels", up.len(), None)?;
-    let lpb = c.usize_or("layers_per_block", 1)?;
+    // The decoder's config is the whole autoencoder's: the encoder mirrors it.
+    let cfg = VaeConfig::from_json(c)?;
+    let (boc, lpb) = (&cfg.block_out_channels, cfg.layers_per_block);
     let n = boc.len();
-    if n == 0 {
-        return Err(Error::config(&c.file, "block_out_channels", "is empty"));
-    }
     let mut out = Vec::new();
     let resnet = |out: &mut Vec<Pick>, from: &str, to: &str, cin: usize, cout: usize| {
         for l in ["norm1", "conv1", "norm2", "conv2"] {
@@ -300,7 +316,7 @@ fn vae_picks(c: &ConfigJson) -> Result<Vec<Pick>> {
             layer(out, &format!("{from}.nin_shortcut"), &format!("{to}.conv_shortcut"));
         }
     };
-    let attention = c.bool_or("mid_block_add_attention", true)?;
+    let attention = cfg.mid_block_add_attention;
     let mid = |out: &mut Vec<Pick>, half: &str| {
         let ch = boc[n - 1];
         resnet(out, &format!("{half}.mid.block_1"), &format!("{half}.mid_block.resnets.0"), ch, ch);
@@ -346,7 +362,7 @@ fn vae_picks(c: &ConfigJson) -> Result<Vec<Pick>> {
     if c.bool_or("use_quant_conv", true)? {
         layer(&mut out, "quant_conv", "quant_conv");
     }
-    if c.bool_or("use_post_quant_conv", true)? {
+    if cfg.use_post_quant_conv {
         layer(&mut out, "post_quant_conv", "post_quant_conv");
     }
     Ok(out)
@@ -384,9 +400,8 @@ fn signature_shapes(part: Part, c: &ConfigJson) -> Result<Vec<(String, Vec<usize
             out
         }
         Part::Vae => {
-            let boc = c.usize_per_block("block_out_channels", c.str_list("up_block_types")?.len(), None)?;
-            let latent = c.usize_or("latent_channels", 4)?;
-            vec![("decoder.conv_in.weight".to_string(), vec![*boc.last().unwrap_or(&0), latent, 3, 3])]
+            let cfg = VaeConfig::from_json(c)?;
+            vec![("decoder.conv_in.weight".to_string(), vec![cfg.block_out_channels[cfg.block_out_channels.len() - 1], cfg.latent_channels, 3, 3])]
         }
         Part::TextEncoder => {
             let (vocab, hidden) = (c.positive_usize("vocab_size")?, c.positive_usize("hidden_size")?);

@@ -3,12 +3,27 @@ import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { serve } from './serve.mjs';
 
 // Together these give headless WebGPU on a machine with no GPU and a closed network.
 export const CHROMIUM_ARGS = [
   '--enable-unsafe-webgpu', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
 ];
+
+// The site the tests open: `root` served on 127.0.0.1 and a fresh headless Chromium; close() ends both.
+export async function startSite(root) {
+  const server = await serve(root);
+  const browser = await launch();
+  return {
+    browser,
+    base: `http://127.0.0.1:${server.address().port}`,
+    async close() {
+      await browser.close();
+      server.close();
+    },
+  };
+}
 
 export async function launch() {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'control-clip-chromium-'));

@@ -7,8 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
-import { launch } from './browser.mjs';
+import { startSite } from './browser.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const OUT = path.join(ROOT, 'tests/browser/out');
@@ -26,7 +25,7 @@ const TINY = '/tests/fixtures/bundles/tiny-random/';
 // The default bundle is sharded (www/models/make_default.sh): the UNet's shards, from its manifest.
 const UNET_SHARDS = JSON.parse(fs.readFileSync(path.join(ROOT, 'www/models/default/manifest.json'), 'utf8')).components.unet.shards.map(s => s.file);
 
-let server, browser, base;
+let browser, base, closeSite;
 // Names that point outside the bundle: another folder of the same server, an absolute path, another origin.
 const HOSTILE_NAMES = [
   ['name-parent', '../../../../www/models/default/decoder.safetensors'],
@@ -38,14 +37,9 @@ const HOSTILE_NAMES = [
 before(async () => {
   fs.mkdirSync(OUT, { recursive: true });
   makeBrokenBundles();
-  server = await serve(ROOT);
-  base = `http://127.0.0.1:${server.address().port}`;
-  browser = await launch();
+  ({ browser, base, close: closeSite } = await startSite(ROOT));
 });
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.close();
-});
+after(async () => { if (closeSite) await closeSite(); });
 
 function makeBrokenBundles() {
   const src = path.join(ROOT, 'www/models/default');

@@ -4,26 +4,20 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
-import { launch, runPage } from './browser.mjs';
+import { runPage, startSite } from './browser.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const OUT = path.join(ROOT, 'tests/browser/out');
 // Same tolerance as the native parity tests: f32 throughout, and outputs of the fixture are O(1).
 const TOLERANCE = 1e-4;
 
-let server, browser, base;
+let browser, base, closeSite;
 before(async () => {
   assert.ok(fs.existsSync(path.join(ROOT, 'www/pkg/control_clip_bg.wasm')), 'www/pkg is missing: run ./build.sh first');
   fs.mkdirSync(OUT, { recursive: true });
-  server = await serve(ROOT);
-  base = `http://127.0.0.1:${server.address().port}`;
-  browser = await launch();
+  ({ browser, base, close: closeSite } = await startSite(ROOT));
 });
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.close();
-});
+after(async () => { if (closeSite) await closeSite(); });
 
 for (const backend of ['wgpu', 'cpu']) {
   test(`smoke path on ${backend}: tokenizer ids, text encoder parity, clear errors`, async () => {

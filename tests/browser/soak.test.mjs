@@ -8,24 +8,16 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
-import { launch } from './browser.mjs';
+import { startSite } from './browser.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const GENERATIONS = Number(process.env.SOAK_GENERATIONS || 8);
 const CYCLES = Number(process.env.STRESS_CYCLES || 10);
 const TINY = '/tests/fixtures/bundles/tiny-random/';
 
-let server, browser, base;
-before(async () => {
-  server = await serve(ROOT);
-  base = `http://127.0.0.1:${server.address().port}`;
-  browser = await launch();
-});
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.close();
-});
+let browser, base, closeSite;
+before(async () => { ({ browser, base, close: closeSite } = await startSite(ROOT)); });
+after(async () => { if (closeSite) await closeSite(); });
 
 const median = xs => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const MiB = b => (b / 2 ** 20).toFixed(1);

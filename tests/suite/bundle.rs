@@ -319,6 +319,28 @@ fn bundle_cli(tag: &str, args: &[&std::ffi::OsStr]) -> (PathBuf, std::process::O
     (out, output)
 }
 
+/// `bundle_cli` with the fixture generator's separate parts (tokenizer.json, clip_text/sd-mini-f16,
+/// vae/kl-tiny), the given UNet folder and scheduler config, and `extra` options.
+fn bundle_parts_cli(tag: &str, unet: &Path, scheduler_config: &Path, extra: &[&str]) -> (PathBuf, std::process::Output) {
+    let f = fixtures();
+    let mut args: Vec<std::ffi::OsString> = [
+        ("--tokenizer", f.join("tokenizer.json")),
+        ("--text-encoder", f.join("clip_text/sd-mini-f16")),
+        ("--unet", unet.to_path_buf()),
+        ("--decoder", f.join("vae/kl-tiny")),
+        ("--scheduler-config", scheduler_config.to_path_buf()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.into(), v.into_os_string()])
+    .collect();
+    args.extend(extra.iter().map(|e| e.into()));
+    bundle_cli(tag, &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>())
+}
+
+fn ddim_scheduler_config() -> PathBuf {
+    fixtures().join("pipeline/ddim-2-steps/scheduler_config.json")
+}
+
 fn image_of(dir: &Path) -> Vec<f32> {
     let pipeline = load(dir).unwrap();
     let mut req = GenerateRequest::new("a red star in striped style");
@@ -376,16 +398,7 @@ fn pickled_weights_are_refused_with_a_way_out() {
     let unet = tempdir("pickled-unet");
     std::fs::copy(f.join("unet/sd-tiny/config.json"), unet.join("config.json")).unwrap();
     std::fs::write(unet.join("diffusion_pytorch_model.bin"), b"not really a pickle").unwrap();
-    let (_, out) = bundle_cli(
-        "pickled",
-        &[
-            "--tokenizer".as_ref(), f.join("tokenizer.json").as_os_str(),
-            "--text-encoder".as_ref(), f.join("clip_text/sd-mini-f16").as_os_str(),
-            "--unet".as_ref(), unet.as_os_str(),
-            "--decoder".as_ref(), f.join("vae/kl-tiny").as_os_str(),
-            "--scheduler-config".as_ref(), f.join("pipeline/ddim-2-steps/scheduler_config.json").as_os_str(),
-        ],
-    );
+    let (_, out) = bundle_parts_cli("pickled", &unet, &ddim_scheduler_config(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("diffusion_pytorch_model.bin") && stderr.contains("never loads pickles") && stderr.contains("safe_serialization=True"), "{stderr}");
@@ -486,31 +499,18 @@ fn a_single_file_checkpoint_bundles_as_its_pipeline_folder() {
 fn an_unimplemented_scheduler_class_becomes_ddim_and_scheduler_chooses() {
     let f = fixtures();
     let pndm = tempdir("pndm").join("scheduler_config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("pipeline/ddim-2-steps/scheduler_config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ddim_scheduler_config()).unwrap()).unwrap();
     config["_class_name"] = "PNDMScheduler".into();
     std::fs::write(&pndm, config.to_string()).unwrap();
-    let parts = |scheduler: &Path| -> Vec<std::ffi::OsString> {
-        [
-            ("--tokenizer", f.join("tokenizer.json")),
-            ("--text-encoder", f.join("clip_text/sd-mini-f16")),
-            ("--unet", f.join("unet/sd-tiny")),
-            ("--decoder", f.join("vae/kl-tiny")),
-            ("--scheduler-config", scheduler.to_path_buf()),
-        ]
-        .into_iter()
-        .flat_map(|(k, v)| [k.into(), v.into_os_string()])
-        .collect()
-    };
-    let args = parts(&pndm);
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let (ddim, out) = bundle_cli("pndm", &args);
+    let unet = f.join("unet/sd-tiny");
+    let (ddim, out) = bundle_parts_cli("pndm", &unet, &pndm, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("PNDMScheduler") && stderr.contains("DDIMScheduler"), "{stderr}");
     let scheduler = &manifest_of(&ddim)["components"]["scheduler"]["config"];
     assert_eq!(scheduler["_class_name"], "DDIMScheduler");
     assert_eq!(scheduler["steps_offset"], config["steps_offset"], "the schedule is kept");
-    let (euler, out) = bundle_cli("pndm-euler", &[&args[..], &["--scheduler".as_ref(), "euler-a".as_ref()]].concat());
+    let (euler, out) = bundle_parts_cli("pndm-euler", &unet, &pndm, &["--scheduler", "euler-a"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(manifest_of(&euler)["components"]["scheduler"]["config"]["_class_name"], "EulerAncestralDiscreteScheduler");
 }
@@ -520,22 +520,7 @@ fn an_unimplemented_scheduler_class_becomes_ddim_and_scheduler_chooses() {
 #[test]
 fn sharded_model_folders_are_read_through_their_index() {
     let f = fixtures();
-    let parts = |unet: &Path| -> Vec<std::ffi::OsString> {
-        [
-            ("--tokenizer", f.join("tokenizer.json")),
-            ("--text-encoder", f.join("clip_text/sd-mini-f16")),
-            ("--unet", unet.to_path_buf()),
-            ("--decoder", f.join("vae/kl-tiny")),
-            ("--scheduler-config", f.join("pipeline/ddim-2-steps/scheduler_config.json")),
-        ]
-        .into_iter()
-        .flat_map(|(k, v)| [k.into(), v.into_os_string()])
-        .collect()
-    };
-    let run = |tag: &str, unet: &Path| {
-        let args = parts(unet);
-        bundle_cli(tag, &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>())
-    };
+    let run = |tag: &str, unet: &Path| bundle_parts_cli(tag, unet, &ddim_scheduler_config(), &[]);
     let (whole, out) = run("unsharded", &f.join("unet/sd-tiny"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (sharded, out) = run("sharded", &f.join("sharded/unet"));

@@ -178,10 +178,10 @@ impl Sources {
             }
             None => None,
         };
-        let model = |given: &Option<PathBuf>, option: &str, in_pipeline: &str, part: Part| -> control_clip::Result<ModelSource> {
+        let model = |given: &Option<PathBuf>, option: &str, part: Part| -> control_clip::Result<ModelSource> {
             match (given, &args.pipeline, &checkpoint) {
                 (Some(p), _, _) => Ok(ModelSource::Folder(p.clone())),
-                (None, Some(dir), _) => Ok(ModelSource::Folder(dir.join(in_pipeline))),
+                (None, Some(dir), _) => Ok(ModelSource::Folder(dir.join(part.name()))),
                 (None, None, Some(_)) => Ok(ModelSource::Checkpoint(part)),
                 (None, None, None) => Err(Error::invalid(option, "is required without --pipeline or --checkpoint")),
             }
@@ -206,9 +206,9 @@ impl Sources {
         };
         Ok(Self {
             tokenizer,
-            text_encoder: model(&args.text_encoder, "--text-encoder", "text_encoder", Part::TextEncoder)?,
-            unet: model(&args.unet, "--unet", "unet", Part::Unet)?,
-            decoder: model(decoder, "--decoder", "vae", Part::Vae)?,
+            text_encoder: model(&args.text_encoder, "--text-encoder", Part::TextEncoder)?,
+            unet: model(&args.unet, "--unet", Part::Unet)?,
+            decoder: model(decoder, "--decoder", Part::Vae)?,
             scheduler,
             checkpoint,
         })
@@ -220,11 +220,7 @@ impl Sources {
             ModelSource::Folder(dir) => Ok((ConfigJson::read(&dir.join("config.json"))?, read_weights(dir, variant)?)),
             ModelSource::Checkpoint(part) => {
                 let (checkpoint, configs) = self.checkpoint.as_ref().expect("a checkpoint part has a checkpoint");
-                let config = match part {
-                    Part::TextEncoder => &configs.text_encoder,
-                    Part::Unet => &configs.unet,
-                    Part::Vae => &configs.vae,
-                };
+                let config = configs.of(*part);
                 Ok((config.clone(), checkpoint.read(*part, config)?))
             }
         }
