@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod loaders;
 pub mod models;
 pub mod pipeline;
+pub mod profile;
 pub mod rng;
 pub mod schedulers;
 pub mod tokenizer;

@@ -1,11 +1,12 @@
 //! Loading burn's layers from PyTorch-layout tensors, and the activations checkpoints name.
 
 use burn::module::Param;
-use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData, activation};
 
 use crate::error::{Error, Result};
+use crate::profile::{self, Section};
 use crate::weights::WeightsView;
 
 /// `nn.Linear(d_in, d_out)` from `{name}.weight` ([d_out, d_in], PyTorch layout) and `{name}.bias`.
@@ -194,29 +195,66 @@ impl Conv2d {
         Ok(Self { weight, bias: None, stride: 1, padding: kernel / 2 })
     }
 
+    /// Our CPU kernel on the CPU backend (src/kernels/cpu/), burn's `conv2d` elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options)
+        profile::time(Section::Conv, || {
+            if let Some(out) = crate::kernels::cpu::conv2d(&x, &self.weight, self.bias.as_ref(), self.stride, self.padding) {
+                return out;
+            }
+            let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+            burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options)
+        })
     }
 }
 
-/// `nn.GroupNorm(groups, channels, eps)` from `{name}.weight` and `{name}.bias`.
-pub fn group_norm(w: &WeightsView, name: &str, groups: usize, channels: usize, eps: f64, device: &Device) -> Result<GroupNorm> {
-    if groups == 0 || channels % groups != 0 {
-        return Err(Error::tensor(
-            w.file.name(),
-            w.key(name),
-            format!("{channels} channels do not split into {groups} groups (norm_num_groups)"),
-        ));
+/// `nn.GroupNorm(groups, channels, eps)` (affine). On the CPU backend our kernel (src/kernels/cpu/), which
+/// also applies a following SiLU in the same pass ([`GroupNorm::forward_then`]); burn's `GroupNorm` elsewhere.
+#[derive(Debug)]
+pub struct GroupNorm {
+    norm: burn::nn::GroupNorm,
+}
+
+impl GroupNorm {
+    /// From `{name}.weight` and `{name}.bias`.
+    pub fn load(w: &WeightsView, name: &str, groups: usize, channels: usize, eps: f64, device: &Device) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            return Err(Error::tensor(
+                w.file.name(),
+                w.key(name),
+                format!("{channels} channels do not split into {groups} groups (norm_num_groups)"),
+            ));
+        }
+        let norm = burn::nn::GroupNorm {
+            gamma: Some(Param::from_tensor(w.tensor(&format!("{name}.weight"), [channels], device)?)),
+            beta: Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [channels], device)?)),
+            num_groups: groups,
+            num_channels: channels,
+            epsilon: eps,
+            affine: true,
+        };
+        Ok(Self { norm })
     }
-    Ok(GroupNorm {
-        gamma: Some(Param::from_tensor(w.tensor(&format!("{name}.weight"), [channels], device)?)),
-        beta: Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [channels], device)?)),
-        num_groups: groups,
-        num_channels: channels,
-        epsilon: eps,
-        affine: true,
-    })
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        profile::time(Section::Norm, || self.kernel(&x, false).unwrap_or_else(|| self.norm.forward(x)))
+    }
+
+    /// `act(norm(x))`.
+    pub fn forward_then<const D: usize>(&self, x: Tensor<D>, act: Activation) -> Tensor<D> {
+        profile::time(Section::Norm, || {
+            if act == Activation::Silu
+                && let Some(out) = self.kernel(&x, true)
+            {
+                return out;
+            }
+            act.forward(self.norm.forward(x))
+        })
+    }
+
+    fn kernel<const D: usize>(&self, x: &Tensor<D>, silu: bool) -> Option<Tensor<D>> {
+        let (gamma, beta) = (self.norm.gamma.as_ref()?, self.norm.beta.as_ref()?);
+        crate::kernels::cpu::group_norm(x, &gamma.val(), &beta.val(), self.norm.num_groups, self.norm.epsilon, silu)
+    }
 }
 
 /// The most score elements one attention pass may hold at once: 32 Mi f32 = 128 MiB, WebGPU's default
@@ -228,8 +266,17 @@ pub const MAX_SCORE_ELEMENTS: usize = 32 << 20;
 /// q [B, Lq, H·d], k and v [B, Lk, H·d] → [B, Lq, H·d]; `mask` is added to the scores ([1|B, 1|H, Lq, Lk]).
 /// Queries are processed in chunks whose score matrix stays within [`MAX_SCORE_ELEMENTS`] (each query's
 /// softmax is independent of the others, so the result is the same).
+/// Without a mask, the CPU backend runs our blocked kernel instead (src/kernels/cpu/), which holds one block
+/// of scores per task.
 pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<4>>) -> Tensor<3> {
-    attention_in_chunks(q, k, v, heads, mask, MAX_SCORE_ELEMENTS)
+    profile::time(Section::Attention, || {
+        if mask.is_none()
+            && let Some(out) = crate::kernels::cpu::attention(&q, &k, &v, heads)
+        {
+            return out;
+        }
+        attention_in_chunks(q, k, v, heads, mask, MAX_SCORE_ELEMENTS)
+    })
 }
 
 /// As [`scaled_dot_product_attention`], with the chunk bound given (tests use small ones).

@@ -1,13 +1,13 @@
 //! diffusers' `AutoencoderKL`, decoder side only (what generation needs): `post_quant_conv`, then the
 //! `Decoder` (conv_in, mid block with one single-head attention, `UpDecoderBlock2D`s, norm, conv_out).
 
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, Conv2d, group_norm, linear, scaled_dot_product_attention};
+use crate::models::nn::{Activation, Conv2d, GroupNorm, linear, scaled_dot_product_attention};
 use crate::models::unet::resnet::{ResnetBlock2D, ResnetSettings, Upsample2D};
 use crate::weights::{SafeTensors, WeightsView};
 
@@ -68,7 +68,7 @@ struct SpatialAttention {
 impl SpatialAttention {
     fn load(w: &WeightsView, c: usize, groups: usize, device: &Device) -> Result<Self> {
         Ok(Self {
-            group_norm: group_norm(w, "group_norm", groups, c, 1e-6, device)?,
+            group_norm: GroupNorm::load(w, "group_norm", groups, c, 1e-6, device)?,
             to_q: linear(w, "to_q", c, c, true, device)?,
             to_k: linear(w, "to_k", c, c, true, device)?,
             to_v: linear(w, "to_v", c, c, true, device)?,
@@ -127,7 +127,7 @@ impl VaeDecoder {
             up_blocks.push((resnets, up));
             c_prev = c_out;
         }
-        let conv_norm_out = group_norm(&w, "conv_norm_out", groups, boc[0], 1e-6, device)?;
+        let conv_norm_out = GroupNorm::load(&w, "conv_norm_out", groups, boc[0], 1e-6, device)?;
         let conv_out = Conv2d::load(&w, "conv_out", [boc[0], cfg.out_channels], 3, 1, 1, device)?;
         Ok(Self { config: cfg, post_quant_conv, conv_in, mid_resnet_1, mid_attention, mid_resnet_2, up_blocks, conv_norm_out, conv_out })
     }
@@ -158,6 +158,6 @@ impl VaeDecoder {
             }
         }
         let act = self.config.act_fn;
-        self.conv_out.forward(act.forward(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(self.conv_norm_out.forward_then(x, act))
     }
 }

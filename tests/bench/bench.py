@@ -166,23 +166,27 @@ def write_report(rows, args):
     lines = [title, "",
              "Command: `python3 tests/bench/bench.py --models %s --size %d --backends %s --runs %d --generation-steps %d` (%s)."
              % (args.models, args.size, args.backends, args.runs, args.generation_steps,
-                "dev-profile binary: dependencies at opt-level 3, our crate at 1" if args.binary and "/debug/" in args.binary
+                "dev-profile binary: every crate at opt-level 3, dependencies without debug assertions" if args.binary and "/debug/" in args.binary
                 else "release binary"),
              "Machine: %s, %d cores, torch %s (threads %d). Batch 1 (classifier-free guidance doubles the UNet batch); decoder = a TAESD-shaped AutoencoderTiny; generation = "
              "prompt + empty negative prompt through the text encoder (CLIP ViT-L shape, ViT-H for SDXS), %d DDIM steps at guidance 7.5 (UNet batch 2), "
              "the decoder and the read-back of the pixels (diffusers: StableDiffusionPipeline, output_type np)."
              % (platform.platform(), os.cpu_count(), torch.__version__, torch.get_num_threads(), args.generation_steps), "",
              "Here `wgpu` is Mesa's lavapipe (software Vulkan on the CPU): a correctness platform, not a speed one. "
-             "Medians of --runs after one warm-up; peak RSS is the whole process (lavapipe's GPU memory is host memory).",
+             "Medians of --runs after one warm-up; peak RSS is the whole process (lavapipe's GPU memory is host memory). "
+             "Split: one more UNet step of ours with `control-clip bench`'s profile on (CPU backend only), in ms: "
+             "convolutions / norms (GroupNorm, LayerNorm) / attention (scores, softmax, values) / the transformers' linear layers / the rest.",
              "",
-             "| model | image | ours: backend | ours: UNet step ms | PyTorch CPU: UNet step ms | ratio ours/PyTorch | ours: decoder ms | PyTorch: decoder ms | ours: generation ms | PyTorch: generation ms | ratio | ours: peak RSS MiB | ours: device pool MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | image | ours: backend | ours: UNet step ms | PyTorch CPU: UNet step ms | ratio ours/PyTorch | ours: decoder ms | PyTorch: decoder ms | ours: generation ms | PyTorch: generation ms | ratio | ours: peak RSS MiB | ours: device pool MiB | ours: UNet step split conv / norm / attention / linear / rest |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, size, backend, ours, ref in rows:
         u, r = ours.get("unet_step_ms"), ref.get("unet_step_ms")
         g, gr = ours.get("generation_ms"), ref.get("generation_ms")
-        lines.append("| %s | %d² | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        split = ours.get("unet_step_breakdown_ms")
+        split = " / ".join("%.0f" % split[k] for k in ("conv", "norm", "attention", "linear", "rest")) if split else "—"
+        lines.append("| %s | %d² | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, size, backend, fmt(u), fmt(r), ratio(u, r), fmt(ours.get("decoder_ms")), fmt(ref.get("decoder_ms")),
-            fmt(g), fmt(gr), ratio(g, gr), fmt(ours.get("peak_rss_mib")), fmt(ours.get("device_reserved_mib"))))
+            fmt(g), fmt(gr), ratio(g, gr), fmt(ours.get("peak_rss_mib")), fmt(ours.get("device_reserved_mib")), split))
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(path).read()
     start = text.find(title + "\n")

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use crate::common::{block_on, max_abs_err};
+use crate::common::{Draw, block_on, max_abs_err};
 use control_clip::models::attention::decoupled_attention_reference;
 use control_clip::kernels::{decoupled_attention_fused, fused_attention_available};
 use control_clip::models::nn::scaled_dot_product_attention;
@@ -19,26 +19,6 @@ const TOLERANCE: f32 = 1e-5;
 
 fn wgpu() -> Device {
     block_on(init_device(BackendKind::Wgpu)).expect("the wgpu device (lavapipe here)")
-}
-
-/// Small deterministic integer draws for the shapes (the values come from NoiseRng).
-struct Draw(u64);
-
-impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in lo..=hi.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.range(0, items.len() - 1)]
-    }
 }
 
 /// One problem: host values, so that the same inputs go to both devices.

@@ -11,6 +11,7 @@ mod cli_generate;
 mod default_bundle;
 mod errors;
 mod finetune;
+mod kernel_cpu;
 mod kernel_decoupled_attention;
 mod layout;
 mod parity_clip_text;

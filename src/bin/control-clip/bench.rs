@@ -175,6 +175,26 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
             unet_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
+    // One more step with the profile on: where it goes (CPU backend only: elsewhere operations run when
+    // read back, not when called).
+    let breakdown = if backend == BackendKind::Cpu {
+        control_clip::profile::enable(true);
+        let t = Instant::now();
+        read_f32(unet.forward(sample.clone(), &timesteps, &context)?).await?;
+        let total = t.elapsed().as_secs_f64() * 1000.0;
+        let parts = control_clip::profile::totals_ms();
+        control_clip::profile::enable(false);
+        let mut map = serde_json::Map::new();
+        let named: f64 = parts.iter().map(|(_, ms)| ms).sum();
+        for (section, ms) in parts {
+            map.insert(section.name().to_string(), serde_json::json!(ms));
+        }
+        map.insert("rest".to_string(), serde_json::json!(total - named));
+        map.insert("total".to_string(), serde_json::json!(total));
+        Some(serde_json::Value::Object(map))
+    } else {
+        None
+    };
     let mut decoder_ms = Vec::new();
     let decoder_dir = dir.join("decoder");
     let decoder = if decoder_dir.exists() { Some(Decoder::read_dir(&decoder_dir, &device)?) } else { None };
@@ -220,6 +240,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         "backend": backend.name(),
         "load_ms": load_ms,
         "unet_step_ms": median(unet_ms),
+        "unet_step_breakdown_ms": breakdown,
         "decoder_ms": (!decoder_ms.is_empty()).then(|| median(decoder_ms)),
         "generation_ms": (!generation_ms.is_empty()).then(|| median(generation_ms)),
         "generation_steps": generation_steps,

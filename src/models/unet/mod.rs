@@ -6,13 +6,12 @@ mod embeddings;
 pub(crate) mod resnet;
 pub mod transformer;
 
-use burn::nn::GroupNorm;
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, Conv2d, group_norm};
+use crate::models::nn::{Activation, Conv2d, GroupNorm};
 use crate::weights::{SafeTensors, WeightsView};
 use blocks::{BlockShape, DownBlock, MidBlock, UpBlock};
 use embeddings::{TimestepEmbedding, sinusoidal};
@@ -239,7 +238,7 @@ impl UNet2DConditionModel {
             c_prev = boc[r];
         }
 
-        let conv_norm_out = group_norm(&w, "conv_norm_out", cfg.norm_num_groups, boc[0], cfg.norm_eps, device)?;
+        let conv_norm_out = GroupNorm::load(&w, "conv_norm_out", cfg.norm_num_groups, boc[0], cfg.norm_eps, device)?;
         let conv_out = Conv2d::load(&w, "conv_out", [boc[0], cfg.out_channels], cfg.conv_out_kernel, 1, cfg.conv_out_kernel / 2, device)?;
         Ok(Self { config: cfg, conv_in, time_embedding, down_blocks, mid_block, up_blocks, conv_norm_out, conv_out })
     }
@@ -300,7 +299,7 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, context, &mut skips);
         }
-        let x = cfg.act_fn.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_then(x, cfg.act_fn);
         Ok(self.conv_out.forward(x))
     }
 }

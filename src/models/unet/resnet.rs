@@ -1,12 +1,12 @@
 //! `ResnetBlock2D` (time-embedding "default" form), `Downsample2D`, `Upsample2D`.
 
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::Result;
-use crate::models::nn::{Activation, Conv2d, group_norm, linear};
+use crate::models::nn::{Activation, Conv2d, GroupNorm, linear};
 use crate::weights::WeightsView;
 
 /// What every resnet of one model shares.
@@ -35,13 +35,13 @@ pub struct ResnetBlock2D {
 impl ResnetBlock2D {
     pub fn load(w: &WeightsView, c_in: usize, c_out: usize, s: ResnetSettings, device: &Device) -> Result<Self> {
         Ok(Self {
-            norm1: group_norm(w, "norm1", s.groups, c_in, s.eps, device)?,
+            norm1: GroupNorm::load(w, "norm1", s.groups, c_in, s.eps, device)?,
             conv1: Conv2d::load(w, "conv1", [c_in, c_out], 3, 1, 1, device)?,
             time_emb_proj: match s.temb_channels {
                 Some(t) => Some(linear(w, "time_emb_proj", t, c_out, true, device)?),
                 None => None,
             },
-            norm2: group_norm(w, "norm2", s.groups, c_out, s.eps, device)?,
+            norm2: GroupNorm::load(w, "norm2", s.groups, c_out, s.eps, device)?,
             conv2: Conv2d::load(w, "conv2", [c_out, c_out], 3, 1, 1, device)?,
             conv_shortcut: if c_in != c_out { Some(Conv2d::load(w, "conv_shortcut", [c_in, c_out], 1, 1, 0, device)?) } else { None },
             act: s.act,
@@ -51,12 +51,12 @@ impl ResnetBlock2D {
 
     /// `temb` is the (not yet activated) time embedding [B, T], or None in the decoders.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(self.act.forward(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(self.norm1.forward_then(x.clone(), self.act));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + proj.forward(self.act.forward(temb.clone())).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(self.act.forward(self.norm2.forward(h)));
+        let h = self.conv2.forward(self.norm2.forward_then(h, self.act));
         let x = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

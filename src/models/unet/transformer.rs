@@ -5,13 +5,14 @@
 //! ([`crate::models::attention`]) replaces the ordinary one; self-attention uses the same
 //! scaled-dot-product code.
 
-use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, activation};
 
 use crate::models::attention::{ControlContext, decoupled_attention};
 use crate::error::Result;
-use crate::models::nn::{Conv2d, group_norm, layer_norm, linear, scaled_dot_product_attention};
+use crate::models::nn::{Conv2d, GroupNorm, layer_norm, linear, scaled_dot_product_attention};
 use crate::config::ConfigJson;
+use crate::profile::{self, Section};
 use crate::weights::{SafeTensors, WeightsView};
 
 /// What the UNet's cross-attention layers attend to.
@@ -26,7 +27,7 @@ pub enum Conditioning<'a> {
 /// The UNet's cross-attention between image tokens `q` (already projected) and the conditioning: the
 /// single seam where Control-CLIP's decoupled attention replaces the ordinary one.
 fn cross_attention(attn: &Attention, q: Tensor<3>, context: Conditioning) -> Tensor<3> {
-    let project = |c: &Tensor<3>| (attn.to_k.forward(c.clone()), attn.to_v.forward(c.clone()));
+    let project = |c: &Tensor<3>| (timed(&attn.to_k, c.clone()), timed(&attn.to_v, c.clone()));
     match context {
         Conditioning::Text(c) => {
             let (k, v) = project(c);
@@ -37,6 +38,11 @@ fn cross_attention(attn: &Attention, q: Tensor<3>, context: Conditioning) -> Ten
             decoupled_attention(q, k_c, v_c, k_s, v_s, cc.weights.clone(), attn.heads)
         }
     }
+}
+
+/// `linear.forward(x)`, counted as [`Section::Linear`] in a profile.
+fn timed(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
+    profile::time(Section::Linear, || linear.forward(x))
 }
 
 /// diffusers' `Attention` with the default processor (no biases on q/k/v, bias on the output).
@@ -62,13 +68,13 @@ impl Attention {
     }
 
     fn self_attention(&self, x: Tensor<3>) -> Tensor<3> {
-        let (q, k, v) = (self.to_q.forward(x.clone()), self.to_k.forward(x.clone()), self.to_v.forward(x));
-        self.to_out.forward(scaled_dot_product_attention(q, k, v, self.heads, None))
+        let (q, k, v) = (timed(&self.to_q, x.clone()), timed(&self.to_k, x.clone()), timed(&self.to_v, x));
+        timed(&self.to_out, scaled_dot_product_attention(q, k, v, self.heads, None))
     }
 
     /// Cross-attention of tokens `x` [B, L, query_dim] to the conditioning, through the output projection.
     pub fn cross_attention(&self, x: Tensor<3>, context: Conditioning) -> Tensor<3> {
-        self.to_out.forward(cross_attention(self, self.to_q.forward(x), context))
+        timed(&self.to_out, cross_attention(self, timed(&self.to_q, x), context))
     }
 
     /// One stand-alone layer, for `control-clip check cross-attention`: a config with `query_dim`,
@@ -101,11 +107,11 @@ impl FeedForward {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.proj.forward(x);
+        let h = timed(&self.proj, x);
         let [b, l, _] = h.dims();
         let hidden = h.clone().slice([0..b, 0..l, 0..self.inner]);
         let gate = h.slice([0..b, 0..l, self.inner..self.inner * 2]);
-        self.out.forward(hidden * activation::gelu(gate))
+        timed(&self.out, hidden * activation::gelu(gate))
     }
 }
 
@@ -133,9 +139,10 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: Tensor<3>, context: Conditioning) -> Tensor<3> {
-        let x = self.attn1.self_attention(self.norm1.forward(x.clone())) + x;
-        let x = self.attn2.cross_attention(self.norm2.forward(x.clone()), context) + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        let norm = |n: &LayerNorm, x: &Tensor<3>| profile::time(Section::Norm, || n.forward(x.clone()));
+        let x = self.attn1.self_attention(norm(&self.norm1, &x)) + x;
+        let x = self.attn2.cross_attention(norm(&self.norm2, &x), context) + x;
+        self.ff.forward(norm(&self.norm3, &x)) + x
     }
 }
 
@@ -175,7 +182,7 @@ impl Transformer2DModel {
             })
         };
         Ok(Self {
-            norm: group_norm(w, "norm", s.groups, channels, 1e-6, device)?,
+            norm: GroupNorm::load(w, "norm", s.groups, channels, 1e-6, device)?,
             proj_in: proj("proj_in", channels, inner)?,
             blocks: (0..layers)
                 .map(|i| BasicTransformerBlock::load(&w.sub(&format!("transformer_blocks.{i}")), inner, s.context_dim, heads, device))
@@ -193,7 +200,7 @@ impl Transformer2DModel {
         let normed = self.norm.forward(x.clone());
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(normed)),
-            Projection::Linear(lin) => lin.forward(to_tokens(normed)),
+            Projection::Linear(lin) => timed(lin, to_tokens(normed)),
         };
         for block in &self.blocks {
             tokens = block.forward(tokens, context);
@@ -204,7 +211,7 @@ impl Transformer2DModel {
         };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(from_tokens(tokens)),
-            Projection::Linear(lin) => from_tokens(lin.forward(tokens)),
+            Projection::Linear(lin) => from_tokens(timed(lin, tokens)),
         };
         out + x
     }

@@ -1,0 +1,120 @@
+//! 2-D convolution as im2col + GEMM in the NCHW layout: `out[b] = W · col(x[b]) + bias`, where W is the
+//! weight exactly as PyTorch stores it ([C_out, C_in·k·k] row-major, so it needs no packing of ours; the
+//! GEMM packs its panels itself) and col's row (c, ky, kx) holds the input shifted by (ky, kx). Output
+//! columns are processed in chunks of whole output rows, so col stays within [`COL_BUDGET`] floats; the
+//! bias is written into the output first and the GEMM adds the product to it. A 1×1 convolution with
+//! stride 1 uses the input itself as col.
+
+use super::{for_each_chunk, gemm_f32, gemm_threads};
+
+/// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big, small enough for the L3.
+const COL_BUDGET: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Shape {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
+pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &Shape) -> Vec<f32> {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let n = oh * ow;
+    let k = s.c_in * s.kernel * s.kernel;
+    let mut out = vec![0.0f32; s.batch * s.c_out * n];
+    if let Some(bias) = bias {
+        for_each_chunk(&mut out, n.max(1), |i, row| row.fill(bias[i % s.c_out]));
+    }
+    if n == 0 || s.c_out == 0 {
+        return out;
+    }
+    let direct = s.kernel == 1 && s.stride == 1 && s.padding == 0;
+    let rows_per_chunk = if direct { oh } else { (COL_BUDGET / (k * ow).max(1)).clamp(1, oh) };
+    let mut col = if direct { Vec::new() } else { vec![0.0f32; k * rows_per_chunk * ow] };
+    let plane = s.h * s.w;
+    for b in 0..s.batch {
+        let x_b = &x[b * s.c_in * plane..(b + 1) * s.c_in * plane];
+        let out_b = out[b * s.c_out * n..].as_mut_ptr();
+        for r0 in (0..oh).step_by(rows_per_chunk) {
+            let rows = rows_per_chunk.min(oh - r0);
+            let cols = rows * ow;
+            let rhs = if direct {
+                x_b.as_ptr()
+            } else {
+                im2col(x_b, &mut col[..k * cols], s, r0, rows);
+                col.as_ptr()
+            };
+            // SAFETY: W is [c_out, k] (row stride k), col [k, cols] (row stride cols; for the direct case
+            // the input [c_in, n]), and the output block is c_out rows of `cols` floats at row stride n,
+            // starting at column r0·ow of image b, all inside their buffers.
+            unsafe {
+                gemm_f32(
+                    [s.c_out, cols, k],
+                    (out_b.add(r0 * ow), n, 1),
+                    bias.is_some(),
+                    (weight.as_ptr(), k, 1),
+                    (rhs, if direct { n } else { cols }, 1),
+                    1.0,
+                    gemm_threads(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// col[(c, ky, kx), (r, ox)] = x[c, (r0 + r)·stride + ky − pad, ox·stride + kx − pad], 0 outside the input,
+/// for `rows` output rows from `r0`. Channels in parallel (each fills its own k·k rows of col).
+fn im2col(x: &[f32], col: &mut [f32], s: &Shape, r0: usize, rows: usize) {
+    let ow = s.out_w();
+    let cols = rows * ow;
+    let kk = s.kernel * s.kernel;
+    let plane = s.h * s.w;
+    for_each_chunk(col, kk * cols, |c, block| {
+        let x_c = &x[c * plane..(c + 1) * plane];
+        for ky in 0..s.kernel {
+            for kx in 0..s.kernel {
+                let dst = &mut block[(ky * s.kernel + kx) * cols..][..cols];
+                for r in 0..rows {
+                    let dst_row = &mut dst[r * ow..(r + 1) * ow];
+                    let iy = ((r0 + r) * s.stride + ky) as isize - s.padding as isize;
+                    if iy < 0 || iy >= s.h as isize {
+                        dst_row.fill(0.0);
+                        continue;
+                    }
+                    let src = &x_c[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    // Output columns ox whose input column ox·stride + kx − pad lies inside [0, w).
+                    let shift = kx as isize - s.padding as isize;
+                    let first = if shift >= 0 { 0 } else { ((-shift) as usize).div_ceil(s.stride) };
+                    let last = if (s.w as isize - shift) <= 0 { 0 } else { ((s.w as isize - shift) as usize).div_ceil(s.stride).min(ow) };
+                    let last = last.max(first);
+                    dst_row[..first].fill(0.0);
+                    dst_row[last..].fill(0.0);
+                    let start = (first * s.stride) as isize + shift;
+                    if s.stride == 1 {
+                        dst_row[first..last].copy_from_slice(&src[start as usize..start as usize + (last - first)]);
+                    } else {
+                        for (i, d) in dst_row[first..last].iter_mut().enumerate() {
+                            *d = src[start as usize + i * s.stride];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}

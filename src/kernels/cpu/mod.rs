@@ -1,0 +1,250 @@
+//! Our own CPU kernels, for burn's CPU backend (flex) natively and in wasm (SIMD128), where flex's general
+//! operations are slow for a diffusion model: convolution (im2col in the NCHW layout the models keep, one
+//! GEMM per column chunk, bias added by the GEMM), GroupNorm with the following SiLU in one pass, and
+//! attention in query blocks (scale applied in the score GEMM, softmax normalised on the output) that never
+//! holds a whole score matrix. Each has a tensor-op reference elsewhere (burn's `conv2d`, `GroupNorm`, the
+//! models' chunked tensor-op attention), which runs on every other backend and under autodiff, and which
+//! the kernels are tested against (tests/suite/kernel_cpu.rs).
+//!
+//! Route: a burn backend extension on `Flex` (`#[backend_extension(Flex)]`): the crate's backend-less
+//! tensors are unwrapped with `Tensor::into_dispatch`, and the generated `Dispatch` implementation hands
+//! our `Flex` implementation the `FlexTensor`s, whose host storage the kernels read in place.
+//!
+//! Determinism: every split of the work (column chunks, query blocks, norm groups, the GEMM's own output
+//! tiles) depends only on the shapes, and no reduction is split across threads, so a result does not
+//! depend on the thread count or on scheduling.
+
+mod attention;
+mod conv2d;
+mod group_norm;
+mod math;
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::tensor::{DType, Device, Tensor};
+
+/// The custom operations, on the CPU backend only. Arguments are validated by the public wrappers below.
+#[backend_extension(Flex)]
+pub trait CpuKernelOps: Backend {
+    /// `x` [B, C_in, H, W], `weight` [C_out, C_in, k, k], `bias` [C_out] (or an empty tensor for none).
+    fn cpu_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, stride: usize, padding: usize, has_bias: bool) -> FloatTensor<Self>;
+
+    /// `x` [B, C, …], `gamma` and `beta` [C].
+    fn cpu_group_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, groups: usize, eps: f64, silu: bool) -> FloatTensor<Self>;
+
+    /// q [B, Lq, H·d], k and v [B, Lk, H·d].
+    fn cpu_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+}
+
+impl CpuKernelOps for Flex {
+    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, stride: usize, padding: usize, has_bias: bool) -> FlexTensor {
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        let xs = x.layout().shape().to_vec();
+        let ws = weight.layout().shape().to_vec();
+        let shape = conv2d::Shape { batch: xs[0], c_in: xs[1], h: xs[2], w: xs[3], c_out: ws[0], kernel: ws[2], stride, padding };
+        let bias = has_bias.then(|| storage(&bias));
+        let out = conv2d::conv2d(storage(&x), storage(&weight), bias, &shape);
+        from_vec(out, vec![shape.batch, shape.c_out, shape.out_h(), shape.out_w()])
+    }
+
+    fn cpu_group_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, groups: usize, eps: f64, silu: bool) -> FlexTensor {
+        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let shape = x.layout().shape().to_vec();
+        let per_row = shape[2..].iter().product();
+        let out = group_norm::group_norm(storage(&x), storage(&gamma), storage(&beta), [shape[0], shape[1], per_row], groups, eps as f32, silu);
+        from_vec(out, shape)
+    }
+
+    fn cpu_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize) -> FlexTensor {
+        let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
+        let [b, lq, inner] = dims3(&q);
+        let lk = dims3(&k)[1];
+        let out = attention::attention(storage(&q), storage(&k), storage(&v), attention::Shape { batch: b, lq, lk, heads, head_dim: inner / heads });
+        from_vec(out, vec![b, lq, inner])
+    }
+}
+
+/// A contiguous f32 tensor's elements, in place.
+fn storage(t: &FlexTensor) -> &[f32] {
+    let n = t.layout().num_elements();
+    let start = t.layout().start_offset();
+    &t.storage::<f32>()[start..start + n]
+}
+
+fn from_vec(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
+}
+
+fn dims3(t: &FlexTensor) -> [usize; 3] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2]]
+}
+
+/// Whether these kernels run for tensors on `device`: the CPU backend without autodiff (the extension has no
+/// backward pass; training uses the tensor-op references).
+pub fn cpu_kernels_available(device: &Device) -> bool {
+    !device.is_autodiff() && matches!(device.as_dispatch(), DispatchDevice::Flex(_))
+}
+
+fn all_f32(tensors: &[DType]) -> bool {
+    tensors.iter().all(|&d| d == DType::F32)
+}
+
+/// `conv2d(x, weight, bias)` with square kernel, symmetric padding and stride, groups and dilation 1, on the
+/// CPU kernels; `None` where they do not apply (another backend, autodiff, not f32, a kernel wider than the
+/// padded input), and the caller uses burn's `conv2d`.
+pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride: usize, padding: usize) -> Option<Tensor<4>> {
+    let [_, c_in, h, w] = x.dims();
+    let [c_out, wc_in, kh, kw] = weight.dims();
+    let applies = cpu_kernels_available(&x.device())
+        && all_f32(&[x.dtype(), weight.dtype()])
+        && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [c_out])
+        && wc_in == c_in
+        && kh == kw
+        && kh >= 1
+        && stride >= 1
+        && h + 2 * padding >= kh
+        && w + 2 * padding >= kw;
+    if !applies {
+        return None;
+    }
+    let bias_tensor = bias.cloned().unwrap_or_else(|| Tensor::<1>::zeros([1], &x.device()));
+    let out = <Dispatch as CpuKernelOps>::cpu_conv2d(
+        x.clone().into_dispatch(),
+        weight.clone().into_dispatch(),
+        bias_tensor.into_dispatch(),
+        stride,
+        padding,
+        bias.is_some(),
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
+/// GroupNorm (affine) over `x` [B, C, …], followed by SiLU when `silu`; `None` where the kernel does not
+/// apply (as for [`conv2d`], or a group count that does not divide C).
+pub fn group_norm<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tensor<1>, groups: usize, eps: f64, silu: bool) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let applies = D >= 2
+        && cpu_kernels_available(&x.device())
+        && all_f32(&[x.dtype(), gamma.dtype(), beta.dtype()])
+        && groups >= 1
+        && dims[1] % groups == 0
+        && gamma.dims() == [dims[1]]
+        && beta.dims() == [dims[1]];
+    if !applies {
+        return None;
+    }
+    let out = <Dispatch as CpuKernelOps>::cpu_group_norm(
+        x.clone().into_dispatch(),
+        gamma.clone().into_dispatch(),
+        beta.clone().into_dispatch(),
+        groups,
+        eps,
+        silu,
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
+/// Per-head scaled dot-product attention without a mask (q [B, Lq, H·d], k and v [B, Lk, H·d]); `None`
+/// where the kernel does not apply.
+pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    let [b, _, inner] = q.dims();
+    let [kb, lk, k_inner] = k.dims();
+    let applies = cpu_kernels_available(&q.device())
+        && all_f32(&[q.dtype(), k.dtype(), v.dtype()])
+        && heads >= 1
+        && inner % heads == 0
+        && inner > 0
+        && kb == b
+        && k_inner == inner
+        && lk >= 1
+        && v.dims() == k.dims();
+    if !applies {
+        return None;
+    }
+    let out = <Dispatch as CpuKernelOps>::cpu_attention(q.clone().into_dispatch(), k.clone().into_dispatch(), v.clone().into_dispatch(), heads);
+    Some(Tensor::from_dispatch(out))
+}
+
+/// Runs `f(i, chunk)` over the `chunk`-sized pieces of `data`: on rayon's pool natively, in order in wasm
+/// (one thread).
+fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c));
+    }
+    #[cfg(target_arch = "wasm32")]
+    data.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c));
+}
+
+/// Runs `f(i)` for `i` in `0..n`, in parallel natively.
+fn for_each_index(n: usize, f: impl Fn(usize) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(f);
+    }
+    #[cfg(target_arch = "wasm32")]
+    (0..n).for_each(f);
+}
+
+/// The GEMM's own threads for one large product: all cores natively, none in wasm.
+fn gemm_threads() -> gemm::Parallelism {
+    #[cfg(not(target_arch = "wasm32"))]
+    return gemm::Parallelism::Rayon(0);
+    #[cfg(target_arch = "wasm32")]
+    return gemm::Parallelism::None;
+}
+
+/// A raw pointer that parallel tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: users write disjoint regions only (each task its own rows / columns), and the buffer outlives the
+// parallel loop that uses the pointer.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]`, each matrix given by its pointer and (row, column) strides in
+/// elements; `accumulate` keeps what `dst` holds (the bias). The one place that calls the GEMM crate.
+///
+/// # Safety
+/// Every pointer must be valid for the elements its strides and sizes reach, and `dst` must not overlap the
+/// inputs or another task's output.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    let s = |x: usize| x as isize;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            s(dst.2),
+            s(dst.1),
+            accumulate,
+            lhs.0,
+            s(lhs.2),
+            s(lhs.1),
+            rhs.0,
+            s(rhs.2),
+            s(rhs.1),
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! Our CPU kernels (src/kernels/cpu/) against the tensor-op references they replace, on the CPU backend,
+//! over random shapes: burn's `conv2d`, burn's `GroupNorm` (+ SiLU), and the chunked tensor-op attention
+//! (`attention_in_chunks`). Inputs are standard normal; the tolerance is relative to the reference's
+//! largest magnitude: 1e-5 for the norm and attention, and for the convolution 2e-7·√K (K = C_in·k·k
+//! terms a sum, whose rounding grows like √K·ε in f32 when two implementations add in different orders;
+//! ε = 6e-8, ×3 for margin). Also: every kernel gives the same bits with 1, 2 and 3 threads, and refuses
+//! (returns None) where it does not apply. Run with --nocapture to see the worst errors.
+
+use burn::module::Param;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData, activation};
+use control_clip::kernels::cpu;
+use control_clip::models::nn::attention_in_chunks;
+use control_clip::rng::NoiseRng;
+
+use crate::common::{Draw, max_abs_err};
+
+const CASES: usize = 40;
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn normal<const D: usize>(rng: &mut NoiseRng, shape: [usize; D]) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(rng.normals(n), shape), &device())
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn largest(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// The same computation in a rayon pool of `threads` threads (the GEMM's threads follow the pool).
+fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+}
+
+#[test]
+fn conv2d_matches_burns_conv2d_over_random_shapes() {
+    let mut draw = Draw(11);
+    let mut worst = 0f32;
+    for case in 0..CASES {
+        let kernel = draw.pick(&[1, 3, 3, 3]);
+        let stride = draw.pick(&[1, 1, 2]);
+        let padding = if kernel == 1 { draw.pick(&[0, 0, 1]) } else { draw.pick(&[0, 1, 1]) };
+        let batch = draw.pick(&[1, 2]);
+        let (c_in, c_out) = (draw.range(1, 37), draw.range(1, 41));
+        let (h, w) = (draw.range(kernel.max(2), 29), draw.range(kernel.max(2), 23));
+        let with_bias = draw.pick(&[true, true, false]);
+        let mut rng = NoiseRng::new(100 + case as u64);
+        let x = normal(&mut rng, [batch, c_in, h, w]);
+        let weight = normal(&mut rng, [c_out, c_in, kernel, kernel]);
+        let bias = with_bias.then(|| normal(&mut rng, [c_out]));
+
+        let ours = values(cpu::conv2d(&x, &weight, bias.as_ref(), stride, padding).expect("the kernel applies"));
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        let reference = values(burn::tensor::module::conv2d(x, weight, bias, options));
+        let err = max_abs_err(&ours, &reference) / largest(&reference).max(1.0);
+        let terms = (c_in * kernel * kernel) as f32;
+        let tolerance = 2e-7 * terms.sqrt();
+        let shape = format!("x [{batch}, {c_in}, {h}, {w}], {c_out} out, k {kernel}, stride {stride}, pad {padding}, bias {with_bias}");
+        assert!(err <= tolerance, "conv2d {shape}: relative error {err:e} > {tolerance:e}");
+        worst = worst.max(err / tolerance);
+    }
+    println!("conv2d: worst error {worst:.3} of its tolerance over {CASES} shapes");
+}
+
+#[test]
+fn group_norm_matches_burns_group_norm_and_silu_over_random_shapes() {
+    let mut draw = Draw(12);
+    let mut worst = 0f32;
+    for case in 0..CASES {
+        let groups = draw.pick(&[1, 2, 3, 4, 8, 32]);
+        let channels = groups * draw.range(1, 6);
+        let batch = draw.pick(&[1, 2]);
+        let (h, w) = (draw.range(1, 19), draw.range(1, 17));
+        let silu = draw.pick(&[true, false]);
+        let eps = draw.pick(&[1e-5, 1e-6]);
+        let mut rng = NoiseRng::new(200 + case as u64);
+        // An offset and scale per case, so that the mean and variance passes have something to do.
+        let x = normal(&mut rng, [batch, channels, h, w]) * (1.0 + case as f64 * 0.25) + case as f64 * 0.5;
+        let (gamma, beta) = (normal(&mut rng, [channels]), normal(&mut rng, [channels]));
+
+        let ours = cpu::group_norm(&x, &gamma, &beta, groups, eps, silu).expect("the kernel applies");
+        let norm = burn::nn::GroupNorm {
+            gamma: Some(Param::from_tensor(gamma)),
+            beta: Some(Param::from_tensor(beta)),
+            num_groups: groups,
+            num_channels: channels,
+            epsilon: eps,
+            affine: true,
+        };
+        let reference = norm.forward(x);
+        let reference = values(if silu { activation::silu(reference) } else { reference });
+        let err = max_abs_err(&values(ours), &reference) / largest(&reference).max(1.0);
+        let tolerance = 1e-5;
+        assert!(err <= tolerance, "group norm x [{batch}, {channels}, {h}, {w}], {groups} groups, silu {silu}: relative error {err:e}");
+        worst = worst.max(err / tolerance);
+    }
+    // The 3-D form ([B, C, L]) the same way.
+    let mut rng = NoiseRng::new(299);
+    let x = normal(&mut rng, [2, 12, 33]);
+    let (gamma, beta) = (normal(&mut rng, [12]), normal(&mut rng, [12]));
+    let ours = values(cpu::group_norm(&x, &gamma, &beta, 4, 1e-6, false).expect("the kernel applies"));
+    let reference = values(cpu::group_norm(&x.reshape([2, 12, 3, 11]), &gamma, &beta, 4, 1e-6, false).unwrap());
+    assert_eq!(ours, reference, "a [B, C, L] input is normed as its [B, C, H, W] form");
+    println!("group norm: worst error {worst:.3} of its tolerance over {CASES} shapes");
+}
+
+#[test]
+fn attention_matches_the_tensor_op_attention_over_random_shapes() {
+    let mut draw = Draw(13);
+    let mut worst = 0f32;
+    for case in 0..CASES {
+        let heads = draw.pick(&[1, 2, 3, 5, 8]);
+        let head_dim = draw.pick(&[1, 4, 7, 8, 16, 40]);
+        let batch = draw.pick(&[1, 2]);
+        // Up to 600 queries: with few keys the kernel's query blocks are 256, so this crosses blocks.
+        let lq = draw.pick(&[1, 5, 77, 300, 600]);
+        let lk = draw.pick(&[1, 2, 77, 129, 1500]);
+        let inner = heads * head_dim;
+        let mut rng = NoiseRng::new(300 + case as u64);
+        let (q, k, v) = (normal(&mut rng, [batch, lq, inner]), normal(&mut rng, [batch, lk, inner]), normal(&mut rng, [batch, lk, inner]));
+
+        let ours = values(cpu::attention(&q, &k, &v, heads).expect("the kernel applies"));
+        let reference = values(attention_in_chunks(q, k, v, heads, None, usize::MAX));
+        let err = max_abs_err(&ours, &reference) / largest(&reference).max(1.0);
+        let tolerance = 1e-5;
+        assert!(err <= tolerance, "attention b {batch}, lq {lq}, lk {lk}, {heads} heads × {head_dim}: relative error {err:e}");
+        worst = worst.max(err / tolerance);
+    }
+    println!("attention: worst error {worst:.3} of its tolerance over {CASES} shapes");
+}
+
+#[test]
+fn kernels_give_the_same_bits_whatever_the_thread_count() {
+    let mut rng = NoiseRng::new(400);
+    let x = normal(&mut rng, [2, 48, 40, 40]);
+    let weight = normal(&mut rng, [64, 48, 3, 3]);
+    let bias = normal(&mut rng, [64]);
+    let (gamma, beta) = (normal(&mut rng, [48]), normal(&mut rng, [48]));
+    let (q, k, v) = (normal(&mut rng, [2, 1600, 64]), normal(&mut rng, [2, 1600, 64]), normal(&mut rng, [2, 1600, 64]));
+    let run = || {
+        (
+            values(cpu::conv2d(&x, &weight, Some(&bias), 1, 1).unwrap()),
+            values(cpu::conv2d(&x, &weight, None, 2, 1).unwrap()),
+            values(cpu::group_norm(&x, &gamma, &beta, 8, 1e-5, true).unwrap()),
+            values(cpu::attention(&q, &k, &v, 2).unwrap()),
+        )
+    };
+    let one = with_threads(1, run);
+    for threads in [2, 3] {
+        assert!(with_threads(threads, run) == one, "{threads} threads changed a kernel's result");
+    }
+    assert!(run() == one, "the default pool changed a kernel's result");
+}
+
+#[test]
+fn kernels_decline_what_they_do_not_cover() {
+    let mut rng = NoiseRng::new(500);
+    let x = normal(&mut rng, [1, 4, 5, 5]);
+    // A kernel wider than the padded input, and a weight whose input channels differ from x's.
+    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 4, 7, 7]), None, 1, 0).is_none());
+    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 3, 3, 3]), None, 1, 1).is_none());
+    // Groups that do not divide the channels.
+    let (gamma, beta) = (normal(&mut rng, [4]), normal(&mut rng, [4]));
+    assert!(cpu::group_norm(&x, &gamma, &beta, 3, 1e-5, false).is_none());
+    // Heads that do not divide the width; keys of another width.
+    let q = normal(&mut rng, [1, 3, 6]);
+    assert!(cpu::attention(&q, &q, &q, 4).is_none());
+    assert!(cpu::attention(&q, &normal(&mut rng, [1, 3, 4]), &normal(&mut rng, [1, 3, 4]), 2).is_none());
+    // Under autodiff the kernels step aside (they have no backward pass).
+    let ad = Device::flex().autodiff();
+    let x_ad = Tensor::<4>::from_data(TensorData::new(rng.normals(100), [1, 4, 5, 5]), &ad);
+    let w_ad = Tensor::<4>::from_data(TensorData::new(rng.normals(72), [2, 4, 3, 3]), &ad);
+    assert!(cpu::conv2d(&x_ad, &w_ad, None, 1, 1).is_none());
+}
