@@ -22,6 +22,12 @@ pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool
     Ok(Linear { weight: Param::from_tensor(weight), bias })
 }
 
+/// `linear.forward(x)`: our CPU kernel on the CPU backend (bias added inside the GEMM), burn's elsewhere.
+pub fn apply_linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    crate::kernels::cpu::linear(&x, &linear.weight.val(), bias.as_ref()).unwrap_or_else(|| linear.forward(x))
+}
+
 /// Trainable low-rank factors over some of a model's frozen linear layers (PEFT's LoRA while it is being
 /// fine-tuned): `y = x·Wᵀ + b + scale · (x·Aᵀ)·Bᵀ`. Keyed by module path (`encoder.layers.0.self_attn.q_proj`);
 /// each entry holds Aᵀ [in, r] and Bᵀ [r, out] (the transposes of PEFT's `lora_A` [r, in] and `lora_B`

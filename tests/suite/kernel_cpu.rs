@@ -1,8 +1,8 @@
 //! Our CPU kernels (src/kernels/cpu/) against the tensor-op references they replace, on the CPU backend,
-//! over random shapes: burn's `conv2d`, burn's `GroupNorm` (+ SiLU), and the chunked tensor-op attention
-//! (`attention_in_chunks`). Inputs are standard normal; the tolerance is relative to the reference's
-//! largest magnitude: 1e-5 for the norm and attention, and for the convolution 2e-7·√K (K = C_in·k·k
-//! terms a sum, whose rounding grows like √K·ε in f32 when two implementations add in different orders;
+//! over random shapes: burn's `conv2d`, burn's `GroupNorm` (+ SiLU), burn's `Linear`, and the chunked
+//! tensor-op attention (`attention_in_chunks`). Inputs are standard normal; the tolerance is relative to the reference's
+//! largest magnitude: 1e-5 for the norm and attention, and for the convolution and the linear layer 2e-7·√K
+//! (K = C_in·k·k or d_in terms a sum, whose rounding grows like √K·ε in f32 when two implementations add in different orders;
 //! ε = 6e-8, ×3 for margin). Also: every kernel gives the same bits with 1, 2 and 3 threads, and refuses
 //! (returns None) where it does not apply. Run with --nocapture to see the worst errors.
 
@@ -137,6 +137,29 @@ fn attention_matches_the_tensor_op_attention_over_random_shapes() {
 }
 
 #[test]
+fn linear_matches_burns_linear_over_random_shapes() {
+    let mut draw = Draw(14);
+    let mut worst = 0f32;
+    for case in 0..CASES {
+        let (batch, rows) = (draw.pick(&[1, 2]), draw.range(1, 300));
+        let (d_in, d_out) = (draw.range(1, 200), draw.range(1, 150));
+        let with_bias = draw.pick(&[true, true, false]);
+        let mut rng = NoiseRng::new(600 + case as u64);
+        let x = normal(&mut rng, [batch, rows, d_in]);
+        let weight = normal(&mut rng, [d_in, d_out]);
+        let bias = with_bias.then(|| normal(&mut rng, [d_out]));
+        let ours = values(cpu::linear(&x, &weight, bias.as_ref()).expect("the kernel applies"));
+        let layer = burn::nn::Linear { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) };
+        let reference = values(layer.forward(x));
+        let err = max_abs_err(&ours, &reference) / largest(&reference).max(1.0);
+        let tolerance = 2e-7 * (d_in as f32).sqrt();
+        assert!(err <= tolerance, "linear x [{batch}, {rows}, {d_in}] → {d_out}, bias {with_bias}: relative error {err:e} > {tolerance:e}");
+        worst = worst.max(err / tolerance);
+    }
+    println!("linear: worst error {worst:.3} of its tolerance over {CASES} shapes");
+}
+
+#[test]
 fn kernels_give_the_same_bits_whatever_the_thread_count() {
     let mut rng = NoiseRng::new(400);
     let x = normal(&mut rng, [2, 48, 40, 40]);
@@ -150,6 +173,7 @@ fn kernels_give_the_same_bits_whatever_the_thread_count() {
             values(cpu::conv2d(&x, &weight, None, 2, 1).unwrap()),
             values(cpu::group_norm(&x, &gamma, &beta, 8, 1e-5, true).unwrap()),
             values(cpu::attention(&q, &k, &v, 2).unwrap()),
+            values(cpu::linear(&q, &weight.clone().reshape([64, 432]).slice([0..64, 0..100]), None).unwrap()),
         )
     };
     let one = with_threads(1, run);

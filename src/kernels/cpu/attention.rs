@@ -2,15 +2,16 @@
 //! S = (1/√d)·Q_blk·K_hᵀ (the scale is the score GEMM's factor, not a pass over the scores), P = exp(S −
 //! row max) with its row sums, O_blk = P·V_h, then O_blk's rows divided by their sums (d values a row
 //! rather than Lk). Only one block of scores per task exists at a time, [`SCORE_BLOCK`] floats at most for
-//! Lk ≤ 16 Ki; heads are read from and written to the [B, L, H·d] layout in place through the GEMM's
+//! Lk ≤ 64 Ki; heads are read from and written to the [B, L, H·d] layout in place through the GEMM's
 //! strides, without splitting them out.
 
 use super::math::{exp, lane_max, lane_sum, vectorized};
 use super::{SharedOut, for_each_index, gemm_f32};
 
-/// Scores one task holds: at most 256 Ki floats (1 MiB, within a core's L2) unless a single row of 16
-/// queries needs more.
-const SCORE_BLOCK: usize = 256 << 10;
+/// Scores one task holds: at most 1 Mi floats (4 MiB) unless 16 queries' rows need more. Measured on the
+/// BK-SDM-tiny UNet at 512² (64-query blocks at 4,096 keys: 844 ms of attention a step; 256: 703 ms; 512:
+/// 750 ms; 16: 1,288 ms): larger blocks repack K and V less often, until the scores leave the cache.
+const SCORE_BLOCK: usize = 1 << 20;
 const MIN_BLOCK: usize = 16;
 const MAX_BLOCK: usize = 256;
 

@@ -17,6 +17,7 @@
 mod attention;
 mod conv2d;
 mod group_norm;
+mod linear;
 mod math;
 
 use burn::backend::flex::FlexTensor;
@@ -32,6 +33,10 @@ pub trait CpuKernelOps: Backend {
 
     /// `x` [B, C, …], `gamma` and `beta` [C].
     fn cpu_group_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, groups: usize, eps: f64, silu: bool) -> FloatTensor<Self>;
+
+    /// `x` [N, d_in] (any leading shape, flattened), `weight` [d_in, d_out] (burn's `Linear` layout), `bias`
+    /// [d_out] (or an empty tensor for none).
+    fn cpu_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, has_bias: bool) -> FloatTensor<Self>;
 
     /// q [B, Lq, H·d], k and v [B, Lk, H·d].
     fn cpu_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
@@ -53,6 +58,16 @@ impl CpuKernelOps for Flex {
         let shape = x.layout().shape().to_vec();
         let per_row = shape[2..].iter().product();
         let out = group_norm::group_norm(storage(&x), storage(&gamma), storage(&beta), [shape[0], shape[1], per_row], groups, eps as f32, silu);
+        from_vec(out, shape)
+    }
+
+    fn cpu_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, has_bias: bool) -> FlexTensor {
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        let mut shape = x.layout().shape().to_vec();
+        let [d_in, d_out] = [weight.layout().shape()[0], weight.layout().shape()[1]];
+        let rows = x.layout().num_elements() / d_in.max(1);
+        let out = linear::linear(storage(&x), storage(&weight), has_bias.then(|| storage(&bias)), [rows, d_in, d_out]);
+        *shape.last_mut().expect("checked: at least 1-D") = d_out;
         from_vec(out, shape)
     }
 
@@ -143,6 +158,24 @@ pub fn group_norm<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tenso
         eps,
         silu,
     );
+    Some(Tensor::from_dispatch(out))
+}
+
+/// `x·W + b` over the last dimension of `x` (`weight` [d_in, d_out], burn's `Linear` layout); `None` where
+/// the kernel does not apply.
+pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<D>> {
+    let [d_in, d_out] = weight.dims();
+    let applies = D >= 1
+        && cpu_kernels_available(&x.device())
+        && all_f32(&[x.dtype(), weight.dtype()])
+        && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [d_out])
+        && x.dims()[D - 1] == d_in
+        && d_in > 0;
+    if !applies {
+        return None;
+    }
+    let bias_tensor = bias.cloned().unwrap_or_else(|| Tensor::<1>::zeros([1], &x.device()));
+    let out = <Dispatch as CpuKernelOps>::cpu_linear(x.clone().into_dispatch(), weight.clone().into_dispatch(), bias_tensor.into_dispatch(), bias.is_some());
     Some(Tensor::from_dispatch(out))
 }
 

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, activation};
 
 use crate::models::attention::{ControlContext, decoupled_attention};
 use crate::error::Result;
-use crate::models::nn::{Conv2d, GroupNorm, layer_norm, linear, scaled_dot_product_attention};
+use crate::models::nn::{Conv2d, GroupNorm, apply_linear, layer_norm, linear, scaled_dot_product_attention};
 use crate::config::ConfigJson;
 use crate::profile::{self, Section};
 use crate::weights::{SafeTensors, WeightsView};
@@ -40,9 +40,9 @@ fn cross_attention(attn: &Attention, q: Tensor<3>, context: Conditioning) -> Ten
     }
 }
 
-/// `linear.forward(x)`, counted as [`Section::Linear`] in a profile.
+/// `linear.forward(x)` (our CPU kernel on the CPU backend), counted as [`Section::Linear`] in a profile.
 fn timed(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
-    profile::time(Section::Linear, || linear.forward(x))
+    profile::time(Section::Linear, || apply_linear(linear, x))
 }
 
 /// diffusers' `Attention` with the default processor (no biases on q/k/v, bias on the output).
