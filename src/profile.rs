@@ -28,6 +28,8 @@ impl Section {
     }
 }
 
+// Never set in wasm (no clock there).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static NANOS: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 

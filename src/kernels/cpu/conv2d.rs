@@ -7,7 +7,8 @@
 
 use super::{for_each_chunk, gemm_f32, gemm_threads};
 
-/// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big, small enough for the L3.
+/// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big. Measured on the TAESD
+/// decoder at 512² (median of 3): 1 Mi floats 1,724 ms, 4 Mi 1,532–1,653 ms, 8 Mi 1,907 ms, 16 Mi 2,372 ms.
 const COL_BUDGET: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy)]
