@@ -118,7 +118,7 @@ async function main() {
   const manifestDefaults = bundleBytes.defaults;
   const lines = [
     '## In the browser: the trained default bundle (issue 16)', '',
-    `Command: \`node tests/browser/bench.mjs --runs ${RUNS} --native ${NATIVE.join(',')}\` (after \`./build.sh\`; native binary: ${path.relative(TARGET, BINARY)}). ` +
+    `Command: \`node tests/browser/bench.mjs --runs ${RUNS} --browser ${BROWSER.join(',') || "''"} --native ${NATIVE.join(',') || "''"}\` (after \`./build.sh\`; native binary: ${path.relative(TARGET, BINARY)}). ` +
     `Machine: ${os.cpus().length} cores (${os.cpus()[0].model}), no GPU; ${chromium} headless; WebGPU adapter: ${adapter}. Date: ${new Date().toISOString().slice(0, 10)}.`, '',
     `The default bundle (the trained shapes model: ${manifestDefaults.width}², ${manifestDefaults.steps} steps of its scheduler at guidance ${manifestDefaults.guidance}, so the UNet runs at batch 2). ` +
     'Load: a fresh worker until the bundle is ready (wasm fetch + compile, bundle fetch + sha256 + model build); first from the ' +

@@ -1,9 +1,9 @@
 //! Our CPU kernels (src/kernels/cpu/) against the tensor-op references they replace, on the CPU backend,
 //! over random shapes: burn's `conv2d`, burn's `GroupNorm` (+ SiLU), burn's `Linear`, and the chunked
-//! tensor-op attention (`attention_in_chunks`). Inputs are standard normal; the tolerance is relative to the reference's
-//! largest magnitude: 1e-5 for the norm and attention, and for the convolution and the linear layer 2e-7·√K
-//! (K = C_in·k·k or d_in terms a sum, whose rounding grows like √K·ε in f32 when two implementations add in different orders;
-//! ε = 6e-8, ×3 for margin). Also: every kernel gives the same bits with 1, 2 and 3 threads, and refuses
+//! tensor-op attention (`attention_in_chunks`). Inputs are standard normal; the tolerance is relative to
+//! the reference's largest magnitude: 1e-5 for the norm and attention, and for the convolution and the
+//! linear layer 2e-7·√K (K = C_in·k·k or d_in terms a sum, whose rounding grows like √K·ε in f32 when two
+//! implementations add in different orders; ε = 6e-8, ×3 for margin). Also: every kernel gives the same bits with 1, 2 and 3 threads, and refuses
 //! (returns None) where it does not apply. Run with --nocapture to see the worst errors.
 
 use burn::module::Param;

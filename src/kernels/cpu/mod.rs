@@ -1,10 +1,11 @@
 //! Our own CPU kernels, for burn's CPU backend (flex) natively and in wasm (SIMD128), where flex's general
 //! operations are slow for a diffusion model: convolution (im2col in the NCHW layout the models keep, one
-//! GEMM per column chunk, bias added by the GEMM), GroupNorm with the following SiLU in one pass, and
-//! attention in query blocks (scale applied in the score GEMM, softmax normalised on the output) that never
-//! holds a whole score matrix. Each has a tensor-op reference elsewhere (burn's `conv2d`, `GroupNorm`, the
-//! models' chunked tensor-op attention), which runs on every other backend and under autodiff, and which
-//! the kernels are tested against (tests/suite/kernel_cpu.rs).
+//! GEMM per column chunk, bias added by the GEMM), GroupNorm with the following SiLU in one pass, linear
+//! layers (one GEMM, bias inside), and attention in query blocks (scale applied in the score GEMM, softmax
+//! normalised on the output) that never holds a whole score matrix. Each has a tensor-op reference
+//! elsewhere (burn's `conv2d`, `GroupNorm`, `Linear`, the models' chunked tensor-op attention), which runs
+//! on every other backend and under autodiff, and which the kernels are tested against
+//! (tests/suite/kernel_cpu.rs).
 //!
 //! Route: a burn backend extension on `Flex` (`#[backend_extension(Flex)]`): the crate's backend-less
 //! tensors are unwrapped with `Tensor::into_dispatch`, and the generated `Dispatch` implementation hands
