@@ -2,10 +2,12 @@
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation};
 
 use crate::error::{Error, Result};
+pub use crate::kernels::cpu::ConvFused;
 use crate::profile::{self, Section};
 use crate::weights::WeightsView;
 
@@ -203,12 +205,29 @@ impl Conv2d {
 
     /// Our CPU kernel on the CPU backend (src/kernels/cpu/), burn's `conv2d` elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_fused(x, ConvFused::default())
+    }
+
+    /// `relu(self(upsample(x)) + residual)` as `fused` says: in the convolution's own pass on the CPU
+    /// backend (no upsampled input, no separate sum or ReLU pass), as separate burn operations elsewhere.
+    pub fn forward_fused(&self, x: Tensor<4>, fused: ConvFused) -> Tensor<4> {
         profile::time(Section::Conv, || {
-            if let Some(out) = crate::kernels::cpu::conv2d(&x, &self.weight, self.bias.as_ref(), self.stride, self.padding) {
+            if let Some(out) = crate::kernels::cpu::conv2d(&x, &self.weight, self.bias.as_ref(), self.stride, self.padding, fused) {
                 return out;
             }
+            let x = if fused.upsample > 1 {
+                let [_, _, h, w] = x.dims();
+                interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * fused.upsample, w * fused.upsample]))
+            } else {
+                x
+            };
             let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-            burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options)
+            let out = burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options);
+            let out = match fused.residual {
+                Some(residual) => out + residual.clone(),
+                None => out,
+            };
+            if fused.relu { activation::relu(out) } else { out }
         })
     }
 }
@@ -242,24 +261,27 @@ impl GroupNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        profile::time(Section::Norm, || self.kernel(&x, false).unwrap_or_else(|| self.norm.forward(x)))
+        profile::time(Section::Norm, || self.normed(x, false))
     }
 
-    /// `act(norm(x))`.
+    /// `act(norm(x))`, SiLU inside the kernel's pass on the CPU backend.
     pub fn forward_then<const D: usize>(&self, x: Tensor<D>, act: Activation) -> Tensor<D> {
-        profile::time(Section::Norm, || {
-            if act == Activation::Silu
-                && let Some(out) = self.kernel(&x, true)
-            {
-                return out;
-            }
-            act.forward(self.norm.forward(x))
+        profile::time(Section::Norm, || match act {
+            Activation::Silu => self.normed(x, true),
+            other => other.forward(self.normed(x, false)),
         })
     }
 
-    fn kernel<const D: usize>(&self, x: &Tensor<D>, silu: bool) -> Option<Tensor<D>> {
-        let (gamma, beta) = (self.norm.gamma.as_ref()?, self.norm.beta.as_ref()?);
-        crate::kernels::cpu::group_norm(x, &gamma.val(), &beta.val(), self.norm.num_groups, self.norm.epsilon, silu)
+    /// The kernel where it applies (then with SiLU if `silu`), burn's `GroupNorm` (then SiLU) elsewhere.
+    fn normed<const D: usize>(&self, x: Tensor<D>, silu: bool) -> Tensor<D> {
+        let (gamma, beta) = (self.norm.gamma.as_ref().map(|g| g.val()), self.norm.beta.as_ref().map(|b| b.val()));
+        if let (Some(gamma), Some(beta)) = (gamma, beta)
+            && let Some(out) = crate::kernels::cpu::group_norm(&x, &gamma, &beta, self.norm.num_groups, self.norm.epsilon, silu)
+        {
+            return out;
+        }
+        let out = self.norm.forward(x);
+        if silu { Activation::Silu.forward(out) } else { out }
     }
 }
 

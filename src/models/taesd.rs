@@ -2,14 +2,12 @@
 //! `AutoencoderTinyBlock`s and nearest-neighbour upsampling. Tiny and fast: the page's default decoder
 //! and its per-step preview.
 
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, Conv2d};
+use crate::models::nn::{Activation, Conv2d, ConvFused};
 use crate::weights::{SafeTensors, WeightsView};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,18 +61,30 @@ impl TinyBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.act.forward(self.convs[0].forward(x.clone()));
-        let h = self.act.forward(self.convs[1].forward(h));
-        burn::tensor::activation::relu(self.convs[2].forward(h) + x)
+        let h = conv_then(&self.convs[0], x.clone(), 1, Some(self.act), None);
+        let h = conv_then(&self.convs[1], h, 1, Some(self.act), None);
+        conv_then(&self.convs[2], h, 1, Some(Activation::Relu), Some(&x))
     }
 }
 
+/// `act(conv(upsample(x)) + residual)`: the upsampling, the sum and a ReLU (TAESD's activation) in the
+/// convolution's own pass.
+fn conv_then(conv: &Conv2d, x: Tensor<4>, upsample: usize, act: Option<Activation>, residual: Option<&Tensor<4>>) -> Tensor<4> {
+    let relu = act == Some(Activation::Relu);
+    let out = conv.forward_fused(x, ConvFused { upsample, residual, relu });
+    match act {
+        Some(act) if !relu => act.forward(out),
+        _ => out,
+    }
+}
+
+/// One step of diffusers' `nn.Sequential`, with an upsampling and an activation folded into the
+/// convolution they surround (so the CPU kernel does them in its own pass).
 #[derive(Debug)]
 enum Layer {
-    Conv(Conv2d),
-    Act(Activation),
+    /// `act(conv(upsample(x)))`: nearest upsampling by `upsample` first (1: none), `act` after (if any).
+    Conv { conv: Conv2d, upsample: usize, act: Option<Activation> },
     Block(TinyBlock),
-    Upsample(usize),
 }
 
 #[derive(Debug)]
@@ -88,32 +98,31 @@ impl TinyDecoder {
         let cfg = TinyDecoderConfig::from_json(config)?;
         let w = WeightsView::new(weights, "decoder.layers.");
         let boc = &cfg.decoder_block_out_channels;
-        // Indices follow diffusers' nn.Sequential, so weight names line up.
-        let mut layers = vec![Layer::Conv(Conv2d::load(&w, "0", [cfg.latent_channels, boc[0]], 3, 1, 1, device)?), Layer::Act(cfg.act_fn)];
+        // `index` follows diffusers' nn.Sequential (conv, act, blocks…, upsample, conv, …), so weight names
+        // line up: [conv 0, act 1] is one layer here, as is [upsample, conv].
+        let mut layers = vec![Layer::Conv { conv: Conv2d::load(&w, "0", [cfg.latent_channels, boc[0]], 3, 1, 1, device)?, upsample: 1, act: Some(cfg.act_fn) }];
+        let mut index = 2;
         let n = cfg.num_decoder_blocks.len();
         for (i, &blocks) in cfg.num_decoder_blocks.iter().enumerate() {
             let c = boc[i];
             for _ in 0..blocks {
-                layers.push(Layer::Block(TinyBlock::load(&w.sub(&layers.len().to_string()), c, cfg.act_fn, device)?));
+                layers.push(Layer::Block(TinyBlock::load(&w.sub(&index.to_string()), c, cfg.act_fn, device)?));
+                index += 1;
             }
             let last = i + 1 == n;
-            if !last {
-                layers.push(Layer::Upsample(cfg.upsampling_scaling_factor));
-            }
-            let name = layers.len().to_string();
-            layers.push(Layer::Conv(if last {
-                Conv2d::load(&w, &name, [c, cfg.out_channels], 3, 1, 1, device)?
-            } else {
-                Conv2d::load_without_bias(&w, &name, [c, c], 3, device)?
-            }));
+            let upsample = if last { 1 } else { cfg.upsampling_scaling_factor };
+            index += usize::from(!last);
+            let name = index.to_string();
+            let conv = if last { Conv2d::load(&w, &name, [c, cfg.out_channels], 3, 1, 1, device)? } else { Conv2d::load_without_bias(&w, &name, [c, c], 3, device)? };
+            layers.push(Layer::Conv { conv, upsample, act: None });
+            index += 1;
         }
         Ok(Self { config: cfg, layers })
     }
 
-
     pub fn device(&self) -> Device {
         match &self.layers[0] {
-            Layer::Conv(c) => c.weight.device(),
+            Layer::Conv { conv, .. } => conv.weight.device(),
             _ => unreachable!("the first layer is a convolution"),
         }
     }
@@ -124,13 +133,8 @@ impl TinyDecoder {
         let mut x = (z / 3.0).tanh() * 3.0;
         for layer in &self.layers {
             x = match layer {
-                Layer::Conv(conv) => conv.forward(x),
-                Layer::Act(act) => act.forward(x),
+                Layer::Conv { conv, upsample, act } => conv_then(conv, x, *upsample, *act, None),
                 Layer::Block(block) => block.forward(x),
-                Layer::Upsample(f) => {
-                    let [_, _, h, w] = x.dims();
-                    interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * f, w * f]))
-                }
             };
         }
         x * 2.0 - 1.0

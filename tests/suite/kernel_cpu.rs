@@ -1,13 +1,15 @@
 //! Our CPU kernels (src/kernels/cpu/) against the tensor-op references they replace, on the CPU backend,
 //! over random shapes: burn's `conv2d`, burn's `GroupNorm` (+ SiLU), burn's `Linear`, and the chunked
-//! tensor-op attention (`attention_in_chunks`). Inputs are standard normal; the tolerance is relative to
+//! tensor-op attention (`attention_in_chunks`); the convolution also with what it fuses (an upsampling
+//! before it, a residual sum and a ReLU after) against burn's separate operations. Inputs are standard normal; the tolerance is relative to
 //! the reference's largest magnitude: 1e-5 for the norm and attention, and for the convolution and the
 //! linear layer 2e-7·√K (K = C_in·k·k or d_in terms a sum, whose rounding grows like √K·ε in f32 when two
 //! implementations add in different orders; ε = 6e-8, ×3 for margin). Also: every kernel gives the same bits with 1, 2 and 3 threads, and refuses
 //! (returns None) where it does not apply. Run with --nocapture to see the worst errors.
 
 use burn::module::Param;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation};
 use control_clip::kernels::cpu;
 use control_clip::models::nn::attention_in_chunks;
@@ -30,8 +32,13 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
-fn largest(v: &[f32]) -> f32 {
-    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+/// The largest error relative to the reference's largest magnitude (at least 1), asserted to be within
+/// `tolerance`; returned as a fraction of it, for the worst-case line.
+fn within(ours: &[f32], reference: &[f32], tolerance: f32, what: impl std::fmt::Display) -> f32 {
+    let largest = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = max_abs_err(ours, reference) / largest.max(1.0);
+    assert!(err <= tolerance, "{what}: relative error {err:e} > {tolerance:e}");
+    err / tolerance
 }
 
 /// The same computation in a rayon pool of `threads` threads (the GEMM's threads follow the pool).
@@ -51,20 +58,31 @@ fn conv2d_matches_burns_conv2d_over_random_shapes() {
         let (c_in, c_out) = (draw.range(1, 37), draw.range(1, 41));
         let (h, w) = (draw.range(kernel.max(2), 29), draw.range(kernel.max(2), 23));
         let with_bias = draw.pick(&[true, true, false]);
+        // What the kernel fuses: a nearest ×2 upsampling before, a residual sum and a ReLU after.
+        let upsample = draw.pick(&[1, 1, 2]);
+        let (with_residual, relu) = (draw.pick(&[false, true]), draw.pick(&[false, true]));
         let mut rng = NoiseRng::new(100 + case as u64);
         let x = normal(&mut rng, [batch, c_in, h, w]);
         let weight = normal(&mut rng, [c_out, c_in, kernel, kernel]);
         let bias = with_bias.then(|| normal(&mut rng, [c_out]));
+        let (uh, uw) = (h * upsample, w * upsample);
+        let out_shape = [batch, c_out, (uh + 2 * padding - kernel) / stride + 1, (uw + 2 * padding - kernel) / stride + 1];
+        let residual = with_residual.then(|| normal(&mut rng, out_shape));
 
-        let ours = values(cpu::conv2d(&x, &weight, bias.as_ref(), stride, padding).expect("the kernel applies"));
+        let fused = cpu::ConvFused { upsample, residual: residual.as_ref(), relu };
+        let ours = values(cpu::conv2d(&x, &weight, bias.as_ref(), stride, padding, fused).expect("the kernel applies"));
         let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
-        let reference = values(burn::tensor::module::conv2d(x, weight, bias, options));
-        let err = max_abs_err(&ours, &reference) / largest(&reference).max(1.0);
-        let terms = (c_in * kernel * kernel) as f32;
-        let tolerance = 2e-7 * terms.sqrt();
-        let shape = format!("x [{batch}, {c_in}, {h}, {w}], {c_out} out, k {kernel}, stride {stride}, pad {padding}, bias {with_bias}");
-        assert!(err <= tolerance, "conv2d {shape}: relative error {err:e} > {tolerance:e}");
-        worst = worst.max(err / tolerance);
+        let upsampled = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([uh, uw]));
+        let mut reference = burn::tensor::module::conv2d(upsampled, weight, bias, options);
+        if let Some(residual) = residual {
+            reference = reference + residual;
+        }
+        let reference = values(if relu { activation::relu(reference) } else { reference });
+        let tolerance = 2e-7 * ((c_in * kernel * kernel) as f32).sqrt();
+        let shape = format!(
+            "conv2d x [{batch}, {c_in}, {h}, {w}] upsampled ×{upsample}, {c_out} out, k {kernel}, stride {stride}, pad {padding}, bias {with_bias}, residual {with_residual}, relu {relu}"
+        );
+        worst = worst.max(within(&ours, &reference, tolerance, shape));
     }
     println!("conv2d: worst error {worst:.3} of its tolerance over {CASES} shapes");
 }
@@ -96,10 +114,8 @@ fn group_norm_matches_burns_group_norm_and_silu_over_random_shapes() {
         };
         let reference = norm.forward(x);
         let reference = values(if silu { activation::silu(reference) } else { reference });
-        let err = max_abs_err(&values(ours), &reference) / largest(&reference).max(1.0);
-        let tolerance = 1e-5;
-        assert!(err <= tolerance, "group norm x [{batch}, {channels}, {h}, {w}], {groups} groups, silu {silu}: relative error {err:e}");
-        worst = worst.max(err / tolerance);
+        let what = format!("group norm x [{batch}, {channels}, {h}, {w}], {groups} groups, silu {silu}");
+        worst = worst.max(within(&values(ours), &reference, 1e-5, what));
     }
     // The 3-D form ([B, C, L]) the same way.
     let mut rng = NoiseRng::new(299);
@@ -128,10 +144,8 @@ fn attention_matches_the_tensor_op_attention_over_random_shapes() {
 
         let ours = values(cpu::attention(&q, &k, &v, heads).expect("the kernel applies"));
         let reference = values(attention_in_chunks(q, k, v, heads, None, usize::MAX));
-        let err = max_abs_err(&ours, &reference) / largest(&reference).max(1.0);
-        let tolerance = 1e-5;
-        assert!(err <= tolerance, "attention b {batch}, lq {lq}, lk {lk}, {heads} heads × {head_dim}: relative error {err:e}");
-        worst = worst.max(err / tolerance);
+        let what = format!("attention b {batch}, lq {lq}, lk {lk}, {heads} heads × {head_dim}");
+        worst = worst.max(within(&ours, &reference, 1e-5, what));
     }
     println!("attention: worst error {worst:.3} of its tolerance over {CASES} shapes");
 }
@@ -151,10 +165,8 @@ fn linear_matches_burns_linear_over_random_shapes() {
         let ours = values(cpu::linear(&x, &weight, bias.as_ref()).expect("the kernel applies"));
         let layer = burn::nn::Linear { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) };
         let reference = values(layer.forward(x));
-        let err = max_abs_err(&ours, &reference) / largest(&reference).max(1.0);
-        let tolerance = 2e-7 * (d_in as f32).sqrt();
-        assert!(err <= tolerance, "linear x [{batch}, {rows}, {d_in}] → {d_out}, bias {with_bias}: relative error {err:e} > {tolerance:e}");
-        worst = worst.max(err / tolerance);
+        let what = format!("linear x [{batch}, {rows}, {d_in}] → {d_out}, bias {with_bias}");
+        worst = worst.max(within(&ours, &reference, 2e-7 * (d_in as f32).sqrt(), what));
     }
     println!("linear: worst error {worst:.3} of its tolerance over {CASES} shapes");
 }
@@ -167,10 +179,13 @@ fn kernels_give_the_same_bits_whatever_the_thread_count() {
     let bias = normal(&mut rng, [64]);
     let (gamma, beta) = (normal(&mut rng, [48]), normal(&mut rng, [48]));
     let (q, k, v) = (normal(&mut rng, [2, 1600, 64]), normal(&mut rng, [2, 1600, 64]), normal(&mut rng, [2, 1600, 64]));
+    let residual = normal(&mut rng, [2, 64, 80, 80]);
+    let fused = cpu::ConvFused { upsample: 2, residual: Some(&residual), relu: true };
     let run = || {
         (
-            values(cpu::conv2d(&x, &weight, Some(&bias), 1, 1).unwrap()),
-            values(cpu::conv2d(&x, &weight, None, 2, 1).unwrap()),
+            values(cpu::conv2d(&x, &weight, Some(&bias), 1, 1, cpu::ConvFused::default()).unwrap()),
+            values(cpu::conv2d(&x, &weight, Some(&bias), 1, 1, fused).unwrap()),
+            values(cpu::conv2d(&x, &weight, None, 2, 1, cpu::ConvFused::default()).unwrap()),
             values(cpu::group_norm(&x, &gamma, &beta, 8, 1e-5, true).unwrap()),
             values(cpu::attention(&q, &k, &v, 2).unwrap()),
             values(cpu::linear(&q, &weight.clone().reshape([64, 432]).slice([0..64, 0..100]), None).unwrap()),
@@ -188,8 +203,12 @@ fn kernels_decline_what_they_do_not_cover() {
     let mut rng = NoiseRng::new(500);
     let x = normal(&mut rng, [1, 4, 5, 5]);
     // A kernel wider than the padded input, and a weight whose input channels differ from x's.
-    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 4, 7, 7]), None, 1, 0).is_none());
-    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 3, 3, 3]), None, 1, 1).is_none());
+    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 4, 7, 7]), None, 1, 0, cpu::ConvFused::default()).is_none());
+    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 3, 3, 3]), None, 1, 1, cpu::ConvFused::default()).is_none());
+    // A residual whose shape is not the output's.
+    let residual = normal(&mut rng, [1, 2, 4, 5]);
+    let fused = cpu::ConvFused { residual: Some(&residual), ..cpu::ConvFused::default() };
+    assert!(cpu::conv2d(&x, &normal(&mut rng, [2, 4, 3, 3]), None, 1, 1, fused).is_none());
     // Groups that do not divide the channels.
     let (gamma, beta) = (normal(&mut rng, [4]), normal(&mut rng, [4]));
     assert!(cpu::group_norm(&x, &gamma, &beta, 3, 1e-5, false).is_none());
@@ -201,5 +220,5 @@ fn kernels_decline_what_they_do_not_cover() {
     let ad = Device::flex().autodiff();
     let x_ad = Tensor::<4>::from_data(TensorData::new(rng.normals(100), [1, 4, 5, 5]), &ad);
     let w_ad = Tensor::<4>::from_data(TensorData::new(rng.normals(72), [2, 4, 3, 3]), &ad);
-    assert!(cpu::conv2d(&x_ad, &w_ad, None, 1, 1).is_none());
+    assert!(cpu::conv2d(&x_ad, &w_ad, None, 1, 1, cpu::ConvFused::default()).is_none());
 }

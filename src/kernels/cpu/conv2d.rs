@@ -2,8 +2,10 @@
 //! weight exactly as PyTorch stores it ([C_out, C_in·k·k] row-major, so it needs no packing of ours; the
 //! GEMM packs its panels itself) and col's row (c, ky, kx) holds the input shifted by (ky, kx). Output
 //! columns are processed in chunks of whole output rows, so col stays within [`COL_BUDGET`] floats; the
-//! bias is written into the output first and the GEMM adds the product to it. A 1×1 convolution with
-//! stride 1 uses the input itself as col.
+//! bias (and a residual to add, when fused) is written into the output first and the GEMM adds the
+//! product to it; a following ReLU is applied in place. A nearest upsampling before the convolution is read
+//! through by im2col instead of being materialised. A 1×1 convolution with stride 1 uses the input itself
+//! as col.
 
 use super::{for_each_chunk, gemm_f32, gemm_threads};
 
@@ -21,6 +23,9 @@ pub struct Shape {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+    /// Nearest upsampling of the stored input by this factor before the convolution (1: none): `h` and `w`
+    /// are the upsampled sizes, the stored input is [h / upsample, w / upsample].
+    pub upsample: usize,
 }
 
 impl Shape {
@@ -33,21 +38,50 @@ impl Shape {
     }
 }
 
-pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &Shape) -> Vec<f32> {
+/// What is applied to the convolution's output in the same pass: `relu(conv(x) + bias + residual)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    /// [B, C_out, out_h, out_w], added before the ReLU.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f32> {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let n = oh * ow;
+    // Fresh pages are first written, never read before (a read maps the shared zero page, and the write
+    // after it faults again).
+    let mut out = match epilogue.residual {
+        Some(residual) => residual.to_vec(),
+        None => vec![0.0f32; s.batch * s.c_out * n],
+    };
+    let accumulate = epilogue.bias.is_some() || epilogue.residual.is_some();
+    if let Some(bias) = epilogue.bias {
+        let has_residual = epilogue.residual.is_some();
+        for_each_chunk(&mut out, n.max(1), |i, row| {
+            let b = bias[i % s.c_out];
+            if has_residual { row.iter_mut().for_each(|v| *v += b) } else { row.fill(b) }
+        });
+    }
+    if n > 0 && s.c_out > 0 {
+        convolve(x, weight, accumulate, s, &mut out);
+    }
+    if epilogue.relu {
+        for_each_chunk(&mut out, n.max(1), |_, row| row.iter_mut().for_each(|v| *v = v.max(0.0)));
+    }
+    out
+}
+
+/// `out[b] (+)= W · col(x[b])`.
+fn convolve(x: &[f32], weight: &[f32], accumulate: bool, s: &Shape, out: &mut [f32]) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let n = oh * ow;
     let k = s.c_in * s.kernel * s.kernel;
-    let mut out = vec![0.0f32; s.batch * s.c_out * n];
-    if let Some(bias) = bias {
-        for_each_chunk(&mut out, n.max(1), |i, row| row.fill(bias[i % s.c_out]));
-    }
-    if n == 0 || s.c_out == 0 {
-        return out;
-    }
-    let direct = s.kernel == 1 && s.stride == 1 && s.padding == 0;
+    let direct = s.kernel == 1 && s.stride == 1 && s.padding == 0 && s.upsample == 1;
     let rows_per_chunk = if direct { oh } else { (COL_BUDGET / (k * ow).max(1)).clamp(1, oh) };
     let mut col = if direct { Vec::new() } else { vec![0.0f32; k * rows_per_chunk * ow] };
-    let plane = s.h * s.w;
+    let plane = (s.h / s.upsample) * (s.w / s.upsample);
     for b in 0..s.batch {
         let x_b = &x[b * s.c_in * plane..(b + 1) * s.c_in * plane];
         let out_b = out[b * s.c_out * n..].as_mut_ptr();
@@ -67,7 +101,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &Shape) -> Vec
                 gemm_f32(
                     [s.c_out, cols, k],
                     (out_b.add(r0 * ow), n, 1),
-                    bias.is_some(),
+                    accumulate,
                     (weight.as_ptr(), k, 1),
                     (rhs, if direct { n } else { cols }, 1),
                     1.0,
@@ -76,16 +110,16 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &Shape) -> Vec
             }
         }
     }
-    out
 }
 
-/// col[(c, ky, kx), (r, ox)] = x[c, (r0 + r)·stride + ky − pad, ox·stride + kx − pad], 0 outside the input,
-/// for `rows` output rows from `r0`. Channels in parallel (each fills its own k·k rows of col).
+/// col[(c, ky, kx), (r, ox)] = x[c, (r0 + r)·stride + ky − pad, ox·stride + kx − pad], 0 outside the input
+/// (x upsampled when `upsample` > 1), for `rows` output rows from `r0`. Channels in parallel (each fills its own k·k rows of col).
 fn im2col(x: &[f32], col: &mut [f32], s: &Shape, r0: usize, rows: usize) {
     let ow = s.out_w();
     let cols = rows * ow;
     let kk = s.kernel * s.kernel;
-    let plane = s.h * s.w;
+    let (u, stored_w) = (s.upsample, s.w / s.upsample);
+    let plane = (s.h / u) * stored_w;
     for_each_chunk(col, kk * cols, |c, block| {
         let x_c = &x[c * plane..(c + 1) * plane];
         for ky in 0..s.kernel {
@@ -98,7 +132,9 @@ fn im2col(x: &[f32], col: &mut [f32], s: &Shape, r0: usize, rows: usize) {
                         dst_row.fill(0.0);
                         continue;
                     }
-                    let src = &x_c[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    // The input row iy (of the upsampled input when u > 1: stored row iy / u, column j at j / u).
+                    let stored_y = iy as usize / u;
+                    let src = &x_c[stored_y * stored_w..(stored_y + 1) * stored_w];
                     // Output columns ox whose input column ox·stride + kx − pad lies inside [0, w).
                     let shift = kx as isize - s.padding as isize;
                     let first = if shift >= 0 { 0 } else { ((-shift) as usize).div_ceil(s.stride) };
@@ -106,16 +142,35 @@ fn im2col(x: &[f32], col: &mut [f32], s: &Shape, r0: usize, rows: usize) {
                     let last = last.max(first);
                     dst_row[..first].fill(0.0);
                     dst_row[last..].fill(0.0);
-                    let start = (first * s.stride) as isize + shift;
-                    if s.stride == 1 {
-                        dst_row[first..last].copy_from_slice(&src[start as usize..start as usize + (last - first)]);
+                    let start = ((first * s.stride) as isize + shift) as usize;
+                    if s.stride == 1 && u == 1 {
+                        dst_row[first..last].copy_from_slice(&src[start..start + (last - first)]);
+                    } else if s.stride == 1 && u == 2 {
+                        upsample_2(&mut dst_row[first..last], src, start);
                     } else {
                         for (i, d) in dst_row[first..last].iter_mut().enumerate() {
-                            *d = src[start as usize + i * s.stride];
+                            *d = src[(start + i * s.stride) / u];
                         }
                     }
                 }
             }
         }
     });
+}
+
+/// `dst[i] = src[(start + i) / 2]`: a row of the ×2 nearest upsampling, each source value written twice.
+fn upsample_2(dst: &mut [f32], src: &[f32], start: usize) {
+    let (mut d, mut j) = (0, start);
+    if j % 2 == 1 && !dst.is_empty() {
+        dst[0] = src[j / 2];
+        (d, j) = (1, j + 1);
+    }
+    let pairs = (dst.len() - d) / 2;
+    for (pair, &v) in dst[d..d + 2 * pairs].chunks_exact_mut(2).zip(&src[j / 2..j / 2 + pairs]) {
+        pair[0] = v;
+        pair[1] = v;
+    }
+    if (dst.len() - d) % 2 == 1 {
+        dst[dst.len() - 1] = src[(j + 2 * pairs) / 2];
+    }
 }

@@ -29,8 +29,20 @@ use burn::tensor::{DType, Device, Tensor};
 /// The custom operations, on the CPU backend only. Arguments are validated by the public wrappers below.
 #[backend_extension(Flex)]
 pub trait CpuKernelOps: Backend {
-    /// `x` [B, C_in, H, W], `weight` [C_out, C_in, k, k], `bias` [C_out] (or an empty tensor for none).
-    fn cpu_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, stride: usize, padding: usize, has_bias: bool) -> FloatTensor<Self>;
+    /// `relu(conv2d(upsample(x)) + bias + residual)`: `x` [B, C_in, H, W] (upsampled by nearest by `upsample`
+    /// first), `weight` [C_out, C_in, k, k], `bias` [C_out] and `residual` [B, C_out, H', W'] (one-element
+    /// stand-ins when `has_bias` / `has_residual` say there are none), the ReLU when `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        geometry: [usize; 3],
+        has_bias: bool,
+        has_residual: bool,
+        relu: bool,
+    ) -> FloatTensor<Self>;
 
     /// `x` [B, C, …], `gamma` and `beta` [C].
     fn cpu_group_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, groups: usize, eps: f64, silu: bool) -> FloatTensor<Self>;
@@ -44,13 +56,14 @@ pub trait CpuKernelOps: Backend {
 }
 
 impl CpuKernelOps for Flex {
-    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, stride: usize, padding: usize, has_bias: bool) -> FlexTensor {
-        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, residual: FlexTensor, geometry: [usize; 3], has_bias: bool, has_residual: bool, relu: bool) -> FlexTensor {
+        let [stride, padding, upsample] = geometry;
+        let (x, weight, bias, residual) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous(), residual.to_contiguous());
         let xs = x.layout().shape().to_vec();
         let ws = weight.layout().shape().to_vec();
-        let shape = conv2d::Shape { batch: xs[0], c_in: xs[1], h: xs[2], w: xs[3], c_out: ws[0], kernel: ws[2], stride, padding };
-        let bias = has_bias.then(|| storage(&bias));
-        let out = conv2d::conv2d(storage(&x), storage(&weight), bias, &shape);
+        let shape = conv2d::Shape { batch: xs[0], c_in: xs[1], h: xs[2] * upsample, w: xs[3] * upsample, c_out: ws[0], kernel: ws[2], stride, padding, upsample };
+        let epilogue = conv2d::Epilogue { bias: has_bias.then(|| storage(&bias)), residual: has_residual.then(|| storage(&residual)), relu };
+        let out = conv2d::conv2d(storage(&x), storage(&weight), epilogue, &shape);
         from_vec(out, vec![shape.batch, shape.c_out, shape.out_h(), shape.out_w()])
     }
 
@@ -103,16 +116,40 @@ pub fn cpu_kernels_available(device: &Device) -> bool {
     !device.is_autodiff() && matches!(device.as_dispatch(), DispatchDevice::Flex(_))
 }
 
+/// An optional operand of an extension call (a bias, a residual): the tensor, or a one-element stand-in the
+/// kernel ignores (the extension's tensor arguments cannot be optional; a `has_…` flag says which).
+fn optional_operand<const D: usize>(t: Option<&Tensor<D>>, device: &Device) -> FloatTensor<Dispatch> {
+    t.cloned().unwrap_or_else(|| Tensor::<D>::zeros([1; D], device)).into_dispatch()
+}
+
 fn all_f32(tensors: &[DType]) -> bool {
     tensors.iter().all(|&d| d == DType::F32)
 }
 
-/// `conv2d(x, weight, bias)` with square kernel, symmetric padding and stride, groups and dilation 1, on the
-/// CPU kernels; `None` where they do not apply (another backend, autodiff, not f32, a kernel wider than the
-/// padded input), and the caller uses burn's `conv2d`.
-pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride: usize, padding: usize) -> Option<Tensor<4>> {
-    let [_, c_in, h, w] = x.dims();
+/// What a convolution does around the product, in the same pass on the CPU kernels:
+/// `relu(conv2d(upsample(x), weight) + bias + residual)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvFused<'a> {
+    /// Nearest upsampling of the input by this factor first (1: none).
+    pub upsample: usize,
+    /// Added to the output (its shape), before the ReLU.
+    pub residual: Option<&'a Tensor<4>>,
+    pub relu: bool,
+}
+
+impl Default for ConvFused<'_> {
+    fn default() -> Self {
+        Self { upsample: 1, residual: None, relu: false }
+    }
+}
+
+/// `conv2d(x, weight, bias)` with square kernel, symmetric padding and stride, groups and dilation 1, and
+/// what `fused` adds, on the CPU kernels; `None` where they do not apply (another backend, autodiff, not
+/// f32, a kernel wider than the padded input, a residual of another shape), and the caller uses burn's ops.
+pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride: usize, padding: usize, fused: ConvFused) -> Option<Tensor<4>> {
+    let [batch, c_in, h, w] = x.dims();
     let [c_out, wc_in, kh, kw] = weight.dims();
+    let (h, w) = (h * fused.upsample, w * fused.upsample);
     let applies = cpu_kernels_available(&x.device())
         && all_f32(&[x.dtype(), weight.dtype()])
         && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [c_out])
@@ -120,19 +157,25 @@ pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, strid
         && kh == kw
         && kh >= 1
         && stride >= 1
+        && fused.upsample >= 1
         && h + 2 * padding >= kh
         && w + 2 * padding >= kw;
     if !applies {
         return None;
     }
-    let bias_tensor = bias.cloned().unwrap_or_else(|| Tensor::<1>::zeros([1], &x.device()));
+    let out_shape = [batch, c_out, (h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1];
+    if fused.residual.is_some_and(|r| r.dtype() != DType::F32 || r.dims() != out_shape) {
+        return None;
+    }
     let out = <Dispatch as CpuKernelOps>::cpu_conv2d(
         x.clone().into_dispatch(),
         weight.clone().into_dispatch(),
-        bias_tensor.into_dispatch(),
-        stride,
-        padding,
+        optional_operand(bias, &x.device()),
+        optional_operand(fused.residual, &x.device()),
+        [stride, padding, fused.upsample],
         bias.is_some(),
+        fused.residual.is_some(),
+        fused.relu,
     );
     Some(Tensor::from_dispatch(out))
 }
@@ -175,8 +218,7 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
     if !applies {
         return None;
     }
-    let bias_tensor = bias.cloned().unwrap_or_else(|| Tensor::<1>::zeros([1], &x.device()));
-    let out = <Dispatch as CpuKernelOps>::cpu_linear(x.clone().into_dispatch(), weight.clone().into_dispatch(), bias_tensor.into_dispatch(), bias.is_some());
+    let out = <Dispatch as CpuKernelOps>::cpu_linear(x.clone().into_dispatch(), weight.clone().into_dispatch(), optional_operand(bias, &x.device()), bias.is_some());
     Some(Tensor::from_dispatch(out))
 }
 

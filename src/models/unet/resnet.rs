@@ -6,7 +6,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::Result;
-use crate::models::nn::{Activation, Conv2d, GroupNorm, linear};
+use crate::models::nn::{Activation, Conv2d, ConvFused, GroupNorm, linear};
 use crate::weights::WeightsView;
 
 /// What every resnet of one model shares.
@@ -56,12 +56,12 @@ impl ResnetBlock2D {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + proj.forward(self.act.forward(temb.clone())).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(self.norm2.forward_then(h, self.act));
         let x = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        let out = x + h;
+        // The skip sum inside conv2's pass (its output starts as x + bias).
+        let out = self.conv2.forward_fused(self.norm2.forward_then(h, self.act), ConvFused { residual: Some(&x), ..ConvFused::default() });
         if self.output_scale_factor == 1.0 { out } else { out / self.output_scale_factor }
     }
 }
@@ -97,8 +97,10 @@ impl Upsample2D {
 
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
-        let size = size.unwrap_or([h * 2, w * 2]);
-        let x = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size));
-        self.conv.forward(x)
+        match size {
+            Some(size) if size != [h * 2, w * 2] => self.conv.forward(interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size))),
+            // The usual ×2, read through by the convolution instead of materialised.
+            _ => self.conv.forward_fused(x, ConvFused { upsample: 2, ..ConvFused::default() }),
+        }
     }
 }
