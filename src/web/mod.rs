@@ -10,7 +10,9 @@ use crate::check;
 use crate::config::ConfigJson;
 use crate::device::{BackendKind, init_device, read_f32};
 use crate::error::Error;
+use crate::models::ModelFolder;
 use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::SafeTensors;
 
@@ -162,6 +164,11 @@ pub async fn check_model(
     let weights = weights.map(|w| SafeTensors::from_bytes(format!("{folder}/weights"), w)).transpose().map_err(js_err)?;
     let io = SafeTensors::from_bytes(format!("{folder}/io"), io).map_err(js_err)?;
     let report = check::run(component, &config, weights.as_ref(), &io, &device, tolerance).await.map_err(js_err)?;
+    Ok(report_object(&report))
+}
+
+/// A check report as `{component, maxAbsErr, maxRelErr, tolerance, pass, outputs: [{name, maxAbsErr, maxRelErr}]}`.
+fn report_object(report: &check::CheckReport) -> Object {
     let errors = |o: &Object, max_abs: f32, max_rel: f32| {
         set(o, "maxAbsErr", max_abs);
         set(o, "maxRelErr", max_rel);
@@ -178,7 +185,50 @@ pub async fn check_model(
         JsValue::from(o)
     });
     set(&out, "outputs", outputs.collect::<js_sys::Array>());
-    Ok(out)
+    out
+}
+
+/// One UNet loaded once and run repeatedly on one reference io file (`sample`, `timestep`,
+/// `encoder_hidden_states`, `out`): the browser benchmark times `step` beside a peer runtime running the
+/// same weights on the same inputs (tests/browser/bench_peer.mjs). Not used by the page.
+#[wasm_bindgen]
+pub struct UnetBench {
+    model: UNet2DConditionModel,
+    io: SafeTensors,
+}
+
+#[wasm_bindgen]
+impl UnetBench {
+    /// `backend` must have been started with `initBackend`; `folder` names the files in errors.
+    pub async fn load(backend: String, folder: String, config_json: String, weights: Vec<u8>, io: Vec<u8>) -> Result<UnetBench, JsError> {
+        let kind: BackendKind = backend.parse().map_err(js_err)?;
+        let device = init_device(kind).await.map_err(js_err)?;
+        let config = ConfigJson::parse(format!("{folder}/config.json"), &config_json).map_err(js_err)?;
+        let weights = SafeTensors::from_bytes(format!("{folder}/diffusion_pytorch_model.safetensors"), weights).map_err(js_err)?;
+        let model = UNet2DConditionModel::from_parts(&config, &weights, &device).map_err(js_err)?;
+        let io = SafeTensors::from_bytes(format!("{folder}/io.safetensors"), io).map_err(js_err)?;
+        Ok(UnetBench { model, io })
+    }
+
+    /// One forward pass on the io file's inputs, read back and compared with its `out` (the check report
+    /// of `checkModel`; the comparison is a few microseconds beside the pass). With `profile`, the report
+    /// also has `breakdownMs`: `{conv, norm, attention, linear}` milliseconds of this pass (the CPU backend's
+    /// operations run when called, so these are their real times).
+    pub async fn step(&self, tolerance: f32, profile: bool) -> Result<Object, JsError> {
+        crate::profile::enable(profile);
+        let report = check::check_unet(&self.model, &self.io, tolerance).await;
+        let parts = crate::profile::totals_ms();
+        crate::profile::enable(false);
+        let out = report_object(&report.map_err(js_err)?);
+        if profile {
+            let breakdown = Object::new();
+            for (section, ms) in parts {
+                set(&breakdown, section.name(), ms);
+            }
+            set(&out, "breakdownMs", breakdown);
+        }
+        Ok(out)
+    }
 }
 
 /// A bundle's manifest, parsed and checked by the library (`bundle::Manifest`, the one definition of the

@@ -18,6 +18,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
 import { launch } from './browser.mjs';
+import { writeSection } from './report.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNS = Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3;
@@ -137,19 +138,7 @@ async function main() {
     ...sizes.map(s => `| ${s.file} | ${s.bytes} | ${s.gzip} |`),
     `| all | ${sizes.reduce((a, s) => a + s.bytes, 0)} | ${total} |`, '',
   ];
-  const doc = path.join(ROOT, 'docs/benchmarks.md');
-  let text = fs.readFileSync(doc, 'utf8');
-  const title = lines[0];
-  const start = text.indexOf(title + '\n');
-  const section = lines.join('\n') + '\n';
-  if (start >= 0) {
-    const end = text.indexOf('\n## ', start + 1);
-    text = text.slice(0, start) + section + (end >= 0 ? text.slice(end + 1) : '');
-  } else {
-    text = text.trimEnd() + '\n\n' + section;
-  }
-  fs.writeFileSync(doc, text);
-  console.log(`updated ${doc}`);
+  writeSection(path.join(ROOT, 'docs/benchmarks.md'), lines);
 }
 
 main().catch(e => { console.error(e); process.exit(1); });
