@@ -106,7 +106,7 @@ impl ClipVisionModel {
         };
         let root = WeightsView::new(weights, "");
         Ok(Self {
-            patch_embedding: Conv2d { weight: patch_weight, bias: None, stride: p, padding: 0 },
+            patch_embedding: Conv2d::new(patch_weight, None, p, 0),
             class_embedding: w.tensor("embeddings.class_embedding", [d], device)?,
             position_embedding: w.tensor("embeddings.position_embedding.weight", [patches + 1, d], device)?,
             pre_layernorm: layer_norm(&w, "pre_layrnorm", d, cfg.layer_norm_eps, device)?,

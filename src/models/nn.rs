@@ -174,9 +174,17 @@ pub struct Conv2d {
     pub bias: Option<Tensor<1>>,
     pub stride: usize,
     pub padding: usize,
+    /// The weight transformed for the CPU kernels' Winograd path, made once here at load where that path
+    /// runs (the wasm build's CPU backend; `kernels::cpu::winograd_weight`).
+    winograd: Option<Tensor<3>>,
 }
 
 impl Conv2d {
+    pub fn new(weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: usize) -> Self {
+        let winograd = crate::kernels::cpu::winograd_weight(&weight, stride, padding);
+        Self { weight, bias, stride, padding, winograd }
+    }
+
     /// `{name}.weight` ([out, in, k, k]) and `{name}.bias` ([out]).
     pub fn load(
         w: &WeightsView,
@@ -188,19 +196,15 @@ impl Conv2d {
         device: &Device,
     ) -> Result<Self> {
         let [c_in, c_out] = channels;
-        Ok(Self {
-            weight: w.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel], device)?,
-            bias: Some(w.tensor(&format!("{name}.bias"), [c_out], device)?),
-            stride,
-            padding,
-        })
+        let weight = w.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel], device)?;
+        Ok(Self::new(weight, Some(w.tensor(&format!("{name}.bias"), [c_out], device)?), stride, padding))
     }
 
     /// The same for a convolution created with `bias=False`.
     pub fn load_without_bias(w: &WeightsView, name: &str, channels: [usize; 2], kernel: usize, device: &Device) -> Result<Self> {
         let [c_in, c_out] = channels;
         let weight = w.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel], device)?;
-        Ok(Self { weight, bias: None, stride: 1, padding: kernel / 2 })
+        Ok(Self::new(weight, None, 1, kernel / 2))
     }
 
     /// Our CPU kernel on the CPU backend (src/kernels/cpu/), burn's `conv2d` elsewhere.
@@ -212,6 +216,7 @@ impl Conv2d {
     /// backend (no upsampled input, no separate sum or ReLU pass), as separate burn operations elsewhere.
     pub fn forward_fused(&self, x: Tensor<4>, fused: ConvFused) -> Tensor<4> {
         profile::time(Section::Conv, || {
+            let fused = ConvFused { winograd: self.winograd.as_ref(), ..fused };
             if let Some(out) = crate::kernels::cpu::conv2d(&x, &self.weight, self.bias.as_ref(), self.stride, self.padding, fused) {
                 return out;
             }

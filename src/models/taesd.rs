@@ -71,7 +71,7 @@ impl TinyBlock {
 /// convolution's own pass.
 fn conv_then(conv: &Conv2d, x: Tensor<4>, upsample: usize, act: Option<Activation>, residual: Option<&Tensor<4>>) -> Tensor<4> {
     let relu = act == Some(Activation::Relu);
-    let out = conv.forward_fused(x, ConvFused { upsample, residual, relu });
+    let out = conv.forward_fused(x, ConvFused { upsample, residual, relu, ..ConvFused::default() });
     match act {
         Some(act) if !relu => act.forward(out),
         _ => out,

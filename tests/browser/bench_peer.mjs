@@ -9,7 +9,8 @@
 //   ./build.sh && node tests/browser/bench_peer.mjs [--runs 5] [--models tiny,sd15-narrow,default]
 //
 // Step = one call from JS until the output is back in JS (ours: `UnetBench.step`, which also compares it;
-// onnxruntime-web: `session.run`), median of --runs after two warm-up calls. Each runtime runs in a fresh page.
+// onnxruntime-web: `session.run`), median of --runs after two warm-up calls; each runtime in its own page,
+// the runtimes' steps taken in turn (measureModel).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,16 +31,15 @@ const TOLERANCE = 1e-3;
 
 const median = v => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 
-// Runs in the page. `runtime` is 'ours' or 'ort'; returns {steps: [ms], maxAbsErr, outMax}.
-async function measure({ model, runtime, threads, runs, ortDir, tolerance }) {
+// Runs in the page: loads `runtime` ('ours' or 'ort') with the model and leaves `window.benchStep` (one
+// step, returns its ms) and `window.benchFinish` (returns {maxAbsErr, outMax, crossOriginIsolated, split}).
+async function setup({ model, runtime, threads, ortDir, tolerance }) {
   const { bytes, readSafetensors } = await import('/tests/browser/util.js');
   const folder = `/peer/peer-${model}`;
   const io = await bytes(`${folder}/io.safetensors`);
   const tensors = readSafetensors(io);
-  const tensor = name => tensors[name];
-  const expected = tensor('out').data;
+  const expected = tensors.out.data;
   const outMax = expected.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-  const steps = [];
   const time = async fn => { const t = performance.now(); const r = await fn(); return [performance.now() - t, r]; };
   if (runtime === 'ours') {
     const { default: init, initBackend, UnetBench } = await import('/www/pkg/control_clip.js');
@@ -48,17 +48,20 @@ async function measure({ model, runtime, threads, runs, ortDir, tolerance }) {
     const config = new TextDecoder().decode(await bytes(`${folder}/unet/config.json`));
     const bench = await UnetBench.load('cpu', `peer-${model}/unet`, config, await bytes(`${folder}/unet/diffusion_pytorch_model.safetensors`), io);
     let report;
-    for (let i = 0; i < runs + 2; i++) {
+    window.benchStep = async () => {
       const [ms, r] = await time(() => bench.step(tolerance, false));
-      if (i >= 2) steps.push(ms);
       report = r;
-    }
-    // One more step with the per-module profile on: where our time goes.
-    const [profiledMs, profiled] = await time(() => bench.step(tolerance, true));
-    bench.free();
-    const split = { ...profiled.breakdownMs };
-    split.rest = profiledMs - Object.values(profiled.breakdownMs).reduce((a, b) => a + b, 0);
-    return { steps, maxAbsErr: report.maxAbsErr, outMax, crossOriginIsolated, split };
+      return ms;
+    };
+    window.benchFinish = async () => {
+      // One more step with the per-module profile on: where our time goes.
+      const [profiledMs, profiled] = await time(() => bench.step(tolerance, true));
+      bench.free();
+      const split = { ...profiled.breakdownMs };
+      split.rest = profiledMs - Object.values(profiled.breakdownMs).reduce((a, b) => a + b, 0);
+      return { maxAbsErr: report.maxAbsErr, outMax, crossOriginIsolated, split };
+    };
+    return;
   }
   const ort = await import(`${ortDir}ort.wasm.min.mjs`);
   ort.env.wasm.wasmPaths = ortDir;
@@ -67,19 +70,62 @@ async function measure({ model, runtime, threads, runs, ortDir, tolerance }) {
   const session = await ort.InferenceSession.create(await bytes(`${folder}/unet.onnx`), { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
   const feeds = {};
   for (const name of ['sample', 'timestep', 'encoder_hidden_states']) {
-    const t = tensor(name);
+    const t = tensors[name];
     feeds[name] = t.data instanceof Float32Array ? new ort.Tensor('float32', t.data, t.shape) : new ort.Tensor('int64', BigInt64Array.from(t.data, BigInt), t.shape);
   }
   let out;
-  for (let i = 0; i < runs + 2; i++) {
+  window.benchStep = async () => {
     const [ms, r] = await time(() => session.run(feeds));
-    if (i >= 2) steps.push(ms);
     out = r.out.data;
+    return ms;
+  };
+  window.benchFinish = async () => {
+    await session.release();
+    let maxAbsErr = 0;
+    for (let i = 0; i < out.length; i++) maxAbsErr = Math.max(maxAbsErr, Math.abs(out[i] - expected[i]));
+    return { maxAbsErr, outMax, crossOriginIsolated };
+  };
+}
+
+const RUNTIMES = [['ours', 'ours', 1], ['ort1', 'ort', 1], ['ort2', 'ort', 2]];
+
+// One model: each runtime in its own page, loaded first; then two warm-up steps each and RUNS rounds of one
+// step per runtime in turn (so that a slow spell of the shared machine falls on all of them), with a pause
+// between runtimes (the peer's idle threads spin for a moment after a run).
+async function measureModel(browser, base, model) {
+  const pages = {};
+  const result = {};
+  try {
+    for (const [key, runtime, threads] of RUNTIMES) {
+      const page = await browser.context.newPage();
+      const lines = [];
+      page.on('console', m => lines.push(m.text()));
+      pages[key] = { page, lines };
+      await page.goto(`${base}/tests/browser/bench.html`, { waitUntil: 'load' });
+      await page.evaluate(setup, { model, runtime, threads, ortDir: ORT_DIR, tolerance: TOLERANCE });
+    }
+    const steps = Object.fromEntries(RUNTIMES.map(([key]) => [key, []]));
+    for (let round = 0; round < RUNS + 2; round++) {
+      for (const [key] of RUNTIMES) {
+        const ms = await pages[key].page.evaluate(() => window.benchStep());
+        if (round >= 2) steps[key].push(ms);
+        await new Promise(resolve => setTimeout(resolve, 200));
+      }
+    }
+    for (const [key] of RUNTIMES) {
+      const r = await pages[key].page.evaluate(() => window.benchFinish());
+      if (!r.crossOriginIsolated) throw new Error('the page is not cross-origin isolated');
+      result[key] = { ms: median(steps[key]), err: r.maxAbsErr / Math.max(1, r.outMax), split: r.split };
+      console.log(model, key, JSON.stringify({ steps: steps[key], ...r }));
+    }
+  } catch (e) {
+    const error = String(e.message || e).split('\n')[0];
+    console.log(model, 'failed:', error, Object.values(pages).flatMap(p => p.lines.slice(-3)).join(' | '));
+    for (const [key] of RUNTIMES) result[key] ??= { error };
+  } finally {
+    for (const { page } of Object.values(pages)) await page.close();
   }
-  await session.release();
-  let maxAbsErr = 0;
-  for (let i = 0; i < out.length; i++) maxAbsErr = Math.max(maxAbsErr, Math.abs(out[i] - expected[i]));
-  return { steps, maxAbsErr, outMax, crossOriginIsolated };
+  return result;
 }
 
 async function main() {
@@ -93,23 +139,7 @@ async function main() {
       if (!fs.existsSync(path.join(CACHE, `peer-${model}`, 'unet.onnx'))) throw new Error(`no ${CACHE}/peer-${model}: run python3 tests/bench/export_peer.py first`);
       const params = JSON.parse(fs.readFileSync(path.join(CACHE, `peer-${model}`, 'unet', 'config.json'), 'utf8'));
       const row = { model, latents: params.sample_size, context: params.cross_attention_dim, channels: params.block_out_channels.join('–') };
-      for (const [key, runtime, threads] of [['ours', 'ours', 1], ['ort1', 'ort', 1], ['ort2', 'ort', 2]]) {
-        const page = await browser.context.newPage();
-        const lines = [];
-        page.on('console', m => lines.push(m.text()));
-        try {
-          await page.goto(`${base}/tests/browser/bench.html`, { waitUntil: 'load' });
-          const r = await page.evaluate(measure, { model, runtime, threads, runs: RUNS, ortDir: ORT_DIR, tolerance: TOLERANCE });
-          if (!r.crossOriginIsolated) throw new Error('the page is not cross-origin isolated');
-          row[key] = { ms: median(r.steps), err: r.maxAbsErr / Math.max(1, r.outMax), split: r.split };
-          console.log(model, key, JSON.stringify(r));
-        } catch (e) {
-          row[key] = { error: String(e.message || e).split('\n')[0] };
-          console.log(model, key, 'failed:', row[key].error, lines.slice(-5).join(' | '));
-        } finally {
-          await page.close();
-        }
-      }
+      Object.assign(row, await measureModel(browser, base, model));
       rows.push(row);
     }
   } finally {
@@ -129,7 +159,7 @@ async function main() {
     `a cross-origin-isolated page. Peer: onnxruntime-web ${ortVersion}, wasm backend (SIMD, threaded build), graph optimisation "all". Date: ${new Date().toISOString().slice(0, 10)}.`, '',
     'One guided UNet step (batch 2: the conditional and unconditional rows, timestep 500) of the same seeded weights on the same inputs ' +
     '(tests/bench/export_peer.py: diffusers UNet2DConditionModel, exported with torch.onnx for the peer). Step: one call from JS until the ' +
-    `output is back in JS, median of ${RUNS} after two warm-up calls, each runtime in a fresh page. Ours runs on one thread (our wasm build has no ` +
+    `output is back in JS, median of ${RUNS} after two warm-up calls; each runtime in its own page, their steps taken in turn (one of each per round, 0.2 s apart). Ours runs on one thread (our wasm build has no ` +
     'threads); the peer with 1 and 2. Error: the largest difference from PyTorch\'s output over max(1, its largest magnitude). ' +
     'Split: one more step of ours with the per-module profile on (performance.now() around each convolution, norm, attention and linear layer).', '',
     '| model | latents | channels | context | ours (1 thread) ms | onnxruntime-web 1 thread ms | onnxruntime-web 2 threads ms | ours / peer, 1 thread | ours / peer 2 threads | error ours | error peer | ours: split conv / norm / attention / linear / rest ms |',

@@ -46,22 +46,27 @@ fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
-#[test]
-fn conv2d_matches_burns_conv2d_over_random_shapes() {
-    let mut draw = Draw(11);
-    let mut worst = 0f32;
-    for case in 0..CASES {
-        let kernel = draw.pick(&[1, 3, 3, 3]);
-        let stride = draw.pick(&[1, 1, 2]);
-        let padding = if kernel == 1 { draw.pick(&[0, 0, 1]) } else { draw.pick(&[0, 1, 1]) };
-        let batch = draw.pick(&[1, 2]);
-        let (c_in, c_out) = (draw.range(1, 37), draw.range(1, 41));
-        let (h, w) = (draw.range(kernel.max(2), 29), draw.range(kernel.max(2), 23));
-        let with_bias = draw.pick(&[true, true, false]);
-        // What the kernel fuses: a nearest ×2 upsampling before, a residual sum and a ReLU after.
-        let upsample = draw.pick(&[1, 1, 2]);
-        let (with_residual, relu) = (draw.pick(&[false, true]), draw.pick(&[false, true]));
-        let mut rng = NoiseRng::new(100 + case as u64);
+/// One convolution case: ours (with what it fuses) against burn's separate operations; returns the error as
+/// a fraction of the tolerance.
+struct ConvCase {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    with_bias: bool,
+    upsample: usize,
+    with_residual: bool,
+    relu: bool,
+}
+
+impl ConvCase {
+    fn check(&self, seed: u64) -> f32 {
+        let &ConvCase { batch, c_in, c_out, h, w, kernel, stride, padding, with_bias, upsample, with_residual, relu } = self;
+        let mut rng = NoiseRng::new(seed);
         let x = normal(&mut rng, [batch, c_in, h, w]);
         let weight = normal(&mut rng, [c_out, c_in, kernel, kernel]);
         let bias = with_bias.then(|| normal(&mut rng, [c_out]));
@@ -69,7 +74,7 @@ fn conv2d_matches_burns_conv2d_over_random_shapes() {
         let out_shape = [batch, c_out, (uh + 2 * padding - kernel) / stride + 1, (uw + 2 * padding - kernel) / stride + 1];
         let residual = with_residual.then(|| normal(&mut rng, out_shape));
 
-        let fused = cpu::ConvFused { upsample, residual: residual.as_ref(), relu };
+        let fused = cpu::ConvFused { upsample, residual: residual.as_ref(), relu, ..cpu::ConvFused::default() };
         let ours = values(cpu::conv2d(&x, &weight, bias.as_ref(), stride, padding, fused).expect("the kernel applies"));
         let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
         let upsampled = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([uh, uw]));
@@ -82,9 +87,49 @@ fn conv2d_matches_burns_conv2d_over_random_shapes() {
         let shape = format!(
             "conv2d x [{batch}, {c_in}, {h}, {w}] upsampled ×{upsample}, {c_out} out, k {kernel}, stride {stride}, pad {padding}, bias {with_bias}, residual {with_residual}, relu {relu}"
         );
-        worst = worst.max(within(&ours, &reference, tolerance, shape));
+        within(&ours, &reference, tolerance, shape)
+    }
+}
+
+#[test]
+fn conv2d_matches_burns_conv2d_over_random_shapes() {
+    let mut draw = Draw(11);
+    let mut worst = 0f32;
+    for case_index in 0..CASES {
+        let kernel = draw.pick(&[1, 3, 3, 3]);
+        let stride = draw.pick(&[1, 1, 2]);
+        let padding = if kernel == 1 { draw.pick(&[0, 0, 1]) } else { draw.pick(&[0, 1, 1]) };
+        let batch = draw.pick(&[1, 2]);
+        let (c_in, c_out) = (draw.range(1, 37), draw.range(1, 41));
+        let (h, w) = (draw.range(kernel.max(2), 29), draw.range(kernel.max(2), 23));
+        let with_bias = draw.pick(&[true, true, false]);
+        // What the kernel fuses: a nearest ×2 upsampling before, a residual sum and a ReLU after.
+        let upsample = draw.pick(&[1, 1, 2]);
+        let (with_residual, relu) = (draw.pick(&[false, true]), draw.pick(&[false, true]));
+        let case = ConvCase { batch, c_in, c_out, h, w, kernel, stride, padding, with_bias, upsample, with_residual, relu };
+        worst = worst.max(case.check(100 + case_index as u64));
     }
     println!("conv2d: worst error {worst:.3} of its tolerance over {CASES} shapes");
+}
+
+/// The shapes the wasm build computes by Winograd's F(2×2, 3×3) (3×3, stride 1, padding 1, at least 16
+/// channels each way): odd and even sizes (edge tiles), batch 2, and what the convolution fuses. Natively
+/// they go through im2col; the Winograd path itself is compared with im2col by the unit test in
+/// src/kernels/cpu/winograd.rs, and runs here when this suite runs in wasm.
+#[test]
+fn same_size_3x3_conv2d_matches_burns_conv2d_over_random_shapes() {
+    let mut draw = Draw(14);
+    let mut worst = 0f32;
+    for case in 0..CASES {
+        let batch = draw.pick(&[1, 2]);
+        let (c_in, c_out) = (draw.range(16, 70), draw.range(16, 50));
+        let (h, w) = (draw.range(1, 27), draw.range(1, 31));
+        let with_bias = draw.pick(&[true, false]);
+        let (with_residual, relu) = (draw.pick(&[false, true]), draw.pick(&[false, true]));
+        let conv = ConvCase { batch, c_in, c_out, h, w, kernel: 3, stride: 1, padding: 1, with_bias, upsample: 1, with_residual, relu };
+        worst = worst.max(conv.check(600 + case as u64));
+    }
+    println!("3×3 same-size conv2d: worst error {worst:.3} of its tolerance over {CASES} shapes");
 }
 
 #[test]
@@ -180,7 +225,7 @@ fn kernels_give_the_same_bits_whatever_the_thread_count() {
     let (gamma, beta) = (normal(&mut rng, [48]), normal(&mut rng, [48]));
     let (q, k, v) = (normal(&mut rng, [2, 1600, 64]), normal(&mut rng, [2, 1600, 64]), normal(&mut rng, [2, 1600, 64]));
     let residual = normal(&mut rng, [2, 64, 80, 80]);
-    let fused = cpu::ConvFused { upsample: 2, residual: Some(&residual), relu: true };
+    let fused = cpu::ConvFused { upsample: 2, residual: Some(&residual), relu: true, ..cpu::ConvFused::default() };
     let run = || {
         (
             values(cpu::conv2d(&x, &weight, Some(&bias), 1, 1, cpu::ConvFused::default()).unwrap()),

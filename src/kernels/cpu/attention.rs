@@ -5,7 +5,7 @@
 //! Lk ≤ 64 Ki; heads are read from and written to the [B, L, H·d] layout in place through the GEMM's
 //! strides, without splitting them out.
 
-use super::math::{exp, lane_max, lane_sum, vectorized};
+use super::math::{exp_shifted_sum, lane_max, vectorized};
 use super::{SharedOut, for_each_index, gemm_f32};
 
 /// Scores one task holds: at most 1 Mi floats (4 MiB) unless 16 queries' rows need more. Measured on the
@@ -57,11 +57,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
         let mut sums = vec![0.0f32; rows];
         vectorized(|| {
             for (row, sum) in scores.chunks_exact_mut(s.lk).zip(&mut sums) {
-                let max = lane_max(row);
-                for x in row.iter_mut() {
-                    *x = exp(*x - max);
-                }
-                *sum = lane_sum(row, |x| x);
+                *sum = exp_shifted_sum(row, lane_max(row));
             }
         });
         let dst = shared;

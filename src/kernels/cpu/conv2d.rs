@@ -7,7 +7,7 @@
 //! through by im2col instead of being materialised. A 1×1 convolution with stride 1 uses the input itself
 //! as col.
 
-use super::{for_each_chunk, gemm_f32, gemm_threads};
+use super::{for_each_chunk, gemm_f32, gemm_threads, winograd};
 
 /// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big. Measured on the TAESD
 /// decoder at 512² (median of 3): 1 Mi floats 1,724 ms, 4 Mi 1,532–1,653 ms, 8 Mi 1,907 ms, 16 Mi 2,372 ms.
@@ -45,6 +45,9 @@ pub struct Epilogue<'a> {
     /// [B, C_out, out_h, out_w], added before the ReLU.
     pub residual: Option<&'a [f32]>,
     pub relu: bool,
+    /// The weight transformed for the Winograd path ([`winograd::transform_weights`]), when the model
+    /// made it at load; that path transforms it itself otherwise.
+    pub winograd: Option<&'a [f32]>,
 }
 
 pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f32> {
@@ -65,7 +68,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f
         });
     }
     if n > 0 && s.c_out > 0 {
-        convolve(x, weight, accumulate, s, &mut out);
+        convolve(x, weight, epilogue.winograd, accumulate, s, &mut out);
     }
     if epilogue.relu {
         for_each_chunk(&mut out, n.max(1), |_, row| row.iter_mut().for_each(|v| *v = v.max(0.0)));
@@ -73,8 +76,21 @@ pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f
     out
 }
 
-/// `out[b] (+)= W · col(x[b])`.
-fn convolve(x: &[f32], weight: &[f32], accumulate: bool, s: &Shape, out: &mut [f32]) {
+/// `out[b] (+)= W · col(x[b])`; 3×3 convolutions with stride 1 and padding 1 by Winograd's F(2×2, 3×3)
+/// (src/kernels/cpu/winograd.rs), 2.25× fewer multiplications.
+fn convolve(x: &[f32], weight: &[f32], winograd_weight: Option<&[f32]>, accumulate: bool, s: &Shape, out: &mut [f32]) {
+    if winograd::applies(s) {
+        match winograd_weight {
+            Some(u) => winograd::convolve(x, u, s, out),
+            None => winograd::convolve(x, &winograd::transform_weights(weight), s, out),
+        }
+    } else {
+        im2col_gemm(x, weight, accumulate, s, out)
+    }
+}
+
+/// `out[b] (+)= W · col(x[b])` by im2col.
+pub(super) fn im2col_gemm(x: &[f32], weight: &[f32], accumulate: bool, s: &Shape, out: &mut [f32]) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let n = oh * ow;
     let k = s.c_in * s.kernel * s.kernel;

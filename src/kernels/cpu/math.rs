@@ -67,6 +67,26 @@ pub fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     total
 }
 
+/// `values[i] = e^(values[i] − shift)`, returning their sum: softmax's exponentials and denominator in one
+/// pass over the row, added as [`lane_sum`] adds them (the same bits as the two passes).
+#[inline(always)]
+pub fn exp_shifted_sum(values: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = values.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *v = exp(*v - shift);
+            *a += *v;
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - shift);
+        total += *v;
+    }
+    total
+}
+
 /// The largest of `values` (−∞ for none), in [`LANES`] running maxima.
 #[inline(always)]
 pub fn lane_max(values: &[f32]) -> f32 {
@@ -111,5 +131,9 @@ mod tests {
         assert_eq!(lane_sum(&v, |x| x), v.iter().sum::<f32>());
         assert_eq!(lane_max(&v), 14.0);
         assert_eq!(lane_max(&[]), f32::NEG_INFINITY);
+        let mut fused = v.clone();
+        let sum = exp_shifted_sum(&mut fused, 3.0);
+        let separate: Vec<f32> = v.iter().map(|&x| exp(x - 3.0)).collect();
+        assert_eq!((fused.as_slice(), sum), (separate.as_slice(), lane_sum(&separate, |x| x)), "one pass gives the two passes' bits");
     }
 }

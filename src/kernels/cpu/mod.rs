@@ -20,6 +20,7 @@ mod conv2d;
 mod group_norm;
 mod linear;
 mod math;
+mod winograd;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -30,19 +31,23 @@ use burn::tensor::{DType, Device, Tensor};
 #[backend_extension(Flex)]
 pub trait CpuKernelOps: Backend {
     /// `relu(conv2d(upsample(x)) + bias + residual)`: `x` [B, C_in, H, W] (upsampled by nearest by `upsample`
-    /// first), `weight` [C_out, C_in, k, k], `bias` [C_out] and `residual` [B, C_out, H', W'] (one-element
-    /// stand-ins when `has_bias` / `has_residual` say there are none), the ReLU when `relu`.
+    /// first), `weight` [C_out, C_in, k, k], `bias` [C_out], `residual` [B, C_out, H', W'] and `winograd`
+    /// (the weight transformed for the Winograd path, [16, C_out, C_in]); `has` says which of the last
+    /// three are given ([bias, residual, winograd]; one-element stand-ins otherwise), the ReLU when `relu`.
     #[allow(clippy::too_many_arguments)]
     fn cpu_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
+        winograd: FloatTensor<Self>,
         geometry: [usize; 3],
-        has_bias: bool,
-        has_residual: bool,
+        has: [bool; 3],
         relu: bool,
     ) -> FloatTensor<Self>;
+
+    /// `weight` [C_out, C_in, 3, 3] transformed for the Winograd path: [16, C_out, C_in].
+    fn cpu_winograd_weight(weight: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x` [B, C, …], `gamma` and `beta` [C].
     fn cpu_group_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, groups: usize, eps: f64, silu: bool) -> FloatTensor<Self>;
@@ -56,15 +61,27 @@ pub trait CpuKernelOps: Backend {
 }
 
 impl CpuKernelOps for Flex {
-    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, residual: FlexTensor, geometry: [usize; 3], has_bias: bool, has_residual: bool, relu: bool) -> FlexTensor {
+    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, residual: FlexTensor, winograd: FlexTensor, geometry: [usize; 3], has: [bool; 3], relu: bool) -> FlexTensor {
         let [stride, padding, upsample] = geometry;
-        let (x, weight, bias, residual) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous(), residual.to_contiguous());
+        let [has_bias, has_residual, has_winograd] = has;
+        let (x, weight, bias, residual, winograd) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous(), residual.to_contiguous(), winograd.to_contiguous());
         let xs = x.layout().shape().to_vec();
         let ws = weight.layout().shape().to_vec();
         let shape = conv2d::Shape { batch: xs[0], c_in: xs[1], h: xs[2] * upsample, w: xs[3] * upsample, c_out: ws[0], kernel: ws[2], stride, padding, upsample };
-        let epilogue = conv2d::Epilogue { bias: has_bias.then(|| storage(&bias)), residual: has_residual.then(|| storage(&residual)), relu };
+        let epilogue = conv2d::Epilogue {
+            bias: has_bias.then(|| storage(&bias)),
+            residual: has_residual.then(|| storage(&residual)),
+            relu,
+            winograd: has_winograd.then(|| storage(&winograd)),
+        };
         let out = conv2d::conv2d(storage(&x), storage(&weight), epilogue, &shape);
         from_vec(out, vec![shape.batch, shape.c_out, shape.out_h(), shape.out_w()])
+    }
+
+    fn cpu_winograd_weight(weight: FlexTensor) -> FlexTensor {
+        let weight = weight.to_contiguous();
+        let [c_out, c_in] = [weight.layout().shape()[0], weight.layout().shape()[1]];
+        from_vec(winograd::transform_weights(storage(&weight)), vec![16, c_out, c_in])
     }
 
     fn cpu_group_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, groups: usize, eps: f64, silu: bool) -> FlexTensor {
@@ -135,12 +152,24 @@ pub struct ConvFused<'a> {
     /// Added to the output (its shape), before the ReLU.
     pub residual: Option<&'a Tensor<4>>,
     pub relu: bool,
+    /// [`winograd_weight`] of the weight, made once at load (the kernel makes it per call otherwise).
+    pub winograd: Option<&'a Tensor<3>>,
 }
 
 impl Default for ConvFused<'_> {
     fn default() -> Self {
-        Self { upsample: 1, residual: None, relu: false }
+        Self { upsample: 1, residual: None, relu: false, winograd: None }
     }
+}
+
+/// The weight of a 3×3 convolution transformed for the Winograd path ([16, C_out, C_in]), where the CPU
+/// kernels would take that path for it (the wasm build's CPU backend, stride 1, padding 1, at least 16
+/// channels each way: src/kernels/cpu/winograd.rs); `None` elsewhere. Made once, when a model is loaded.
+pub fn winograd_weight(weight: &Tensor<4>, stride: usize, padding: usize) -> Option<Tensor<3>> {
+    let [c_out, c_in, kh, kw] = weight.dims();
+    let shape = conv2d::Shape { batch: 1, c_in, h: kh, w: kw, c_out, kernel: kh, stride, padding, upsample: 1 };
+    let applies = cpu_kernels_available(&weight.device()) && weight.dtype() == DType::F32 && kh == kw && winograd::applies(&shape);
+    applies.then(|| Tensor::from_dispatch(<Dispatch as CpuKernelOps>::cpu_winograd_weight(weight.clone().into_dispatch())))
 }
 
 /// `conv2d(x, weight, bias)` with square kernel, symmetric padding and stride, groups and dilation 1, and
@@ -164,7 +193,9 @@ pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, strid
         return None;
     }
     let out_shape = [batch, c_out, (h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1];
-    if fused.residual.is_some_and(|r| r.dtype() != DType::F32 || r.dims() != out_shape) {
+    if fused.residual.is_some_and(|r| r.dtype() != DType::F32 || r.dims() != out_shape)
+        || fused.winograd.is_some_and(|u| u.dtype() != DType::F32 || u.dims() != [16, c_out, c_in])
+    {
         return None;
     }
     let out = <Dispatch as CpuKernelOps>::cpu_conv2d(
@@ -172,9 +203,9 @@ pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, strid
         weight.clone().into_dispatch(),
         optional_operand(bias, &x.device()),
         optional_operand(fused.residual, &x.device()),
+        optional_operand(fused.winograd, &x.device()),
         [stride, padding, fused.upsample],
-        bias.is_some(),
-        fused.residual.is_some(),
+        [bias.is_some(), fused.residual.is_some(), fused.winograd.is_some()],
         fused.relu,
     );
     Some(Tensor::from_dispatch(out))
