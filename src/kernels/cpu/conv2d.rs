@@ -71,7 +71,8 @@ pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f
         convolve(x, weight, epilogue.winograd, accumulate, s, &mut out);
     }
     if epilogue.relu {
-        for_each_chunk(&mut out, n.max(1), |_, row| row.iter_mut().for_each(|v| *v = v.max(0.0)));
+        // A comparison, not `f32::max`, which has no SIMD128 instruction (and NaN stays NaN, as in PyTorch).
+        for_each_chunk(&mut out, n.max(1), |_, row| row.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }));
     }
     out
 }
