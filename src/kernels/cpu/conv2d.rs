@@ -7,11 +7,18 @@
 //! through by im2col instead of being materialised. A 1×1 convolution with stride 1 uses the input itself
 //! as col.
 
-use super::{for_each_chunk, gemm_f32, gemm_threads, winograd};
+use super::{SharedIn, SharedOut, for_each_chunk, for_each_index, gemm_f32, gemm_threads, winograd};
 
 /// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big. Measured on the TAESD
 /// decoder at 512² (median of 3): 1 Mi floats 1,724 ms, 4 Mi 1,532–1,653 ms, 8 Mi 1,907 ms, 16 Mi 2,372 ms.
 const COL_BUDGET: usize = 4 << 20;
+
+/// Convolutions with at most this many output channels split their GEMMs by columns themselves, one part
+/// per task of [`SPLIT_COLUMNS`] columns: the GEMM crate parallelises over its 64-row panels of the weight,
+/// so a 64-channel convolution (all of TAESD's) ran on one core. Parts depend on the shape only, so the
+/// result does not depend on the thread count.
+const SPLIT_MAX_ROWS: usize = 128;
+const SPLIT_COLUMNS: usize = 512;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
@@ -111,19 +118,33 @@ pub(super) fn im2col_gemm(x: &[f32], weight: &[f32], accumulate: bool, s: &Shape
                 im2col(x_b, &mut col[..k * cols], s, r0, rows);
                 col.as_ptr()
             };
-            // SAFETY: W is [c_out, k] (row stride k), col [k, cols] (row stride cols; for the direct case
-            // the input [c_in, n]), and the output block is c_out rows of `cols` floats at row stride n,
-            // starting at column r0·ow of image b, all inside their buffers.
-            unsafe {
-                gemm_f32(
-                    [s.c_out, cols, k],
-                    (out_b.add(r0 * ow), n, 1),
-                    accumulate,
-                    (weight.as_ptr(), k, 1),
-                    (rhs, if direct { n } else { cols }, 1),
-                    1.0,
-                    gemm_threads(),
-                );
+            let rhs_rs = if direct { n } else { cols };
+            // SAFETY (both forms): W is [c_out, k] (row stride k), col [k, cols] (row stride cols; for the
+            // direct case the input [c_in, n]), and the output block is c_out rows of `cols` floats at row
+            // stride n, starting at column r0·ow of image b, all inside their buffers; the parts write
+            // disjoint columns of it.
+            if s.c_out <= SPLIT_MAX_ROWS {
+                let (dst, rhs) = (SharedOut(unsafe { out_b.add(r0 * ow) }), SharedIn(rhs));
+                for_each_index(cols.div_ceil(SPLIT_COLUMNS), |part| {
+                    let (dst, rhs) = (dst, rhs);
+                    let j0 = part * SPLIT_COLUMNS;
+                    let width = SPLIT_COLUMNS.min(cols - j0);
+                    unsafe {
+                        gemm_f32(
+                            [s.c_out, width, k],
+                            (dst.0.add(j0), n, 1),
+                            accumulate,
+                            (weight.as_ptr(), k, 1),
+                            (rhs.0.add(j0), rhs_rs, 1),
+                            1.0,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                });
+            } else {
+                unsafe {
+                    gemm_f32([s.c_out, cols, k], (out_b.add(r0 * ow), n, 1), accumulate, (weight.as_ptr(), k, 1), (rhs, rhs_rs, 1), 1.0, gemm_threads());
+                }
             }
         }
     }

@@ -305,6 +305,13 @@ fn gemm_threads() -> gemm::Parallelism {
     return gemm::Parallelism::None;
 }
 
+/// A raw pointer to an input that parallel tasks read.
+#[derive(Clone, Copy)]
+struct SharedIn(*const f32);
+// SAFETY: only read, while the buffer it points into outlives the parallel loop that uses it.
+unsafe impl Send for SharedIn {}
+unsafe impl Sync for SharedIn {}
+
 /// A raw pointer that parallel tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
