@@ -207,6 +207,13 @@ impl Conv2d {
         Ok(Self::new(weight, None, 1, kernel / 2))
     }
 
+    /// For a convolution that always reads through a nearest upsampling (`forward_fused` with `upsample`
+    /// > 1), which the Winograd path does not take: drops the transformed weight it would never use.
+    pub fn reading_upsampled(mut self) -> Self {
+        self.winograd = None;
+        self
+    }
+
     /// Our CPU kernel on the CPU backend (src/kernels/cpu/), burn's `conv2d` elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_fused(x, ConvFused::default())

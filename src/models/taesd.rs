@@ -113,7 +113,7 @@ impl TinyDecoder {
             let upsample = if last { 1 } else { cfg.upsampling_scaling_factor };
             index += usize::from(!last);
             let name = index.to_string();
-            let conv = if last { Conv2d::load(&w, &name, [c, cfg.out_channels], 3, 1, 1, device)? } else { Conv2d::load_without_bias(&w, &name, [c, c], 3, device)? };
+            let conv = if last { Conv2d::load(&w, &name, [c, cfg.out_channels], 3, 1, 1, device)? } else { Conv2d::load_without_bias(&w, &name, [c, c], 3, device)?.reading_upsampled() };
             layers.push(Layer::Conv { conv, upsample, act: None });
             index += 1;
         }

@@ -92,7 +92,7 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn load(w: &WeightsView, channels: usize, device: &Device) -> Result<Self> {
-        Ok(Self { conv: Conv2d::load(w, "conv", [channels, channels], 3, 1, 1, device)? })
+        Ok(Self { conv: Conv2d::load(w, "conv", [channels, channels], 3, 1, 1, device)?.reading_upsampled() })
     }
 
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
