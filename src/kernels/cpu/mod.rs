@@ -17,6 +17,7 @@
 
 mod attention;
 mod conv2d;
+mod direct;
 mod group_norm;
 mod linear;
 mod math;
