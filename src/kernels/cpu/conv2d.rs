@@ -7,7 +7,9 @@
 //! through by im2col instead of being materialised. A 1×1 convolution with stride 1 uses the input itself
 //! as col.
 
-use super::{SharedIn, SharedOut, direct, for_each_chunk, fresh_output, for_each_index, gemm_f32, gemm_threads, winograd};
+#[cfg(target_arch = "x86_64")]
+use super::direct;
+use super::{SharedIn, SharedOut, for_each_chunk, for_each_index, fresh_output, gemm_f32, gemm_threads, winograd};
 
 /// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big. Measured on the TAESD
 /// decoder at 512² (median of 3): 1 Mi floats 1,724 ms, 4 Mi 1,532–1,653 ms, 8 Mi 1,907 ms, 16 Mi 2,372 ms.
@@ -60,6 +62,7 @@ pub struct Epilogue<'a> {
 pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f32> {
     let (oh, ow) = (s.out_h(), s.out_w());
     let n = oh * ow;
+    #[cfg(target_arch = "x86_64")]
     if n > 0 && s.c_out > 0 && direct::applies(s) {
         // Writes every output once, the epilogue included.
         let mut out = fresh_output(s.batch * s.c_out * n);
@@ -70,7 +73,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f
     // after it faults again).
     let mut out = match epilogue.residual {
         Some(residual) => residual.to_vec(),
-        None => vec![0.0f32; s.batch * s.c_out * n],
+        None => fresh_output(s.batch * s.c_out * n),
     };
     let accumulate = epilogue.bias.is_some() || epilogue.residual.is_some();
     if let Some(bias) = epilogue.bias {

@@ -1,9 +1,9 @@
-//! 3×3 convolution with stride 1 and padding 1, computed directly with AVX-512 (natively, where the CPU
-//! has it): no im2col. Each task takes a band of [`BAND`] output rows of one image, copies the input rows
-//! it needs once into a zero-padded scratch (reading through a nearest upsampling there), and computes
-//! register blocks of [`CO`] output channels × up to 3 vectors of 16 output columns: for every input
-//! channel and each of the 9 taps, 3 unaligned loads of the padded row and [`CO`] weight broadcasts feed
-//! up to 24 FMAs, all accumulators in registers. Bias, residual and ReLU are applied to the registers
+//! 3×3 convolution with stride 1 and padding 1, computed directly with AVX-512 (x86-64 only, where the
+//! CPU has it: `mod.rs` declares this module for x86-64 alone), no im2col. Each task takes a band of
+//! [`BAND`] output rows of one image, copies the input rows it needs once into a zero-padded scratch
+//! (reading through a nearest upsampling there), and computes register blocks of [`CO`] output channels
+//! × up to 3 vectors of 16 output columns: for every input channel and each of the 9 taps, 3 unaligned
+//! loads of the padded row and [`CO`] weight broadcasts feed up to 24 FMAs, all accumulators in registers. Bias, residual and ReLU are applied to the registers
 //! before the one store, so the output is written once and never read.
 //!
 //! Why: im2col writes 9 shifted copies of the input and the GEMM then runs on a weight of 64 rows (all of
@@ -33,22 +33,13 @@ pub fn applies(s: &Shape) -> bool {
     supports(s) && s.c_in <= MAX_C_IN
 }
 
-/// Whether this kernel can compute `s`: a 3×3 kernel, stride 1, padding 1, on an x86-64 CPU with AVX-512F.
+/// Whether this kernel can compute `s`: a 3×3 kernel, stride 1, padding 1, on a CPU with AVX-512F.
 pub fn supports(s: &Shape) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        s.kernel == 3 && s.stride == 1 && s.padding == 1 && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = s;
-        false
-    }
+    s.kernel == 3 && s.stride == 1 && s.padding == 1 && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// `out = relu(conv3x3(x, weight) + bias + residual)` for every image, as the epilogue says; `out` is
 /// [B, C_out, h, w] and is only written. Call only where [`supports`] holds.
-#[cfg(target_arch = "x86_64")]
 pub fn conv2d(x: &[f32], weight: &[f32], epilogue: &Epilogue, s: &Shape, out: &mut [f32]) {
     use super::{SharedOut, for_each_index};
     assert!(supports(s), "the direct convolution was called for {s:?}");
@@ -68,11 +59,6 @@ pub fn conv2d(x: &[f32], weight: &[f32], epilogue: &Epilogue, s: &Shape, out: &m
             unsafe { band(padded, &packed, epilogue, s, b, y0, rows, dst.0) };
         });
     });
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn conv2d(_: &[f32], _: &[f32], _: &Epilogue, s: &Shape, _: &mut [f32]) {
-    unreachable!("the direct convolution was called for {s:?} without AVX-512")
 }
 
 thread_local! {
@@ -142,7 +128,6 @@ fn fill_padded<'a>(x_b: &[f32], s: &Shape, y0: usize, rows: usize, scratch: &'a 
 /// # Safety
 /// AVX-512F must be present; `out` must be valid for [B, C_out, h, w] and this band's rows written by no
 /// other task.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn band(padded: &[f32], packed: &[f32], epilogue: &Epilogue, s: &Shape, b: usize, y0: usize, rows: usize, out: *mut f32) {
@@ -200,7 +185,6 @@ struct Target<'a> {
 ///
 /// # Safety
 /// As [`band`].
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn block<const V: usize>(at: &Block, target: &Target) {
@@ -242,7 +226,6 @@ unsafe fn block<const V: usize>(at: &Block, target: &Target) {
 ///
 /// # Safety
 /// AVX-512F must be present.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
 unsafe fn sums<const V: usize>(at: &Block) -> [[std::arch::x86_64::__m512; V]; CO] {
@@ -278,7 +261,7 @@ unsafe fn sums<const V: usize>(at: &Block) -> [[std::arch::x86_64::__m512; V]; C
     acc
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::super::conv2d::{Epilogue, Shape, im2col_gemm};
 

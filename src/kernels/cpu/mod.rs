@@ -17,6 +17,7 @@
 
 mod attention;
 mod conv2d;
+#[cfg(target_arch = "x86_64")]
 mod direct;
 mod group_norm;
 mod linear;
