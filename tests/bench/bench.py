@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CACHE = os.path.expanduser("~/.cache/control-clip/bench")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/control-clip/target"))
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -187,12 +188,8 @@ def write_report(rows, args):
         lines.append("| %s | %d² | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, size, backend, fmt(u), fmt(r), ratio(u, r), fmt(ours.get("decoder_ms")), fmt(ref.get("decoder_ms")),
             fmt(g), fmt(gr), ratio(g, gr), fmt(ours.get("peak_rss_mib")), fmt(ours.get("device_reserved_mib")), split))
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(path).read()
-    start = text.find(title + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        old = text[start:end if end >= 0 else len(text)]
+    old = read_section(title)
+    if old is not None:
         # Rows of models this run did not measure stay (one model per run fits a session on slow backends);
         # they keep their own numbers, and the command line above names only this run's models.
         measured = {("| %s | %d² | %s |" % (name, size, backend)) for name, size, backend, _, _ in rows}
@@ -202,13 +199,30 @@ def write_report(rows, args):
             lines[2] = lines[2].replace("--models %s " % args.models, "--models MODEL ").replace(
                 "` (", "`, one run per model of the table (", 1)
         lines.extend(kept)
-    section = "\n".join(lines) + "\n"
+    write_section(title, "\n".join(lines) + "\n")
+
+
+def read_section(title):
+    """The section of docs/benchmarks.md headed `title`, up to the next "## " heading; None if it has none."""
+    text = open(DOC).read()
+    start = text.find(title + "\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def write_section(title, section):
+    """Replaces the section of docs/benchmarks.md headed `title` with `section`, or appends it."""
+    text = open(DOC).read()
+    start = text.find(title + "\n")
     if start >= 0:
+        end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    open(path, "w").write(text)
-    print("updated", path)
+    open(DOC, "w").write(text)
+    print("updated", DOC)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import CACHE, TAESD, TARGET  # noqa: E402
+from bench import CACHE, TAESD, TARGET, write_section  # noqa: E402
 
 TINY_UNET = os.path.join(ROOT, "tests/fixtures/unet/sd-tiny")
 TITLE = "## The TAESD decoder alone, fresh processes, alternated (issue 13)"
@@ -122,18 +122,7 @@ def write_report(args, ours, nchw, channels_last, info):
     lines += ["", "Medians of the rounds: ours %.1f ms, PyTorch %.1f ms (NCHW) and %.1f ms (channels_last): ratios %.2f and %.2f; "
               "our slowest round / PyTorch's fastest in either layout: %.2f."
               % (med(ours), med(nchw), med(channels_last), med(ours) / med(nchw), med(ours) / med(channels_last), max(ours) / fastest)]
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(path).read()
-    section = "\n".join(lines) + "\n"
-    start = text.find(TITLE + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    open(path, "w").write(text)
-    print("updated", path)
-
+    write_section(TITLE, "\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

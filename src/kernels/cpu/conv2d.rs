@@ -221,3 +221,23 @@ pub(super) fn upsample_2(dst: &mut [f32], src: &[f32], start: usize) {
         dst[dst.len() - 1] = src[(j + 2 * pairs) / 2];
     }
 }
+
+/// Random draws for the unit tests that compare the other convolution paths (Winograd, direct) with
+/// im2col.
+#[cfg(test)]
+pub(super) mod test_draws {
+    /// `next(n)`: xorshift draws in 0..n, from `state`.
+    pub fn draws(mut state: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        }
+    }
+
+    /// `n` values in [-1, 1], in steps of 0.001.
+    pub fn values(n: usize, next: &mut impl FnMut(usize) -> usize) -> Vec<f32> {
+        (0..n).map(|_| next(2001) as f32 / 1000.0 - 1.0).collect()
+    }
+}

@@ -463,6 +463,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::Isa;
+    use super::super::conv2d::test_draws::{draws, values};
     use super::super::conv2d::{Epilogue, Shape, im2col_gemm};
 
     /// The suite's kernel tests see this path (with the CPU's best instruction set); this compares it,
@@ -477,18 +478,11 @@ mod tests {
             eprintln!("neither AVX-512F nor AVX2 + FMA: the direct convolution does not run on this CPU");
             return;
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = draws(0x9e37_79b9_7f4a_7c15u64);
         for case in 0..40 {
             let upsample = 1 + next(2);
             let (stored_h, stored_w) = (1 + next(20), 1 + next(70));
             let s = Shape { batch: 1 + next(2), c_in: if case % 8 == 7 { 129 + next(100) } else { 1 + next(40) }, h: stored_h * upsample, w: stored_w * upsample, c_out: 1 + next(30), kernel: 3, stride: 1, padding: 1, upsample };
-            let values = |n: usize, next: &mut dyn FnMut(usize) -> usize| (0..n).map(|_| next(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
             let x = values(s.batch * s.c_in * stored_h * stored_w, &mut next);
             let weight = values(s.c_out * s.c_in * 9, &mut next);
             let bias = values(s.c_out, &mut next);

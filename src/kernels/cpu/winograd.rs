@@ -175,6 +175,7 @@ fn transform_output(m: &[f32], s: &Shape, g0: usize, rows: usize, out: &mut [f32
 
 #[cfg(test)]
 mod tests {
+    use super::super::conv2d::test_draws::{draws, values};
     use super::super::conv2d::{Shape, im2col_gemm};
 
     /// Natively [`super::applies`] is false, so the kernel tests of tests/suite see the im2col path: this
@@ -182,16 +183,9 @@ mod tests {
     /// with the kernel tests' tolerance (2e-7·√(9·C_in) of the largest output).
     #[test]
     fn winograd_matches_the_im2col_path_over_random_shapes() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = draws(0x2545_f491_4f6c_dd1du64);
         for _ in 0..24 {
             let s = Shape { batch: 1 + next(2), c_in: 16 + next(55), h: 1 + next(26), w: 1 + next(30), c_out: 16 + next(35), kernel: 3, stride: 1, padding: 1, upsample: 1 };
-            let values = |n: usize, next: &mut dyn FnMut(usize) -> usize| (0..n).map(|_| next(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
             let x = values(s.batch * s.c_in * s.h * s.w, &mut next);
             let weight = values(s.c_out * s.c_in * 9, &mut next);
             let start = values(s.batch * s.c_out * s.h * s.w, &mut next);
