@@ -297,8 +297,9 @@ fn fresh_output(len: usize) -> Vec<f32> {
     if len * 4 >= 4 << 20 {
         let start = out.as_ptr() as usize & !4095;
         let end = out.as_ptr() as usize + len * 4;
-        // SAFETY: advice only, on pages of this buffer's own mapping (its first page rounded down holds
-        // the allocator's header, in the same mapping); an error leaves the default pages.
+        // SAFETY: advice only, which changes no memory's contents: the range is this buffer's pages (the
+        // first rounded down to its page start, which may also hold the allocator's header or another
+        // allocation; the advice does them no harm); an error leaves the default pages.
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
     }
     out
