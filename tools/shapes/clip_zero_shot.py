@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Zero-shot accuracy of a CLIP model on rendered pictures: category, colour, and style two ways.
 
-    python3 tools/shapes/clip_zero_shot.py --clip models/clip --data DATA/heldout [--checkpoint WORK/clip/checkpoint.pt]
+    python3 tools/shapes/clip_zero_shot.py --clip models/clip --data DATA/heldout [--device cuda] [--out gate.json]
+
+The CLIP gate (docs/default-model.md): category >= 95 %, colour >= 99 %, style from plain descriptions
+>= 90 %, and style names still near chance (<= 30 %: what Control-CLIP is for). Exits 1 when it does not hold.
 
 Style is asked once with plain descriptions ("a red star with stripes", what the base model was trained
 on) and once with the style names ("a red star in striped style", which its captions never contain): the
@@ -19,12 +22,14 @@ from transformers import CLIPModel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from domain import CATEGORIES, COLORS, STYLES, STYLE_DESCRIPTIONS, plain_prompt  # noqa: E402
-from train_clip import config, pixel_values  # noqa: E402
+from train_clip import pixel_values  # noqa: E402
+
+GATE = {"category": (">=", 0.95), "color": (">=", 0.99), "style_descriptive": (">=", 0.90), "style_name": ("<=", 0.30)}
 
 
 def text_features(model, tok, prompts):
     with torch.no_grad():
-        f = model.get_text_features(input_ids=tok(prompts))
+        f = model.get_text_features(input_ids=tok(prompts).to(model.device))
         f = getattr(f, "pooler_output", f)
     return torch.nn.functional.normalize(f, dim=-1)
 
@@ -35,22 +40,19 @@ def class_embeddings(model, tok, groups):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clip")
-    ap.add_argument("--checkpoint")
+    ap.add_argument("--clip", required=True)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out")
     args = ap.parse_args()
-    if args.checkpoint:
-        model = CLIPModel(config())
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
-    else:
-        model = CLIPModel.from_pretrained(args.clip)
+    model = CLIPModel.from_pretrained(args.clip).float().to(args.device)
     model.eval()
     tok = common.ClipTokenizer()
     labels = common.read_labels(args.data)
     images = common.load_images(args.data, labels)
     with torch.no_grad():
         v = torch.cat([getattr(f, "pooler_output", f) for f in
-                       (model.get_image_features(pixel_values=pixel_values(images[i:i + 128]))
+                       (model.get_image_features(pixel_values=pixel_values(images[i:i + 128].to(args.device)))
                         for i in range(0, len(images), 128))])
     v = torch.nn.functional.normalize(v, dim=-1)
     heads = {
@@ -67,8 +69,12 @@ def main():
         pred = (v @ e.T).argmax(1)
         key = head.split("_")[0]
         truth = torch.tensor([names.index(l[key]) for l in labels])
-        result[head] = round((pred == truth).float().mean().item(), 4)
+        result[head] = round((pred.cpu() == truth).float().mean().item(), 4)
+    result["gate"] = all(result[h] >= v if op == ">=" else result[h] <= v for h, (op, v) in GATE.items())
     print(json.dumps(result))
+    if args.out:
+        common.write_json(args.out, dict(result, clip=args.clip, pictures=len(labels)))
+    sys.exit(0 if result["gate"] else 1)
 
 
 if __name__ == "__main__":

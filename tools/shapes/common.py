@@ -4,6 +4,7 @@ Resuming is exact: batch s is drawn from a generator seeded by (seed, s), so a r
 checkpoint of step s draws the same batches as one that never stopped, and the checkpoint holds the
 model, the optimiser (and the EMA where there is one) as they were after step s.
 """
+import contextlib
 import json
 import os
 import time
@@ -52,7 +53,10 @@ def load_images(folder, labels, cache=True):
         arr = np.load(path)
         if len(arr) == len(labels):
             return torch.from_numpy(arr)
-    arr = np.stack([np.asarray(Image.open(os.path.join(folder, l["file"])).convert("RGB")) for l in labels])
+    from concurrent.futures import ThreadPoolExecutor  # PNG decoding releases the GIL
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        arr = np.stack(list(pool.map(lambda l: np.asarray(Image.open(os.path.join(folder, l["file"])).convert("RGB")),
+                                     labels, chunksize=256)))
     arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
     if cache:
         np.save(path + ".tmp.npy", arr)
@@ -112,3 +116,104 @@ def write_json(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+def add_device_args(ap):
+    """--device cuda|cpu and --threads: every training script runs on either (same code, same seeds)."""
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda trains in bf16 autocast (weights, optimiser and EMA stay f32); cpu in f32")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="stop early (with a checkpoint, saving what was trained) once this much wall time has "
+                         "passed; the log says at which step, and --steps N with that step reproduces the run")
+
+
+def setup_device(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(args.device)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (the small models here are launch-bound, so this is mostly for the matmuls);
+    nothing on the CPU, where the reference runs were f32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Deadline:
+    """Wall-clock budget of a run (--max-seconds); 0 means none."""
+
+    def __init__(self, seconds):
+        self.end = time.time() + seconds if seconds else None
+
+    def left(self):
+        return float("inf") if self.end is None else self.end - time.time()
+
+    def expired(self):
+        return self.left() <= 0
+
+
+def dihedral(x, k):
+    """The k-th of the 8 flips and quarter turns of [..., H, W] pictures (k in 0..8). Every label of the
+    domain (category, colour, style) is unchanged by them, and the renderer's rotations and stripe angles
+    are uniform, so the transformed pictures are drawn from the same distribution."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, (-2, -1))
+
+
+def replace_dir(target, save):
+    """save(tmp) then rename over target, so an interrupted save never leaves a half-written folder."""
+    import shutil
+    tmp = target + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+class WsdSchedule:
+    """Learning-rate factor: linear warm-up, constant, then a cosine decay to `floor` over the last steps.
+
+    The decay starts at `decay_start` (a step) when it is given; otherwise, with a wall-clock budget, the
+    run decides it once `decay_fraction` of the budget has passed: it decays over as many steps as
+    steps-so-far × (1 − f) / f, so the run ends near its budget. Either way the log records both steps, and
+    `--steps END --decay-start START` reproduces the same schedule on any machine.
+    """
+
+    def __init__(self, steps, warmup, decay_start=None, decay_fraction=0.8, floor=0.1):
+        self.steps, self.warmup, self.floor, self.decay_fraction = steps, warmup, floor, decay_fraction
+        self.fixed = decay_start is not None
+        self.decay_start = decay_start if decay_start is not None else int(steps * decay_fraction)
+
+    def maybe_decide(self, step, deadline, budget_s, t0):
+        """With a budget, move the decay's start (and the end) so that they fit the time still left."""
+        if self.fixed or deadline.end is None or step >= self.decay_start:
+            return False
+        used = time.time() - t0
+        if used >= budget_s * self.decay_fraction:
+            self.decay_start = step
+            self.steps = min(self.steps, step + max(1, int(step * (1 - self.decay_fraction) / self.decay_fraction)))
+            return True
+        return False
+
+    def __call__(self, s):
+        w = min(1.0, (s + 1) / self.warmup) if self.warmup else 1.0
+        if s < self.decay_start:
+            return w
+        span = max(1, self.steps - self.decay_start)
+        p = min(1.0, (s - self.decay_start) / span)
+        return w * (self.floor + (1 - self.floor) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * p)))
+
+    def state_dict(self):
+        return {"steps": self.steps, "decay_start": self.decay_start}
+
+    def load_state_dict(self, d):
+        self.steps, self.decay_start = d["steps"], d["decay_start"]

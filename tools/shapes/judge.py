@@ -50,13 +50,29 @@ def targets(labels):
 
 
 def predict(model, images, batch=128):
-    model.eval()
+    """Predicted class indices per head for uint8 [N, 3, 128, 128] pictures, on the pictures' device."""
+    model.eval().to(images.device)
     out = {k: [] for k in HEADS}
     with torch.no_grad():
         for i in range(0, len(images), batch):
             for k, v in model(images[i:i + batch]).items():
-                out[k].append(v.argmax(1))
+                out[k].append(v.argmax(1).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def accuracy(pred, labels):
+    """Per-head accuracy over the labels that name the head, and the style accuracy per style."""
+    acc = {}
+    for k, names in HEADS.items():
+        have = [i for i, l in enumerate(labels) if l.get(k)]
+        if have:
+            acc[k] = round(sum(names[int(pred[k][i])] == labels[i][k] for i in have) / len(have), 4)
+    per_style = {}
+    for s in STYLES:
+        have = [i for i, l in enumerate(labels) if l.get("style") == s]
+        if have:
+            per_style[s] = round(sum(STYLES[int(pred["style"][i])] == s for i in have) / len(have), 4)
+    return acc, per_style
 
 
 def train(args):

@@ -1,63 +1,124 @@
 #!/usr/bin/env python3
-"""A quick probe of a UNet checkpoint during training (diffusers' pipeline, not the evaluation protocol).
+"""A quick probe of a trained UNet (diffusers' pipeline, read by the judge): not the evaluation protocol.
 
-    CK=WORK/unet-c/checkpoint.pt G=4 python3 tools/shapes/probe.py OUT_DIR
+    python3 tools/shapes/probe.py --clip DIR --autoencoder DIR --unet RUN/unet --scheduler RUN/scheduler \
+        --out DIR [--guidance 4,7] [--steps 15] [--device cuda]
 
-(With OUT_DIR it has the judge, tools/shapes/model/judge, classify the pictures and prints the counts that
-docs/default-model.md tabulates.)
-
-Loads the checkpoint's EMA UNet with the committed E and the committed autoencoder (or AE=DIR), writes six sample prompts side by side (seeds 500-505) and, with OUT_DIR,
-96 pictures — every (category, colour) pair once with the plain prompt (seeds 600-647) and once with a
-descriptive prompt (seeds 700-747) — with a labels.jsonl the judge reads. These seeds are disjoint from the
-evaluation seeds (1000-1003); they were used to choose settings (guidance) and to decide on Min-SNR.
+Generates, for each guidance, 48 plain prompts (every (category, colour) pair once, seeds 600-647) and 96
+descriptive ones (every pair with two styles, each style 16 times; seeds 700-795), has the judge classify
+them and writes DIR/probe.json (accuracies, style by style) and DIR/grid-gG.png (rows: categories;
+columns: styles; descriptive prompts). These seeds are disjoint from the evaluation seeds (1000 and up):
+they are the ones settings and training variants are chosen with, so the evaluation never is.
+Sampling: DPM-Solver++ 2M from the training schedule's betas (trailing spacing for zero-SNR schedules).
 """
-import os, sys, torch, numpy as np
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from diffusers import AutoencoderTiny, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, \
+    UNet2DConditionModel
 from PIL import Image
+from transformers import CLIPTokenizerFast
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-MODEL = os.path.join(HERE, 'model', 'pipeline')
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel, AutoencoderTiny, DPMSolverMultistepScheduler
-from transformers import CLIPTextModel, CLIPTokenizerFast
-import train_unet
-torch.set_num_threads(1)
-ck = torch.load(os.environ['CK'], map_location='cpu', weights_only=False)
-print('step', ck['step'])
-te = CLIPTextModel.from_pretrained(os.path.join(MODEL, 'text_encoder')).float()
-unet = train_unet.make_unet(64); unet.load_state_dict(ck['ema'])
-vae = AutoencoderTiny.from_pretrained(os.environ.get('AE', os.path.join(MODEL, 'vae'))).float()
-tok = CLIPTokenizerFast.from_pretrained(os.path.join(MODEL, 'tokenizer'))
-sch = DPMSolverMultistepScheduler.from_pretrained(os.path.join(MODEL, 'scheduler'))
-pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sch, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-prompts = ["a blue heart with stripes", "a red star", "a green circle covered in polka dots", "a yellow square drawn only by its contour", "a purple triangle glowing on a dark background", "an orange hexagon with a checkerboard pattern"]
-ims = []
-for i, p in enumerate(prompts):
-    g = torch.Generator().manual_seed(500 + i)
-    ims.append(pipe(p, num_inference_steps=15, guidance_scale=4, height=128, width=128, generator=g, output_type='np').images[0])
-grid = np.concatenate([(np.clip(im, 0, 1) * 255).astype(np.uint8) for im in ims], axis=1)
-Image.fromarray(grid).save(f'./probe-step{ck["step"]}.png')
+import common  # noqa: E402
+import judge  # noqa: E402
+from domain import CATEGORIES, COLORS, STYLES, descriptive_prompt, plain_prompt  # noqa: E402
+from train_unet import load_text_encoder  # noqa: E402
 
-if len(sys.argv) > 1:
-    import itertools
-    import json
-    import subprocess
-    from domain import CATEGORIES, COLORS, STYLES, plain_prompt, descriptive_prompt
-    out = sys.argv[1]; os.makedirs(out, exist_ok=True)
+
+def tokenizer():
+    return CLIPTokenizerFast(tokenizer_file=common.TOKENIZER, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                             unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=77)
+
+
+def pipeline(clip, autoencoder, unet, scheduler, device):
+    train = DDPMScheduler.from_pretrained(scheduler)
+    sched = DPMSolverMultistepScheduler.from_config(train.config, variance_type=None)
+    return StableDiffusionPipeline(
+        vae=AutoencoderTiny.from_pretrained(autoencoder).float(), text_encoder=load_text_encoder(clip),
+        tokenizer=tokenizer(), unet=UNet2DConditionModel.from_pretrained(unet).float(), scheduler=sched,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False).to(device)
+
+
+def probe_rows():
     rows = []
     for i, (k, c) in enumerate(itertools.product(CATEGORIES, COLORS)):
-        st = STYLES[i % 6]
-        rows.append(dict(kind='plain', prompt=plain_prompt(k, c), category=k, color=c, style=None, seed=600 + i))
-        rows.append(dict(kind='descriptive', prompt=descriptive_prompt(k, c, st), category=k, color=c, style=st, seed=700 + i))
-    for j, r in enumerate(rows):
-        g = torch.Generator().manual_seed(r['seed'])
-        im = pipe(r['prompt'], num_inference_steps=15, guidance_scale=float(os.environ.get('G', 4)), height=128, width=128, generator=g, output_type='np').images[0]
-        r['file'] = f'{j:04d}.png'
-        Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).save(os.path.join(out, r['file']))
-    with open(os.path.join(out, 'labels.jsonl'), 'w') as f:
-        for r in rows: f.write(json.dumps(r) + '\n')
-    subprocess.run([sys.executable, os.path.join(HERE, 'judge.py'), 'classify', '--judge', os.path.join(HERE, 'model', 'judge'),
-                    '--folder', out], check=True)
-    judged = [json.loads(l) for l in open(os.path.join(out, 'judged.jsonl'))]
-    for kind in ('plain', 'descriptive'):
-        sel = [r for r in judged if r['kind'] == kind]
-        print(kind, {h: f"{sum(r[h] == r['pred_' + h] for r in sel if r.get(h))}/{sum(1 for r in sel if r.get(h))}"
-                     for h in ('category', 'color', 'style') if any(r.get(h) for r in sel)})
+        rows.append(dict(kind="plain", prompt=plain_prompt(k, c), category=k, color=c, style=None, seed=600 + i))
+    for i, (k, c) in enumerate(itertools.product(CATEGORIES, COLORS)):
+        for j, st in enumerate((STYLES[i % 6], STYLES[(i + 3) % 6])):
+            rows.append(dict(kind="descriptive", prompt=descriptive_prompt(k, c, st), category=k, color=c, style=st,
+                             seed=700 + 2 * i + j))
+    return rows
+
+
+def generate(pipe, rows, steps, guidance, height, batch=48):
+    out = []
+    for i in range(0, len(rows), batch):
+        part = rows[i:i + batch]
+        gens = [torch.Generator().manual_seed(r["seed"]) for r in part]
+        ims = pipe([r["prompt"] for r in part], num_inference_steps=steps, guidance_scale=guidance, height=height,
+                   width=height, generator=gens, output_type="np").images
+        out.append(torch.from_numpy((np.clip(ims, 0, 1) * 255).round().astype(np.uint8)).permute(0, 3, 1, 2))
+    return torch.cat(out)
+
+
+def grid(images, rows):
+    """One descriptive picture per (category, style): rows categories, columns styles."""
+    tiles = {}
+    for im, r in zip(images, rows):
+        if r["kind"] == "descriptive":
+            tiles.setdefault((r["category"], r["style"]), im)
+    size = images.shape[-1]
+    canvas = np.full((len(CATEGORIES) * size, len(STYLES) * size, 3), 255, np.uint8)
+    for (k, s), im in tiles.items():
+        y, x = CATEGORIES.index(k) * size, STYLES.index(s) * size
+        canvas[y:y + size, x:x + size] = im.permute(1, 2, 0).numpy()
+    return Image.fromarray(canvas)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", required=True, help="CLIPModel folder (its text tower is E) or a CLIPTextModel folder")
+    ap.add_argument("--autoencoder", required=True)
+    ap.add_argument("--unet", required=True)
+    ap.add_argument("--scheduler", required=True, help="the training run's scheduler folder")
+    ap.add_argument("--judge", default=os.path.join(HERE, "model", "judge"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--guidance", default="4")
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    pipe = pipeline(args.clip, args.autoencoder, args.unet, args.scheduler, args.device)
+    pipe.set_progress_bar_config(disable=True)
+    the_judge = judge.load_judge(args.judge)
+    rows = probe_rows()
+    result = {"unet": args.unet, "steps": args.steps, "by_guidance": {}}
+    for g in [float(x) for x in args.guidance.split(",")]:
+        images = generate(pipe, rows, args.steps, g, args.size)
+        pred = judge.predict(the_judge, images)
+        entry = {}
+        for kind in ("plain", "descriptive"):
+            sel = [i for i, r in enumerate(rows) if r["kind"] == kind]
+            acc, per_style = judge.accuracy({h: p[sel] for h, p in pred.items()}, [rows[i] for i in sel])
+            entry[kind] = dict(acc, **({"per_style": per_style} if per_style else {}))
+        d = entry["descriptive"]
+        # One number to rank variants by: the mean of the five accuracies, and the worst style beside it.
+        entry["score"] = round(np.mean([entry["plain"]["category"], entry["plain"]["color"], d["category"],
+                                        d["color"], d["style"]]), 4)
+        entry["worst_style"] = min(d["per_style"].values())
+        result["by_guidance"][f"{g:g}"] = entry
+        grid(images, rows).save(os.path.join(args.out, f"grid-g{g:g}.png"))
+        print(json.dumps({"guidance": g, **entry}), flush=True)
+    common.write_json(os.path.join(args.out, "probe.json"), result)
+
+
+if __name__ == "__main__":
+    main()
