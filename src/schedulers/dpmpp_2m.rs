@@ -58,8 +58,10 @@ impl DpmPp2m {
         c.refuse_true("use_lu_lambdas", c.use_lu_lambdas, false)?;
         c.refuse_true("use_flow_sigmas", c.use_flow_sigmas, false)?;
         c.refuse_true("use_dynamic_shifting", c.use_dynamic_shifting, false)?;
-        if let Some(v) = &c.variance_type {
-            return Err(c.error("variance_type", format!("`{v}` is not supported (only null is implemented)")));
+        // Only the learned variances change the model output (diffusers drops its extra channels); DDPM's
+        // `fixed_small` and the like, which a DDPM training config carries over, mean nothing here.
+        if let Some(v) = c.variance_type.as_deref().filter(|v| matches!(*v, "learned" | "learned_range")) {
+            return Err(c.error("variance_type", format!("`{v}` is not supported (learned variances are not implemented)")));
         }
         if let Some(l) = c.lambda_min_clipped.filter(|l| *l != f64::NEG_INFINITY) {
             return Err(c.error("lambda_min_clipped", format!("{l} is not supported (only -Infinity is implemented)")));

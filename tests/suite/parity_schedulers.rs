@@ -156,6 +156,7 @@ fn unsupported_values_are_refused_by_name() {
         (DpmPp2m, r#"{"final_sigmas_type": "denoise_to_zero"}"#, "final_sigmas_type"),
         (DpmPp2m, r#"{"lambda_min_clipped": -5.1}"#, "lambda_min_clipped"),
         (DpmPp2m, r#"{"variance_type": "learned_range"}"#, "variance_type"),
+        (DpmPp2m, r#"{"variance_type": "learned"}"#, "variance_type"),
         (DpmPp2m, r#"{"thresholding": true}"#, "thresholding"),
         (Lcm, r#"{"thresholding": true}"#, "thresholding"),
         (Lcm, r#"{"original_inference_steps": 0}"#, "original_inference_steps"),
@@ -180,6 +181,8 @@ fn fields_a_class_does_not_read_are_ignored_as_in_diffusers() {
     for kind in SchedulerKind::ALL {
         build_from(kind, sd15).unwrap();
     }
+    // A DDPM training config carries `variance_type: fixed_small`, which DPM-Solver ignores.
+    build_from(SchedulerKind::DpmPp2m, r#"{"_class_name": "DDPMScheduler", "variance_type": "fixed_small"}"#).unwrap();
 }
 
 #[test]
