@@ -2,10 +2,15 @@
 
 use burn::tensor::Tensor;
 
-use super::{LINEAR_BETAS, Prediction, Scheduler, StepOutput, SchedulerConfig, TimestepSpacing, check_step_count, spaced_timesteps, step_out_of_range};
+use super::{
+    LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, check_step_count, refuse_epsilon_at_zero_snr, spaced_timesteps,
+    step_out_of_range,
+};
 use crate::error::{Error, Result};
 
 pub struct Ddim {
+    /// The config file, for errors.
+    file: String,
     num_train_timesteps: usize,
     alphas_cumprod: Vec<f32>,
     /// The "previous" alpha product after the last step: 1, or alphas_cumprod[0] (`set_alpha_to_one`).
@@ -24,6 +29,7 @@ impl Ddim {
         config.refuse_true("thresholding", config.thresholding, false)?;
         let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) { 1.0 } else { schedule.alphas_cumprod[0] };
         Ok(Self {
+            file: config.file.clone(),
             num_train_timesteps: schedule.num_train_timesteps,
             alphas_cumprod: schedule.alphas_cumprod,
             final_alpha_cumprod,
@@ -50,6 +56,7 @@ impl Scheduler for Ddim {
         if let Some(t) = timesteps.iter().find(|&&t| t > (n_train - 1) as f64) {
             return Err(Error::invalid("num_inference_steps", format!("{n} steps give timestep {t}, past the last training timestep")));
         }
+        refuse_epsilon_at_zero_snr(&self.file, self.prediction, &self.alphas_cumprod, &timesteps)?;
         self.num_inference_steps = n;
         self.timesteps = timesteps;
         Ok(())

@@ -38,7 +38,7 @@ pub struct DpmPp2m {
 impl DpmPp2m {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config;
-        let schedule = c.train_schedule(LINEAR_BETAS)?;
+        let schedule = c.train_schedule(LINEAR_BETAS)?.with_finite_terminal_sigma();
         // diffusers maps the retired "deis" / "logrho" / "bh1" / "bh2" onto dpmsolver++ / midpoint.
         match c.algorithm_type.as_deref().unwrap_or("dpmsolver++") {
             "dpmsolver++" | "deis" => {}

@@ -24,7 +24,7 @@ pub struct EulerAncestral {
 
 impl EulerAncestral {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        let schedule = config.train_schedule(LINEAR_BETAS)?;
+        let schedule = config.train_schedule(LINEAR_BETAS)?.with_finite_terminal_sigma();
         Ok(Self {
             num_train_timesteps: schedule.num_train_timesteps,
             train_sigmas: train_sigmas(&schedule.alphas_cumprod),

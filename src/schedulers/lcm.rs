@@ -6,13 +6,15 @@
 
 use burn::tensor::Tensor;
 
-use super::{BetaDefaults, Prediction, Scheduler, StepOutput, SchedulerConfig, missing_noise, step_out_of_range};
+use super::{BetaDefaults, Prediction, Scheduler, SchedulerConfig, StepOutput, missing_noise, refuse_epsilon_at_zero_snr, step_out_of_range};
 use crate::error::{Error, Result};
 
 /// LCM's defaults are Stable Diffusion's betas.
 const SD_BETAS: BetaDefaults = BetaDefaults { start: 0.00085, end: 0.012, schedule: "scaled_linear" };
 
 pub struct Lcm {
+    /// The config file, for errors.
+    file: String,
     num_train_timesteps: usize,
     alphas_cumprod: Vec<f32>,
     original_inference_steps: usize,
@@ -35,6 +37,7 @@ impl Lcm {
             ));
         }
         Ok(Self {
+            file: config.file.clone(),
             num_train_timesteps: schedule.num_train_timesteps,
             alphas_cumprod: schedule.alphas_cumprod,
             original_inference_steps,
@@ -69,7 +72,9 @@ impl Scheduler for Lcm {
         // The distillation schedule k-1, 2k-1, ..., descending; take n evenly spaced (floored) entries.
         let origin: Vec<usize> = (1..=original_steps).rev().map(|i| i * k - 1).collect();
         let step = origin.len() as f64 / n as f64;
-        self.timesteps = (0..n).map(|i| origin[(i as f64 * step).floor() as usize] as f64).collect();
+        let timesteps: Vec<f64> = (0..n).map(|i| origin[(i as f64 * step).floor() as usize] as f64).collect();
+        refuse_epsilon_at_zero_snr(&self.file, self.prediction, &self.alphas_cumprod, &timesteps)?;
+        self.timesteps = timesteps;
         Ok(())
     }
 

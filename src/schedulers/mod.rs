@@ -247,7 +247,6 @@ impl SchedulerConfig {
         if self.trained_betas {
             return Err(self.error("trained_betas", "explicit betas are not supported; use beta_schedule"));
         }
-        self.refuse_true("rescale_betas_zero_snr", self.rescale_betas_zero_snr, false)?;
         let n = self.num_train_timesteps.unwrap_or(1000);
         if n < 2 {
             return Err(self.error("num_train_timesteps", format!("must be at least 2, found {n}")));
@@ -265,7 +264,20 @@ impl SchedulerConfig {
         if let Some(t) = alphas_cumprod.iter().position(|a| !(*a > 0.0 && *a < 1.0)) {
             return Err(self.error("beta_end", format!("the betas give alphas_cumprod[{t}] = {} outside (0, 1)", alphas_cumprod[t])));
         }
-        Ok(TrainSchedule { num_train_timesteps: n, alphas_cumprod })
+        if !self.rescale_betas_zero_snr.unwrap_or(false) {
+            return Ok(TrainSchedule { num_train_timesteps: n, alphas_cumprod, zero_terminal_snr: false });
+        }
+        let rescaled_betas = rescale_zero_terminal_snr(&alphas_cumprod);
+        let alphas_cumprod = self::alphas_cumprod(&rescaled_betas);
+        // The rescaled product ends at exactly 0; f32 can also flatten the tail of a schedule so that an
+        // earlier entry reaches 0 and the next betas are 0 / 0 (diffusers would carry the NaNs on).
+        if let Some(t) = alphas_cumprod[..n - 1].iter().position(|a| !(*a > 0.0 && *a < 1.0)) {
+            return Err(self.error(
+                "rescale_betas_zero_snr",
+                format!("rescaling these betas to zero terminal SNR gives alphas_cumprod[{t}] = {} outside (0, 1)", alphas_cumprod[t]),
+            ));
+        }
+        Ok(TrainSchedule { num_train_timesteps: n, alphas_cumprod, zero_terminal_snr: true })
     }
 
     fn spacing(&self, default: &str) -> Result<TimestepSpacing> {
@@ -324,8 +336,20 @@ const LINEAR_BETAS: BetaDefaults = BetaDefaults { start: 0.0001, end: 0.02, sche
 
 struct TrainSchedule {
     num_train_timesteps: usize,
-    /// Indexed by training timestep.
+    /// Indexed by training timestep. With `rescale_betas_zero_snr` the last entry is exactly 0.
     alphas_cumprod: Vec<f32>,
+    zero_terminal_snr: bool,
+}
+
+impl TrainSchedule {
+    /// Euler's and DPM-Solver's `alphas_cumprod[-1] = 2**-24` after rescaling to zero terminal SNR, so
+    /// that the first sigma is finite (sqrt(2^24 - 1) ≈ 4096); DDIM and LCM keep the exact 0.
+    fn with_finite_terminal_sigma(mut self) -> Self {
+        if self.zero_terminal_snr {
+            *self.alphas_cumprod.last_mut().expect("at least 2 timesteps") = 2f32.powi(-24);
+        }
+        self
+    }
 }
 
 /// `torch.linspace(start, end, steps, dtype=float32)` bit for bit: PyTorch's CPU kernel takes an f32
@@ -352,6 +376,18 @@ fn alphas_cumprod(betas: &[f32]) -> Vec<f32> {
             product as f32
         })
         .collect()
+}
+
+/// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023, Algorithm 1) in f32 with PyTorch's order of
+/// operations, from the betas' `alphas_cumprod`; returns the rescaled betas. sqrt(alphas_cumprod) is
+/// shifted so that its last entry is exactly 0 and scaled so that its first keeps its value; the betas are
+/// then recovered from the ratios of consecutive squares (the last is 1).
+fn rescale_zero_terminal_snr(alphas_cumprod: &[f32]) -> Vec<f32> {
+    let sqrt: Vec<f32> = alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+    let (first, last) = (sqrt[0], sqrt[sqrt.len() - 1]);
+    let scale = first / (first - last);
+    let alphas_bar: Vec<f32> = sqrt.iter().map(|&s| (s - last) * scale).map(|s| s * s).collect();
+    std::iter::once(alphas_bar[0]).chain(alphas_bar.windows(2).map(|w| w[1] / w[0])).map(|alpha| 1.0 - alpha).collect()
 }
 
 /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` in f32, indexed by training timestep.
@@ -409,6 +445,26 @@ fn spaced_timesteps(spacing: TimestepSpacing, num_train: usize, n: usize, steps_
     }
 }
 
+/// DDIM and LCM keep `alphas_cumprod` = 0 at the terminal timestep of a zero-terminal-SNR schedule, where
+/// an epsilon prediction's clean-sample estimate divides by sqrt(0): diffusers returns inf / NaN there;
+/// we refuse the schedule by name instead.
+fn refuse_epsilon_at_zero_snr(file: &str, prediction: Prediction, alphas_cumprod: &[f32], timesteps: &[f64]) -> Result<()> {
+    if prediction != Prediction::Epsilon {
+        return Ok(());
+    }
+    match timesteps.iter().find(|&&t| alphas_cumprod[t as usize] == 0.0) {
+        Some(t) => Err(Error::config(
+            file,
+            "prediction_type",
+            format!(
+                "`epsilon` cannot be sampled at timestep {t}, where rescale_betas_zero_snr makes alphas_cumprod 0 (the clean-sample \
+                 estimate divides by 0; diffusers returns inf / NaN): zero-terminal-SNR models predict `v_prediction`"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuses the step counts diffusers refuses.
 fn check_step_count(n: usize, num_train: usize) -> Result<()> {
     if n == 0 {
@@ -437,5 +493,30 @@ mod tests {
         assert_eq!(np_arange(1000.0, 0.0, -250.0), vec![1000.0, 750.0, 500.0, 250.0]);
         assert_eq!(np_linspace(0.0, 1.0, 3, true), vec![0.0, 0.5, 1.0]);
         assert_eq!(np_linspace(0.0, 50.0, 4, false), vec![0.0, 12.5, 25.0, 37.5]);
+    }
+
+    #[test]
+    fn zero_terminal_snr_rescale() {
+        let plain = SchedulerConfig::default().train_schedule(LINEAR_BETAS).unwrap().alphas_cumprod;
+        let config = SchedulerConfig { rescale_betas_zero_snr: Some(true), ..Default::default() };
+        let schedule = config.train_schedule(LINEAR_BETAS).unwrap();
+        let rescaled = schedule.alphas_cumprod.clone();
+        // sqrt(alphas_cumprod) shifted to end at exactly 0 and scaled to keep its first value.
+        assert_eq!(rescaled[999], 0.0);
+        assert!(rescaled.windows(2).all(|w| w[1] < w[0]) && rescaled[0] < 1.0);
+        let (first, last) = (plain[0].sqrt() as f64, plain[999].sqrt() as f64);
+        for t in [0, 1, 250, 500, 750, 998] {
+            let expected = ((plain[t].sqrt() as f64 - last) * first / (first - last)).powi(2);
+            let rel = (rescaled[t] as f64 - expected).abs() / expected;
+            assert!(rel < 1e-4, "alphas_cumprod[{t}] = {} vs {expected} ({rel:.2e})", rescaled[t]);
+        }
+        // Euler and DPM-Solver: alphas_cumprod[-1] = 2**-24, so the first sigma is sqrt(2^24 - 1).
+        let finite = schedule.with_finite_terminal_sigma();
+        assert_eq!(finite.alphas_cumprod[999], 2f32.powi(-24));
+        assert_eq!(train_sigmas(&finite.alphas_cumprod)[999], 16_777_215f32.sqrt());
+        assert_eq!(finite.alphas_cumprod[..999], rescaled[..999]);
+        // Without rescaling nothing changes.
+        let unchanged = SchedulerConfig::default().train_schedule(LINEAR_BETAS).unwrap().with_finite_terminal_sigma();
+        assert_eq!(unchanged.alphas_cumprod, plain);
     }
 }

@@ -1,6 +1,6 @@
 //! Schedulers vs diffusers 0.42.1, on every fixture and both native backends: timesteps and sigmas
-//! equal diffusers' (≤ 1e-6 relative), every step output within 1e-5 max abs error. Plus refusal of
-//! config values we do not implement.
+//! equal diffusers' (≤ 1e-6 relative), every step output within 1e-5 max abs error (zero terminal SNR
+//! included). Plus refusal of config values we do not implement.
 
 use std::path::PathBuf;
 
@@ -121,6 +121,44 @@ fn lcm_one_step_at_999() {
     parity("lcm-1");
 }
 
+// Zero terminal SNR (`rescale_betas_zero_snr`). "default-model": the default model's DDPM training config
+// (scaled_linear 0.00085–0.012, v_prediction, trailing) loaded by each class with from_config.
+
+#[test]
+fn ddim_zero_snr_default_model_from_timestep_999() {
+    parity("ddim-zsnr-default-model-6");
+}
+
+#[test]
+fn ddim_zero_snr_leading_epsilon() {
+    parity("ddim-zsnr-leading-eps-8");
+}
+
+#[test]
+fn euler_ancestral_zero_snr_default_model_sigma_4096() {
+    parity("euler-a-zsnr-default-model-5");
+}
+
+#[test]
+fn dpmpp_2m_zero_snr_default_model() {
+    parity("dpmpp-2m-zsnr-default-model-8");
+}
+
+#[test]
+fn dpmpp_2m_zero_snr_trailing_epsilon() {
+    parity("dpmpp-2m-zsnr-trailing-eps-6");
+}
+
+#[test]
+fn dpmpp_2m_zero_snr_karras_v_prediction() {
+    parity("dpmpp-2m-zsnr-karras-vpred-8");
+}
+
+#[test]
+fn lcm_zero_snr_default_model() {
+    parity("lcm-zsnr-default-model-4");
+}
+
 /// The field an error names, when it is a config error.
 fn config_field(result: control_clip::Result<impl Sized>) -> String {
     match result.err().expect("the config should be refused") {
@@ -139,7 +177,9 @@ fn unsupported_values_are_refused_by_name() {
     use SchedulerKind::*;
     let cases = [
         (Ddim, r#"{"thresholding": true}"#, "thresholding"),
-        (Ddim, r#"{"rescale_betas_zero_snr": true}"#, "rescale_betas_zero_snr"),
+        (Ddim, r#"{"rescale_betas_zero_snr": "yes"}"#, "rescale_betas_zero_snr"),
+        // Rescaling needs a schedule whose sqrt(alphas_cumprod) falls: here it stays flat after t = 0.
+        (Ddim, r#"{"rescale_betas_zero_snr": true, "num_train_timesteps": 2, "beta_end": 0.0}"#, "rescale_betas_zero_snr"),
         (Ddim, r#"{"trained_betas": [0.1, 0.2]}"#, "trained_betas"),
         (Ddim, r#"{"beta_schedule": "squaredcos_cap_v2"}"#, "beta_schedule"),
         (Ddim, r#"{"prediction_type": "sample"}"#, "prediction_type"),
@@ -167,6 +207,27 @@ fn unsupported_values_are_refused_by_name() {
         let message = build_from(kind, json).err().unwrap().to_string();
         assert!(message.contains("s/scheduler_config.json") && message.contains(field), "{message}");
     }
+}
+
+#[test]
+fn epsilon_at_a_zero_snr_terminal_timestep_is_refused_by_name() {
+    // DDIM and LCM keep alphas_cumprod[999] = 0, where an epsilon model's clean-sample estimate divides by
+    // 0 (diffusers returns inf / NaN); Euler and DPM-Solver (sigma 4096 there) and leading spacing are fine.
+    let zero_snr = r#"{"rescale_betas_zero_snr": true, "timestep_spacing": "trailing"}"#;
+    let config = SchedulerConfig::parse("s/scheduler_config.json", zero_snr).unwrap();
+    for kind in [SchedulerKind::Ddim, SchedulerKind::Lcm] {
+        let mut scheduler = build(kind, &config).unwrap();
+        let error = scheduler.set_timesteps(4).err().expect("epsilon at timestep 999 should be refused");
+        assert!(matches!(&error, Error::Config { field, .. } if field == "prediction_type"), "{kind}: {error}");
+        assert!(error.to_string().contains("s/scheduler_config.json"), "{error}");
+    }
+    for kind in [SchedulerKind::EulerAncestral, SchedulerKind::DpmPp2m] {
+        build(kind, &config).unwrap().set_timesteps(4).unwrap();
+    }
+    let leading = SchedulerConfig::parse("s.json", r#"{"rescale_betas_zero_snr": true, "steps_offset": 1}"#).unwrap();
+    build(SchedulerKind::Ddim, &leading).unwrap().set_timesteps(4).unwrap();
+    let v = SchedulerConfig::parse("s.json", r#"{"rescale_betas_zero_snr": true, "prediction_type": "v_prediction"}"#).unwrap();
+    build(SchedulerKind::Lcm, &v).unwrap().set_timesteps(4).unwrap();
 }
 
 #[test]
