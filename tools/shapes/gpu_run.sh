@@ -7,6 +7,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
 # Writes OUT/log.txt and the archives of train_all.py (at most 8 files, each under 16 MiB).
+# The working tree must travel in 64 MiB: `bash tools/shapes/device_tree.sh stash` before the call,
+# `restore` after it. Run 2 of docs/default-model.md carried the models it continued in .init/ (ignored).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="$1"; shift

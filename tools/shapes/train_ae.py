@@ -97,12 +97,12 @@ def main():
 
     labels = common.read_labels(args.data)
     images = common.load_images(args.data, labels).to(device)
-    model = make_model(args.levels, args.width, args.latent_channels)
+    model = make_model(args.levels, args.width, args.latent_channels).to(device)
     if args.init:
-        model.load_state_dict(AutoencoderTiny.from_pretrained(args.init).float().state_dict())
+        model.load_state_dict(AutoencoderTiny.from_pretrained(args.init).float().to(device).state_dict())
         with torch.no_grad():
             zs, mse = latent_stats(model, images)
-            mean = zs.mean(dim=(0, 2, 3))
+            mean = zs.mean(dim=(0, 2, 3)).to(device)
             model.encoder.layers[-1].bias -= mean
             # The decoder's first conv reads tanh(z/3)*3, nearly z for these small latents: adding W·mu to
             # its bias (exact away from the zero-padded border) lets it read centred latents as before.

@@ -106,6 +106,13 @@ def main():
     ap.add_argument("--unet-seconds", type=float, default=240)
     ap.add_argument("--latent-channels", default="8,16")
     ap.add_argument("--deadline", type=float, default=560, help="kill whatever still runs at this many seconds")
+    ap.add_argument("--clip-init", help="continue the CLIP from this CLIPModel folder (train_clip.py --init)")
+    ap.add_argument("--ae-init", help="continue the autoencoder from this folder (train_ae.py --init); with one "
+                    "--latent-channels")
+    ap.add_argument("--ae-crop", type=int, default=0, help="train the autoencoder on crops of this side (0: whole)")
+    ap.add_argument("--vision-fraction", type=float, default=0.5, help="train_clip.py --vision-fraction")
+    ap.add_argument("--heldout-jobs", type=int, default=2)
+    ap.add_argument("--stop-after-gates", action="store_true", help="stages 1-3 only (CLIP, autoencoder, gates)")
     args = ap.parse_args()
     W, OUT = os.path.abspath(args.work), os.path.abspath(args.out)
     os.makedirs(W, exist_ok=True)
@@ -119,9 +126,9 @@ def main():
     # 1. Data.
     count = 600 if tiny else args.train_count
     procs = [start("render-train", ["render.py", "--out", data, "--count", str(count), "--seed", "1",
-                                    "--jobs", str(max(1, args.jobs - 2))], W, 1),
+                                    "--jobs", str(max(1, args.jobs - args.heldout_jobs))], W, 1),
              start("render-heldout", ["render.py", "--out", held, "--per-class", "1" if tiny else "4",
-                                      "--seed", "2", "--jobs", "2"], W, 1)]
+                                      "--seed", "2", "--jobs", str(args.heldout_jobs)], W, 1)]
     summary["stages"]["render"] = wait(procs, W)
     import common
     common.load_images(data, common.read_labels(data))  # the images.npy cache, once, before the readers
@@ -134,16 +141,18 @@ def main():
     clip_dir = os.path.join(W, "models", "clip")
     procs = [start("clip", ["train_clip.py", "--data", data, "--work", os.path.join(W, "clip"), "--out", clip_dir,
                             "--vision-steps", steps(6000), "--text-steps", steps(6000), "--batch",
-                            "256" if not tiny else "32", "--max-seconds", str(s1), "--checkpoint-every", "1000"] + dev,
-                   W, threads)]
+                            "256" if not tiny else "32", "--max-seconds", str(s1), "--checkpoint-every", "1000"] + dev
+                   + (["--init", args.clip_init] if args.clip_init else [])
+                   + ["--vision-fraction", str(args.vision_fraction)], W, threads)]
     aes = {}
     for lc in [int(x) for x in args.latent_channels.split(",")]:
         aes[lc] = os.path.join(W, "models", f"ae{lc}")
         procs.append(start(f"ae{lc}", ["train_ae.py", "--data", data, "--work", os.path.join(W, f"ae{lc}"),
                                        "--out", aes[lc], "--levels", "4", "--width", "48", "--latent-channels",
-                                       str(lc), "--crop", "0", "--batch", "64" if not tiny else "4", "--steps",
+                                       str(lc), "--crop", str(args.ae_crop), "--batch", "64" if not tiny else "4", "--steps",
                                        steps(8000), "--lr", "2e-3", "--mean-penalty", "1.0", "--augment", "--schedule", "wsd",
-                                       "--max-seconds", str(s1), "--checkpoint-every", "1000"] + dev, W, threads))
+                                       "--max-seconds", str(s1), "--checkpoint-every", "1000"] + dev
+                                      + (["--init", args.ae_init] if args.ae_init else []), W, threads))
     summary["stages"]["stage1"] = wait(procs, W, args.deadline)
 
     # 3. Gates.
@@ -165,6 +174,20 @@ def main():
     summary["autoencoder"] = {"chosen": chosen, "passing": passing}
     say(f"autoencoder: {chosen} latent channels (passing: {passing})")
 
+    if args.stop_after_gates:
+        variants = {}
+        order = []
+    else:
+        order = train_unets(args, W, data, clip_dir, aes, chosen, other, summary, dev, threads)
+        variants = summary["variants"]
+    export(args, W, OUT, clip_dir, aes, variants, order, summary)
+
+
+def train_unets(args, W, data, clip_dir, aes, chosen, other, summary, dev, threads):
+    """Stages 4 and 5: the UNet variants and their probes; returns the variants best first."""
+    import common
+    tiny = args.tiny
+    steps = (lambda n: str(n if not tiny else 20))
     # Latents once per autoencoder (the UNet runs read the cache).
     import torch
     import train_unet
@@ -221,6 +244,11 @@ def main():
     order = sorted(probes, key=lambda n: -probes[n]["score"])
     summary["ranking"] = order
     say(f"probe ranking: {[(n, probes[n]['score'], probes[n]['best_guidance']) for n in order]}")
+    return order
+
+
+def export(args, W, OUT, clip_dir, aes, variants, order, summary):
+    import common
 
     # 6. Archives: f16 folders, best UNet first; at most 8 files in OUT.
     h = os.path.join(W, "half")
@@ -238,7 +266,9 @@ def main():
         except Exception as e:  # noqa: BLE001
             summary[f"export_error_ae{lc}"] = repr(e)
     sizes["ae.tar.gz"] = archive(os.path.join(OUT, "ae.tar.gz"), members)
-    for name in (order + [n for n in variants if n not in order])[:4]:
+    # Best first, then the variants that finished without a probe: at most 4 UNet archives.
+    done = [n for n in variants if os.path.exists(os.path.join(W, "models", f"unet-{n}", "unet"))]
+    for name in (order + [n for n in done if n not in order])[:4]:
         run = os.path.join(W, "models", f"unet-{name}")
         if not os.path.exists(os.path.join(run, "unet")):
             continue

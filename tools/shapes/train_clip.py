@@ -199,6 +199,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--describe-fraction", type=float, default=0.25)
+    ap.add_argument("--vision-fraction", type=float, default=0.5, help="share of --max-seconds for the vision phase")
+    ap.add_argument("--init", help="continue from this CLIPModel folder (both phases run again from its weights; "
+                    "the classifier heads start afresh)")
     ap.add_argument("--checkpoint-every", type=int, default=500)
     common.add_device_args(ap)
     args = ap.parse_args()
@@ -209,11 +212,13 @@ def main():
     labels = common.read_labels(args.data)
     images = common.load_images(args.data, labels).to(device)
     targets = {k: torch.tensor([v.index(l[k]) for l in labels], device=device) for k, v in HEADS.items()}
-    model = CLIPModel(config()).to(device)
+    model = (CLIPModel.from_pretrained(args.init).float() if args.init else CLIPModel(config())).to(device)
     log = common.Log(os.path.join(args.work, "log.jsonl"))
-    # Each phase has its own budget: --max-seconds is split evenly between them.
-    args.max_seconds = args.max_seconds / 2 if args.max_seconds else 0
+    # Each phase has its own budget: --vision-fraction of --max-seconds for the first, the rest for the second.
+    total = args.max_seconds
+    args.max_seconds = total * args.vision_fraction
     vsteps, vwsd = train_vision(args, model, images, targets, device, log)
+    args.max_seconds = total * (1 - args.vision_fraction)
     pooled = image_features(model, images, device)
     del images
     tsteps, twsd = train_text(args, model, labels, pooled, device, log)

@@ -102,9 +102,11 @@ def encode_captions(text_encoder, captions, device):
 def encode_latents(folder, images, ae_dir, device, augment):
     """Latents of every training picture (and of its 8 flips / turns with augment), scaled by the
     autoencoder's scaling_factor: [8 or 1, N, C, h, w]; cached in the folder."""
-    path = os.path.join(folder, f"latents{'-aug' if augment else ''}.npy")
+    import hashlib
     ae = AutoencoderTiny.from_pretrained(ae_dir).float().eval().to(device)
     key = f"{os.path.abspath(ae_dir)} {ae.config.scaling_factor} {augment}"
+    # One cache file per autoencoder and view set, so that runs on different autoencoders never share one.
+    path = os.path.join(folder, f"latents-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy")
     if os.path.exists(path) and os.path.exists(path + ".key") and open(path + ".key").read() == key:
         return torch.from_numpy(np.load(path))
     views = range(8) if augment else range(1)
