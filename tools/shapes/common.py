@@ -217,3 +217,24 @@ class WsdSchedule:
 
     def load_state_dict(self, d):
         self.steps, self.decay_start = d["steps"], d["decay_start"]
+
+
+def random_affine(x_u8, generator, scale=(0.85, 1.05), shift=0.08):
+    """Each picture of a uint8 [N, 3, H, W] batch turned by its own random angle, scaled and shifted a
+    little (the border pixels, i.e. the background, fill what comes in from outside), then flipped at
+    random. Labels are unchanged: the renderer draws every angle, sizes of 40-75 % and any position, so a
+    ViT that sees the transformed pictures sees new pictures of the same distribution; with a few thousand
+    renders it otherwise learns them by heart (docs/default-model.md, GPU run 2)."""
+    import math
+    import torch.nn.functional as F
+    n = x_u8.shape[0]
+    r = torch.rand(n, 5, generator=generator).to(x_u8.device)
+    theta = r[:, 0] * 2 * math.pi
+    s = scale[0] + (scale[1] - scale[0]) * r[:, 1]
+    flip = torch.where(r[:, 4] < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(theta) / s, torch.sin(theta) / s
+    mat = torch.stack([torch.stack([cos * flip, -sin, (r[:, 2] - 0.5) * 2 * shift], 1),
+                       torch.stack([sin * flip, cos, (r[:, 3] - 0.5) * 2 * shift], 1)], 1)
+    grid = F.affine_grid(mat, list(x_u8.shape), align_corners=False)
+    out = F.grid_sample(x_u8.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)

@@ -70,7 +70,6 @@ def read_json(path):
 
 def half_copy(kind, src, dst):
     """The f16 copy of a model folder, saved by its own library (what export.py and the bundle read)."""
-    import torch  # noqa: F401
     if kind == "clip":
         from transformers import CLIPModel
         m = CLIPModel.from_pretrained(src).half()
@@ -112,6 +111,14 @@ def main():
     ap.add_argument("--ae-crop", type=int, default=0, help="train the autoencoder on crops of this side (0: whole)")
     ap.add_argument("--vision-fraction", type=float, default=0.5, help="train_clip.py --vision-fraction")
     ap.add_argument("--heldout-jobs", type=int, default=2)
+    ap.add_argument("--variants", help="comma-separated UNet variants to train (main, no-min-snr, sd-eps, narrow, "
+                    "aeN); default all")
+    ap.add_argument("--unet-parallel", type=int, default=1, help="UNet runs at a time")
+    ap.add_argument("--ae-from", help="use this trained autoencoder folder (its gate is still measured) "
+                    "instead of training one; --latent-channels must name its channels")
+    ap.add_argument("--vision-augment", default="dihedral", help="train_clip.py --vision-augment")
+    ap.add_argument("--require-gates", action="store_true",
+                    help="train no UNet unless the CLIP's and the autoencoder's gates hold")
     ap.add_argument("--stop-after-gates", action="store_true", help="stages 1-3 only (CLIP, autoencoder, gates)")
     args = ap.parse_args()
     W, OUT = os.path.abspath(args.work), os.path.abspath(args.out)
@@ -143,10 +150,14 @@ def main():
                             "--vision-steps", steps(6000), "--text-steps", steps(6000), "--batch",
                             "256" if not tiny else "32", "--max-seconds", str(s1), "--checkpoint-every", "1000"] + dev
                    + (["--init", args.clip_init] if args.clip_init else [])
-                   + ["--vision-fraction", str(args.vision_fraction)], W, threads)]
+                   + ["--vision-fraction", str(args.vision_fraction), "--vision-augment", args.vision_augment],
+                   W, threads)]
     aes = {}
     for lc in [int(x) for x in args.latent_channels.split(",")]:
         aes[lc] = os.path.join(W, "models", f"ae{lc}")
+        if args.ae_from:
+            shutil.copytree(args.ae_from, aes[lc], dirs_exist_ok=True)
+            continue
         procs.append(start(f"ae{lc}", ["train_ae.py", "--data", data, "--work", os.path.join(W, f"ae{lc}"),
                                        "--out", aes[lc], "--levels", "4", "--width", "48", "--latent-channels",
                                        str(lc), "--crop", str(args.ae_crop), "--batch", "64" if not tiny else "4", "--steps",
@@ -174,7 +185,11 @@ def main():
     summary["autoencoder"] = {"chosen": chosen, "passing": passing}
     say(f"autoencoder: {chosen} latent channels (passing: {passing})")
 
-    if args.stop_after_gates:
+    gates_hold = bool(summary["gate_clip"] and summary["gate_clip"]["gate"]) and bool(passing)
+    summary["gates_hold"] = gates_hold
+    if args.stop_after_gates or (args.require_gates and not gates_hold):
+        if not gates_hold:
+            say("a gate does not hold: no UNet trains on these stages (--require-gates)")
         variants = {}
         order = []
     else:
@@ -208,20 +223,17 @@ def train_unets(args, W, data, clip_dir, aes, chosen, other, summary, dev, threa
                 "narrow": dict(base, channels="64,96,96")}
     if other:
         variants[f"ae{other[0]}"] = dict(base, ae=other[0])
+    if args.variants:
+        variants = {n: variants[n] for n in args.variants.split(",") if n in variants}
     summary["variants"] = variants
-    procs = []
-    for name, v in variants.items():
-        if not os.path.exists(aes[v["ae"]]):
-            continue
-        procs.append(start(f"unet-{name}", [
-            "train_unet.py", "--data", data, "--clip", clip_dir, "--autoencoder", aes[v["ae"]],
-            "--work", os.path.join(W, f"unet-{name}"), "--out", os.path.join(W, "models", f"unet-{name}"),
-            "--schedule", v["schedule"], "--min-snr-gamma", v["gamma"], "--channels", v["channels"],
-            *([] if tiny else ["--augment"]),
-            "--batch", "256" if not tiny else "8", "--lr", "1e-3", "--warmup", "200" if not tiny else "2",
-            "--steps", steps(40000), "--max-seconds", str(args.unet_seconds), "--checkpoint-every", "2000",
-            "--seed", "3"] + dev, W, threads))
-    summary["stages"]["unet"] = wait(procs, W, args.deadline)
+    # At most --unet-parallel runs at a time, each with --unet-seconds (run 1: five processes time-sliced on
+    # one GPU each ran at a seventh of the planned speed).
+    runnable = [(n, v) for n, v in variants.items() if os.path.exists(aes[v["ae"]])]
+    summary["stages"]["unet"] = {}
+    for first in range(0, len(runnable), args.unet_parallel):
+        procs = [unet_process(args, W, data, clip_dir, aes, name, v, dev, threads, steps)
+                 for name, v in runnable[first:first + args.unet_parallel]]
+        summary["stages"]["unet"].update(wait(procs, W, args.deadline))
 
     # 5. Probes.
     procs = []
@@ -245,6 +257,18 @@ def train_unets(args, W, data, clip_dir, aes, chosen, other, summary, dev, threa
     summary["ranking"] = order
     say(f"probe ranking: {[(n, probes[n]['score'], probes[n]['best_guidance']) for n in order]}")
     return order
+
+
+def unet_process(args, W, data, clip_dir, aes, name, v, dev, threads, steps):
+    tiny = args.tiny
+    return start(f"unet-{name}", [
+        "train_unet.py", "--data", data, "--clip", clip_dir, "--autoencoder", aes[v["ae"]],
+        "--work", os.path.join(W, f"unet-{name}"), "--out", os.path.join(W, "models", f"unet-{name}"),
+        "--schedule", v["schedule"], "--min-snr-gamma", v["gamma"], "--channels", v["channels"],
+        *([] if tiny else ["--augment"]),
+        "--batch", "256" if not tiny else "8", "--lr", "1e-3", "--warmup", "200" if not tiny else "2",
+        "--steps", steps(40000), "--max-seconds", str(args.unet_seconds), "--checkpoint-every", "2000",
+        "--seed", "3"] + dev, W, threads)
 
 
 def export(args, W, OUT, clip_dir, aes, variants, order, summary):

@@ -92,7 +92,10 @@ def train_vision(args, model, images, targets, device, log):
         set_lr(opt, args.vision_lr * wsd(step))
         idx = common.batch_indices(args.seed, step, len(images), args.batch).to(device)
         g = common.step_generator(args.seed, step, 3)
-        x = common.dihedral(images[idx], int(torch.randint(8, (1,), generator=g)))
+        if args.vision_augment == "affine":
+            x = common.random_affine(images[idx], g)
+        else:
+            x = common.dihedral(images[idx], int(torch.randint(8, (1,), generator=g)))
         with common.autocast(device):
             pooled = model.vision_model(pixel_values=pixel_values(x)).pooler_output
             losses = {k: F.cross_entropy(h(pooled).float(), targets[k][idx]) for k, h in heads.items()}
@@ -199,6 +202,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--describe-fraction", type=float, default=0.25)
+    ap.add_argument("--vision-augment", default="dihedral", choices=["dihedral", "affine"],
+                    help="vision phase: one flip / quarter turn per batch (GPU runs 1-2), or a random angle, "
+                         "scale, shift and flip per picture (common.random_affine)")
     ap.add_argument("--vision-fraction", type=float, default=0.5, help="share of --max-seconds for the vision phase")
     ap.add_argument("--init", help="continue from this CLIPModel folder (both phases run again from its weights; "
                     "the classifier heads start afresh)")
