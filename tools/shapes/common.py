@@ -128,6 +128,17 @@ def add_device_args(ap):
                          "passed; the log says at which step, and --steps N with that step reproduces the run")
 
 
+def start_run(ap):
+    """Parses a training script's arguments and sets up what every stage needs: the device (and torch's
+    threads), the seed, the work folder, the training labels and pictures (uint8, on the CPU)."""
+    args = ap.parse_args()
+    device = setup_device(args)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.work, exist_ok=True)
+    labels = read_labels(args.data)
+    return args, device, labels, load_images(args.data, labels)
+
+
 def setup_device(args):
     if args.threads:
         torch.set_num_threads(args.threads)

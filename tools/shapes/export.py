@@ -10,25 +10,15 @@ with its preprocessor_config.json, which Control-CLIP fine-tuning reads. f16 hal
 f16 anyway, and every consumer widens to f32 on load.
 """
 import argparse
-import json
 import os
 import shutil
 import sys
 
-import torch
 from diffusers import AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizerFast
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
-
-def replace_dir(target, save):
-    tmp = target + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
 
 
 def main():
@@ -43,25 +33,25 @@ def main():
     half = dict(safe_serialization=True)
 
     clip = CLIPModel.from_pretrained(os.path.join(args.runs, "clip")).half()
-    replace_dir(os.path.join(args.out, "clip"), lambda d: (
+    common.replace_dir(os.path.join(args.out, "clip"), lambda d: (
         clip.save_pretrained(d, **half),
         shutil.copy(os.path.join(args.runs, "clip", "preprocessor_config.json"), d),
         shutil.copy(common.TOKENIZER, os.path.join(d, "tokenizer.json"))))
     te = CLIPTextModel.from_pretrained(os.path.join(args.runs, "text_encoder")).half()
-    replace_dir(os.path.join(pipe, "text_encoder"), lambda d: te.save_pretrained(d, **half))
+    common.replace_dir(os.path.join(pipe, "text_encoder"), lambda d: te.save_pretrained(d, **half))
     tok = CLIPTokenizerFast(tokenizer_file=common.TOKENIZER, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
                             unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=77)
-    replace_dir(os.path.join(pipe, "tokenizer"), lambda d: tok.save_pretrained(d))
+    common.replace_dir(os.path.join(pipe, "tokenizer"), lambda d: tok.save_pretrained(d))
     unet = UNet2DConditionModel.from_pretrained(os.path.join(args.runs, "unet")).half()
-    replace_dir(os.path.join(pipe, "unet"), lambda d: unet.save_pretrained(d, **half))
+    common.replace_dir(os.path.join(pipe, "unet"), lambda d: unet.save_pretrained(d, **half))
     vae = AutoencoderTiny.from_pretrained(os.path.join(args.runs, "autoencoder")).half()
-    replace_dir(os.path.join(pipe, "vae"), lambda d: vae.save_pretrained(d, **half))
+    common.replace_dir(os.path.join(pipe, "vae"), lambda d: vae.save_pretrained(d, **half))
     import diffusers
     train_sched = DDPMScheduler.from_pretrained(os.path.join(args.runs, "scheduler"))
     # The betas and timestep settings carry over; DDPM's own `variance_type` ("fixed_small", which the
     # multistep solvers ignore unless it is a learned one) does not.
     sched = getattr(diffusers, args.scheduler).from_config(train_sched.config, variance_type=None)
-    replace_dir(os.path.join(pipe, "scheduler"), lambda d: sched.save_pretrained(d))
+    common.replace_dir(os.path.join(pipe, "scheduler"), lambda d: sched.save_pretrained(d))
     common.write_json(os.path.join(pipe, "model_index.json"), {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,

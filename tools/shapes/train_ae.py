@@ -90,13 +90,8 @@ def main():
     ap.add_argument("--augment", action="store_true", help="a random flip / quarter turn of each batch")
     ap.add_argument("--checkpoint-every", type=int, default=100)
     common.add_device_args(ap)
-    args = ap.parse_args()
-    device = common.setup_device(args)
-    torch.manual_seed(args.seed)
-    os.makedirs(args.work, exist_ok=True)
-
-    labels = common.read_labels(args.data)
-    images = common.load_images(args.data, labels).to(device)
+    args, device, labels, images = common.start_run(ap)
+    images = images.to(device)
     model = make_model(args.levels, args.width, args.latent_channels).to(device)
     if args.init:
         model.load_state_dict(AutoencoderTiny.from_pretrained(args.init).float().to(device).state_dict())

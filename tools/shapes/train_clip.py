@@ -210,13 +210,8 @@ def main():
                     "the classifier heads start afresh)")
     ap.add_argument("--checkpoint-every", type=int, default=500)
     common.add_device_args(ap)
-    args = ap.parse_args()
-    device = common.setup_device(args)
-    torch.manual_seed(args.seed)
-    os.makedirs(args.work, exist_ok=True)
-
-    labels = common.read_labels(args.data)
-    images = common.load_images(args.data, labels).to(device)
+    args, device, labels, images = common.start_run(ap)
+    images = images.to(device)
     targets = {k: torch.tensor([v.index(l[k]) for l in labels], device=device) for k, v in HEADS.items()}
     model = (CLIPModel.from_pretrained(args.init).float() if args.init else CLIPModel(config())).to(device)
     log = common.Log(os.path.join(args.work, "log.jsonl"))

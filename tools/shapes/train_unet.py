@@ -34,7 +34,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
@@ -159,13 +158,7 @@ def main():
                     "checkpoint.pt, instead of at random")
     ap.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after this many steps of this run")
     common.add_device_args(ap)
-    args = ap.parse_args()
-    device = common.setup_device(args)
-    torch.manual_seed(args.seed)
-    os.makedirs(args.work, exist_ok=True)
-
-    labels = common.read_labels(args.data)
-    images = common.load_images(args.data, labels)
+    args, device, labels, images = common.start_run(ap)
     latents = encode_latents(args.data, images, args.autoencoder, device, args.augment).to(device)
     del images
     text_encoder = load_text_encoder(args.clip).to(device)
