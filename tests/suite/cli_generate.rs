@@ -1,6 +1,7 @@
 //! `control-clip generate`: from the pipeline fixture's latents the PNG equals diffusers' image (within
 //! 2/255 after both are rounded to 8 bits: 1 for the rounding, 1 for the float differences); a failed
-//! run leaves no file behind.
+//! run leaves no file behind; without flags a bundle's recommended settings are used, a flag wins over
+//! them and a batch line's weights over both.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -128,5 +129,107 @@ fn batch_generates_every_line_and_names_a_bad_line() {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("bad.jsonl, line 2") && stderr.contains(want), "{stderr}");
         assert!(!tmp.join("fine.png").exists(), "nothing is generated before every line is read");
+    }
+}
+
+/// A copy of the tiny-random fixture bundle whose manifest's `defaults` are `defaults` (the manifest lists
+/// the other files' sha256, not its own, so it can be edited).
+fn bundle_with_defaults(tag: &str, defaults: serde_json::Value) -> std::path::PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny-random");
+    let dir = tempdir(tag).join("bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["defaults"] = defaults;
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    dir
+}
+
+/// `control-clip generate --bundle DIR --backend cpu ARGS…`; stderr, checked for success.
+fn generate_from_bundle(bundle: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_control-clip"))
+        .arg("generate").arg("--bundle").arg(bundle)
+        .args(["--backend", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap())).read_info().unwrap();
+    (reader.info().width, reader.info().height)
+}
+
+/// Recommended settings unlike SD's in every field (sizes are multiples of the tiny bundle's factor, 64).
+fn non_sd_defaults() -> serde_json::Value {
+    serde_json::json!({"steps": 3, "guidance": 3.5, "width": 128, "height": 64, "category_weight": 0.9, "style_weight": 0.6})
+}
+
+/// Without flags the bundle's size, steps, guidance and weights are used (the picture is the one the same
+/// values given as flags make) and said to come from the bundle; a flag wins over them; what the bundle does
+/// not say is SD's.
+#[test]
+fn bundle_defaults_are_used_unless_a_flag_is_given() {
+    let bundle = bundle_with_defaults("defaults", non_sd_defaults());
+    let tmp = bundle.parent().unwrap();
+    let prompt = ["--prompt", "a cat", "--seed", "2"];
+    let plain = tmp.join("plain.png");
+    let stderr = generate_from_bundle(&bundle, &[&prompt[..], &["--out", plain.to_str().unwrap()]].concat());
+    assert!(stderr.contains("settings: width 128 (bundle), height 64 (bundle), steps 3 (bundle), guidance 3.5 (bundle), \
+        category weight 0.9 (bundle), style weight 0.6 (bundle)"), "{stderr}");
+    assert!(stderr.contains("step 3/3"), "{stderr}");
+    assert_eq!(png_size(&plain), (128, 64));
+
+    let flags = tmp.join("flags.png");
+    let stderr = generate_from_bundle(&bundle, &[&prompt[..], &[
+        "--width", "128", "--height", "64", "--steps", "3", "--guidance", "3.5", "--category-weight", "0.9",
+        "--style-weight", "0.6", "--out", flags.to_str().unwrap(),
+    ]].concat());
+    assert!(stderr.contains("style weight 0.6 (--style-weight)"), "{stderr}");
+    assert_eq!(std::fs::read(&plain).unwrap(), std::fs::read(&flags).unwrap(), "the bundle's defaults were not applied");
+
+    let over = tmp.join("over.png");
+    let stderr = generate_from_bundle(&bundle, &[&prompt[..], &["--width", "64", "--steps", "2", "--style-weight", "0", "--out", over.to_str().unwrap()]].concat());
+    assert!(stderr.contains("settings: width 64 (--width), height 64 (bundle), steps 2 (--steps), guidance 3.5 (bundle), \
+        category weight 0.9 (bundle), style weight 0 (--style-weight)"), "{stderr}");
+    assert!(stderr.contains("step 2/2"), "{stderr}");
+    assert_eq!(png_size(&over), (64, 64));
+
+    let partial = bundle_with_defaults("partial-defaults", serde_json::json!({"steps": 2, "width": 64, "height": 64}));
+    let out = partial.parent().unwrap().join("partial.png");
+    let stderr = generate_from_bundle(&partial, &[&prompt[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(stderr.contains("guidance 7.5 (built-in), category weight 1 (built-in), style weight 0 (built-in)"), "{stderr}");
+}
+
+/// `--batch`: a line's own weights win over the flags, and the flags over the bundle's defaults; each
+/// picture is the one the single command makes with every setting given as a flag.
+#[test]
+fn batch_takes_line_then_flag_then_bundle_defaults() {
+    let bundle = bundle_with_defaults("batch-defaults", non_sd_defaults());
+    let tmp = bundle.parent().unwrap();
+    let batch = tmp.join("batch.jsonl");
+    std::fs::write(&batch, concat!(
+        r#"{"prompt": "a cat", "seed": 3, "out": "one.png"}"#, "\n",
+        r#"{"prompt": "a dog", "seed": 4, "out": "two.png", "style_weight": 0.2}"#, "\n",
+    )).unwrap();
+    let stderr = generate_from_bundle(&bundle, &["--batch", batch.to_str().unwrap(), "--category-weight", "0.5", "--width", "64"]);
+    assert!(stderr.contains("settings: width 64 (--width), height 64 (bundle), steps 3 (bundle), guidance 3.5 (bundle), \
+        category weight 0.5 (--category-weight), style weight 0.6 (bundle); 1 of 2 batch lines set their own weights"), "{stderr}");
+    for (name, prompt, seed, style) in [("one", "a cat", "3", "0.6"), ("two", "a dog", "4", "0.2")] {
+        let single = tmp.join(format!("{name}-single.png"));
+        generate_from_bundle(&bundle, &[
+            "--prompt", prompt, "--seed", seed, "--width", "64", "--height", "64", "--steps", "3", "--guidance", "3.5",
+            "--category-weight", "0.5", "--style-weight", style, "--out", single.to_str().unwrap(),
+        ]);
+        let batched = tmp.join(format!("{name}.png"));
+        assert_eq!(png_size(&batched), (64, 64));
+        assert_eq!(std::fs::read(&batched).unwrap(), std::fs::read(&single).unwrap(), "{name}.png");
     }
 }

@@ -5,12 +5,19 @@
 //! one JSON object per line, `{"prompt", "seed", "out"}` plus optional `negative_prompt`,
 //! `category_weight` and `style_weight`; every other setting comes from the command line. `out` is relative
 //! to the batch file's folder. A bad line is refused, with the file and line, before anything is generated.
+//!
+//! Size, steps, guidance and the weights ([`SettingFlags`]): an explicit flag wins, else a bundle's
+//! recommended settings (its manifest's `defaults`, as the page starts from them), else SD's usual ones
+//! (512², 20 steps, guidance 7.5, λ = (1, 0): [`GenerateRequest::new`], [`ControlWeights::default`]), which
+//! is all there is for separate component folders. A batch line's own weights win over all three. One
+//! stderr line says which settings were used and where each came from.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use control_clip::bundle::{BundleFile, Defaults, Manifest};
 use control_clip::control::{ControlEncoders, ControlWeights};
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerKind;
@@ -46,31 +53,19 @@ pub struct GenerateArgs {
     /// The adapter on the style branch (default: the identity).
     #[arg(long, conflicts_with = "bundle")]
     adapter: Option<PathBuf>,
-    /// λ_c: how strongly the category context (f_c) drives every cross-attention layer.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    category_weight: f32,
-    /// λ_s: how strongly the style context (A∘f_s) drives every cross-attention layer; 0 switches the
-    /// style branch off.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    style_weight: f32,
+    // Size, steps, guidance and the weights: a flag wins, else the bundle's `defaults`, else SD's.
+    #[command(flatten)]
+    settings: SettingFlags,
     #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
     prompt: Option<String>,
-    /// Many generations from one JSON line each (see the module docs), instead of --prompt / --out.
+    /// Many generations from one JSON line each, instead of --prompt / --out: `{"prompt", "seed", "out"}`
+    /// (`out` relative to the file's folder) plus optional `negative_prompt`, `category_weight`, `style_weight`.
     #[arg(long)]
     batch: Option<PathBuf>,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass (half the work).
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    #[arg(long, default_value_t = 512)]
-    height: usize,
     /// ddim, euler-a, dpmpp-2m or lcm (default: the scheduler config's class).
     #[arg(long)]
     scheduler: Option<String>,
@@ -83,6 +78,122 @@ pub struct GenerateArgs {
     init_latents: Option<PathBuf>,
     #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
     out: Option<PathBuf>,
+}
+
+/// The settings a bundle recommends (its manifest's `defaults`). Each flag that is given wins; one that is
+/// not takes the bundle's value, or SD's when the bundle has none or there is no bundle.
+#[derive(Args, Default)]
+pub(crate) struct SettingFlags {
+    /// Image width, a multiple of the decoder × UNet factor [default: the bundle's `defaults.width`, else 512].
+    #[arg(long)]
+    pub(crate) width: Option<usize>,
+    /// Image height [default: the bundle's `defaults.height`, else 512].
+    #[arg(long)]
+    pub(crate) height: Option<usize>,
+    /// Denoising steps [default: the bundle's `defaults.steps`, else 20].
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+    /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass (half the work) [default: the
+    /// bundle's `defaults.guidance`, else 7.5].
+    #[arg(long)]
+    pub(crate) guidance: Option<f32>,
+    /// λ_c: how strongly the category context (f_c) drives every cross-attention layer [default: the
+    /// bundle's `defaults.category_weight`, else 1; a --batch line's `category_weight` wins].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) category_weight: Option<f32>,
+    /// λ_s: how strongly the style context (A∘f_s) drives every cross-attention layer; 0 switches the style
+    /// branch off [default: the bundle's `defaults.style_weight`, else 0; a --batch line's `style_weight` wins].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) style_weight: Option<f32>,
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The command line, by this flag.
+    Flag(&'static str),
+    /// The bundle's manifest, `defaults`.
+    Bundle,
+    /// SD's usual setting: not a bundle, or the bundle does not say.
+    BuiltIn,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(flag) => f.write_str(flag),
+            Source::Bundle => f.write_str("bundle"),
+            Source::BuiltIn => f.write_str("built-in"),
+        }
+    }
+}
+
+/// A setting's value and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chosen<T> {
+    pub(crate) value: T,
+    pub(crate) from: Source,
+}
+
+/// The flag's value, else the bundle's, else the fallback.
+fn choose<T>(flag: &'static str, given: Option<T>, recommended: Option<T>, fallback: T) -> Chosen<T> {
+    match (given, recommended) {
+        (Some(value), _) => Chosen { value, from: Source::Flag(flag) },
+        (None, Some(value)) => Chosen { value, from: Source::Bundle },
+        (None, None) => Chosen { value: fallback, from: Source::BuiltIn },
+    }
+}
+
+/// Size, steps, guidance and weights for a run, each with its source (the weights before a batch line's own).
+pub(crate) struct Settings {
+    pub(crate) width: Chosen<usize>,
+    pub(crate) height: Chosen<usize>,
+    pub(crate) steps: Chosen<usize>,
+    pub(crate) guidance: Chosen<f32>,
+    pub(crate) category_weight: Chosen<f32>,
+    pub(crate) style_weight: Chosen<f32>,
+}
+
+impl SettingFlags {
+    /// The settings, given a bundle's `defaults` (None: not a bundle).
+    pub(crate) fn resolve(&self, bundle: Option<&Defaults>) -> Settings {
+        let d = bundle.cloned().unwrap_or_default();
+        let sd = GenerateRequest::new("");
+        let weights = ControlWeights::default();
+        let narrow = |v: Option<f64>| v.map(|v| v as f32);
+        Settings {
+            width: choose("--width", self.width, d.width, sd.width),
+            height: choose("--height", self.height, d.height, sd.height),
+            steps: choose("--steps", self.steps, d.steps, sd.steps),
+            guidance: choose("--guidance", self.guidance, narrow(d.guidance), sd.guidance),
+            category_weight: choose("--category-weight", self.category_weight, narrow(d.category_weight), weights.category),
+            style_weight: choose("--style-weight", self.style_weight, narrow(d.style_weight), weights.style),
+        }
+    }
+}
+
+impl Settings {
+    /// Sets the request's size, steps, guidance and weights.
+    pub(crate) fn apply(&self, req: &mut GenerateRequest) -> control_clip::Result<()> {
+        req.width = self.width.value;
+        req.height = self.height.value;
+        req.steps = self.steps.value;
+        req.guidance = self.guidance.value;
+        req.control = ControlWeights::new(self.category_weight.value, self.style_weight.value)?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Settings {
+    /// `width 128 (bundle), height 128 (bundle), steps 15 (--steps), …`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Settings { width: w, height: h, steps: s, guidance: g, category_weight: c, style_weight: st } = self;
+        write!(
+            f,
+            "width {} ({}), height {} ({}), steps {} ({}), guidance {} ({}), category weight {} ({}), style weight {} ({})",
+            w.value, w.from, h.value, h.from, s.value, s.from, g.value, g.from, c.value, c.from, st.value, st.from
+        )
+    }
 }
 
 /// One line of a `--batch` file.
@@ -104,6 +215,8 @@ struct Job {
     seed: u64,
     control: ControlWeights,
     out: PathBuf,
+    /// A batch line that sets a weight of its own.
+    own_weights: bool,
 }
 
 fn check_png_name(flag: &str, path: &Path) -> control_clip::Result<()> {
@@ -113,7 +226,8 @@ fn check_png_name(flag: &str, path: &Path) -> control_clip::Result<()> {
     Ok(())
 }
 
-fn jobs(args: &GenerateArgs) -> control_clip::Result<Vec<Job>> {
+fn jobs(args: &GenerateArgs, settings: &Settings) -> control_clip::Result<Vec<Job>> {
+    let (category, style) = (settings.category_weight.value, settings.style_weight.value);
     let Some(batch) = &args.batch else {
         let out = args.out.clone().expect("clap requires --out without --batch");
         check_png_name("--out", &out)?;
@@ -121,8 +235,9 @@ fn jobs(args: &GenerateArgs) -> control_clip::Result<Vec<Job>> {
             prompt: args.prompt.clone().expect("clap requires --prompt without --batch"),
             negative_prompt: args.negative_prompt.clone(),
             seed: args.seed,
-            control: ControlWeights::new(args.category_weight, args.style_weight)?,
+            control: ControlWeights::new(category, style)?,
             out,
+            own_weights: false,
         }]);
     };
     let name = batch.display().to_string();
@@ -133,17 +248,16 @@ fn jobs(args: &GenerateArgs) -> control_clip::Result<Vec<Job>> {
         let at = format!("{name}, line {}", i + 1);
         let l: BatchLine = serde_json::from_str(line).map_err(|e| Error::file(&at, format!("not a batch line: {e}")))?;
         check_png_name(&at, &l.out)?;
-        let control = ControlWeights::new(
-            l.category_weight.unwrap_or(args.category_weight),
-            l.style_weight.unwrap_or(args.style_weight),
-        )
-        .map_err(|e| Error::file(&at, e.to_string()))?;
+        let own_weights = l.category_weight.is_some() || l.style_weight.is_some();
+        let control = ControlWeights::new(l.category_weight.unwrap_or(category), l.style_weight.unwrap_or(style))
+            .map_err(|e| Error::file(&at, e.to_string()))?;
         jobs.push(Job {
             prompt: l.prompt,
             negative_prompt: l.negative_prompt.unwrap_or_else(|| args.negative_prompt.clone()),
             seed: l.seed,
             control,
             out: folder.join(l.out),
+            own_weights,
         });
     }
     if jobs.is_empty() {
@@ -163,12 +277,21 @@ pub fn run(args: GenerateArgs) -> ExitCode {
 }
 
 async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
-    let jobs = jobs(args)?;
+    // The manifest is read once, for its recommended settings and then for the pipeline.
+    let manifest = args.bundle.as_deref().map(Manifest::read_dir).transpose()?;
+    let settings = args.settings.resolve(manifest.as_ref().map(|m| &m.defaults));
+    let jobs = jobs(args, &settings)?;
+    let own = jobs.iter().filter(|j| j.own_weights).count();
+    let batch_note = if own > 0 { format!("; {own} of {} batch lines set their own weights", jobs.len()) } else { String::new() };
+    eprintln!("settings: {settings}{batch_note}");
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
-    let pipeline = match &args.bundle {
-        Some(dir) => Pipeline::read_bundle(dir, &device).await?,
-        None => {
+    let pipeline = match (&args.bundle, &manifest) {
+        (Some(dir), Some(manifest)) => {
+            let fetch = |file: BundleFile| std::future::ready(manifest.read_verified(dir, &file));
+            Pipeline::from_bundle(manifest, fetch, &device).await?
+        }
+        _ => {
             // clap guarantees all five when there is no bundle.
             let part = |p: &Option<PathBuf>| p.clone().expect("required without --bundle");
             let text_encoder = part(&args.text_encoder);
@@ -186,10 +309,7 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
         }
     };
     let mut req = GenerateRequest::new("");
-    req.steps = args.steps;
-    req.guidance = args.guidance;
-    req.width = args.width;
-    req.height = args.height;
+    settings.apply(&mut req)?;
     req.clip_skip = args.clip_skip;
     req.scheduler = args.scheduler.as_deref().map(str::parse::<SchedulerKind>).transpose()?;
     if let Some(path) = &args.init_latents {

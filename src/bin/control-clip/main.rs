@@ -39,6 +39,12 @@ enum Command {
     /// Fine-tune Control-CLIP's f_c, f_s (LoRA over E) and adapter from labelled pictures.
     Finetune(finetune::FinetuneArgs),
     /// Generate an image from a prompt and write it as a PNG.
+    ///
+    /// Size, steps, guidance and the weights come from their flags when given, else from the bundle's
+    /// recommended settings (its manifest's `defaults`, as the page uses them), else, for separate
+    /// component folders or a bundle that does not say, from SD's usual 512×512, 20 steps, guidance 7.5,
+    /// category weight 1 and style weight 0. With --batch a line's own weights win over the flags. A
+    /// line on stderr says which settings were used and where each came from.
     Generate(generate::GenerateArgs),
     /// Many generations in one process: memory bounded, no slowdown, repeated seeds identical.
     Soak(soak::SoakArgs),
