@@ -72,19 +72,13 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     proc_status_mib("VmHWM:")
 }
 
-/// A request for `prompt` with a bundle's recommended settings (steps, guidance, size, weights), seed 1.
+/// A request for `prompt` with a bundle's recommended settings (steps, guidance, size, weights; each it
+/// does not give is SD's, as `generate` resolves them), seed 1.
 pub(crate) fn bundle_request(dir: &std::path::Path, prompt: &str) -> control_clip::Result<GenerateRequest> {
     let defaults = control_clip::bundle::Manifest::read_dir(dir)?.defaults;
     let mut req = GenerateRequest::new(prompt);
-    req.steps = defaults.steps.unwrap_or(req.steps);
-    req.guidance = defaults.guidance.map_or(req.guidance, |v| v as f32);
-    req.width = defaults.width.unwrap_or(req.width);
-    req.height = defaults.height.unwrap_or(req.height);
+    crate::generate::SettingFlags::default().resolve(Some(&defaults)).apply(&mut req)?;
     req.seed = 1;
-    req.control = control_clip::control::ControlWeights::new(
-        defaults.category_weight.map_or(1.0, |v| v as f32),
-        defaults.style_weight.map_or(0.0, |v| v as f32),
-    )?;
     Ok(req)
 }
 
