@@ -6,6 +6,7 @@ model, the optimiser (and the EMA where there is one) as they were after step s.
 """
 import contextlib
 import json
+import math
 import os
 import time
 
@@ -193,35 +194,35 @@ def replace_dir(target, save):
 class WsdSchedule:
     """Learning-rate factor: linear warm-up, constant, then a cosine decay to `floor` over the last steps.
 
-    The decay starts at `decay_start` (a step) when it is given; otherwise, with a wall-clock budget, the
-    run decides it once `decay_fraction` of the budget has passed: it decays over as many steps as
-    steps-so-far × (1 − f) / f, so the run ends near its budget. Either way the log records both steps, and
-    `--steps END --decay-start START` reproduces the same schedule on any machine.
+    The decay starts at `decay_start` (a step) when it is given; otherwise, with a wall-clock budget
+    (`budget_s`, counted from construction), the run decides it once `decay_fraction` of the budget has
+    passed: it decays over as many steps as steps-so-far × (1 − f) / f, so the run ends near its budget.
+    Either way the log records both steps, and `--steps END --decay-start START` reproduces the same
+    schedule on any machine.
     """
 
-    def __init__(self, steps, warmup, decay_start=None, decay_fraction=0.8, floor=0.1):
+    def __init__(self, steps, warmup, decay_start=None, decay_fraction=0.8, floor=0.1, budget_s=0):
         self.steps, self.warmup, self.floor, self.decay_fraction = steps, warmup, floor, decay_fraction
         self.fixed = decay_start is not None
         self.decay_start = decay_start if decay_start is not None else int(steps * decay_fraction)
+        self.budget_s, self.deadline, self.t0 = budget_s, Deadline(budget_s), time.time()
 
-    def maybe_decide(self, step, deadline, budget_s, t0):
-        """With a budget, move the decay's start (and the end) so that they fit the time still left."""
-        if self.fixed or deadline.end is None or step >= self.decay_start:
-            return False
-        used = time.time() - t0
-        if used >= budget_s * self.decay_fraction:
+    def set_lr(self, opt, peak, step, label="lr"):
+        """Before `step`: moves the decay to fit the time still left once it is due, then sets the rate."""
+        if not self.fixed and self.deadline.end is not None and step < self.decay_start \
+                and time.time() - self.t0 >= self.budget_s * self.decay_fraction:
             self.decay_start = step
             self.steps = min(self.steps, step + max(1, int(step * (1 - self.decay_fraction) / self.decay_fraction)))
-            return True
-        return False
+            print(f"{label}: decay from step {self.decay_start} to {self.steps} (wall-clock budget)", flush=True)
+        for g in opt.param_groups:
+            g["lr"] = peak * self(step)
 
     def __call__(self, s):
         w = min(1.0, (s + 1) / self.warmup) if self.warmup else 1.0
         if s < self.decay_start:
             return w
-        span = max(1, self.steps - self.decay_start)
-        p = min(1.0, (s - self.decay_start) / span)
-        return w * (self.floor + (1 - self.floor) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * p)))
+        p = min(1.0, (s - self.decay_start) / max(1, self.steps - self.decay_start))
+        return w * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
     def state_dict(self):
         return {"steps": self.steps, "decay_start": self.decay_start}

@@ -111,7 +111,7 @@ def main():
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     else:
         sched = common.WsdSchedule(args.steps, max(1, args.steps // 20), args.decay_start, decay_fraction=0.7,
-                                   floor=0.02)
+                                   floor=0.02, budget_s=args.max_seconds)
     ckpt_path = os.path.join(args.work, "checkpoint.pt")
     checkpoint = common.Checkpoint(ckpt_path, model=model, opt=opt, sched=sched)
     start = checkpoint.resume()
@@ -125,10 +125,7 @@ def main():
             print(f"stopped by --max-seconds after step {step} of {args.steps}")
             break
         if args.schedule == "wsd":
-            if sched.maybe_decide(step, deadline, args.max_seconds, t0):
-                print(f"decay from step {sched.decay_start} to {sched.steps} (wall-clock budget)", flush=True)
-            for g in opt.param_groups:
-                g["lr"] = args.lr * sched(step)
+            sched.set_lr(opt, args.lr, step)
         x = to_unit(images[common.batch_indices(args.seed, step, len(labels), args.batch).to(device)])
         if args.augment:
             x = common.dihedral(x, int(torch.randint(8, (1,), generator=common.step_generator(args.seed, step, 3))))

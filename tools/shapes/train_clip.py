@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -68,28 +67,21 @@ def pixel_values(images_u8):
     return (x - mean) / std
 
 
-def set_lr(opt, lr):
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 def train_vision(args, model, images, targets, device, log):
     """Phase 1: the vision tower as a classifier of the labels. Returns the steps done."""
     hidden = model.config.vision_config.hidden_size
     heads = nn.ModuleDict({k: nn.Linear(hidden, len(v)) for k, v in HEADS.items()}).to(device)
     params = list(model.vision_model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
-    wsd = common.WsdSchedule(args.vision_steps, args.warmup, args.vision_decay_start, decay_fraction=0.7, floor=0.02)
+    wsd = common.WsdSchedule(args.vision_steps, args.warmup, args.vision_decay_start, decay_fraction=0.7, floor=0.02,
+                             budget_s=args.max_seconds)
     checkpoint = common.Checkpoint(os.path.join(args.work, "vision.pt"), vision=model.vision_model, heads=heads,
                                    opt=opt, wsd=wsd)
     start = checkpoint.resume()
-    deadline, t0 = common.Deadline(args.max_seconds), time.time()
     step = start
     model.vision_model.train()
     while step < wsd.steps:
-        if wsd.maybe_decide(step, deadline, args.max_seconds, t0):
-            print(f"vision: decay from step {wsd.decay_start} to {wsd.steps} (wall-clock budget)")
-        set_lr(opt, args.vision_lr * wsd(step))
+        wsd.set_lr(opt, args.vision_lr, step, "vision")
         idx = common.batch_indices(args.seed, step, len(images), args.batch).to(device)
         g = common.step_generator(args.seed, step, 3)
         if args.vision_augment == "affine":
@@ -129,7 +121,8 @@ def train_text(args, model, labels, pooled, device, log):
     model.vision_model.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if not n.startswith("vision_model.")]
     opt = torch.optim.AdamW(params, lr=args.text_lr, weight_decay=0.05, betas=(0.9, 0.98))
-    wsd = common.WsdSchedule(args.text_steps, args.warmup, args.text_decay_start, decay_fraction=0.7, floor=0.02)
+    wsd = common.WsdSchedule(args.text_steps, args.warmup, args.text_decay_start, decay_fraction=0.7, floor=0.02,
+                             budget_s=args.max_seconds)
     checkpoint = common.Checkpoint(os.path.join(args.work, "text.pt"), model=model, opt=opt, wsd=wsd)
     start = checkpoint.resume()
     cat = torch.tensor([CATEGORIES.index(l["category"]) for l in labels], device=device)
@@ -137,13 +130,10 @@ def train_text(args, model, labels, pooled, device, log):
     sty = torch.tensor([STYLES.index(l["style"]) for l in labels], device=device)
     tok = common.ClipTokenizer()
     cache = {}
-    deadline, t0 = common.Deadline(args.max_seconds), time.time()
     step = start
     model.text_model.train()
     while step < wsd.steps:
-        if wsd.maybe_decide(step, deadline, args.max_seconds, t0):
-            print(f"text: decay from step {wsd.decay_start} to {wsd.steps} (wall-clock budget)")
-        set_lr(opt, args.text_lr * wsd(step))
+        wsd.set_lr(opt, args.text_lr, step, "text")
         idx = common.batch_indices(args.seed, step, len(labels), args.batch)
         crng = random.Random(args.seed * 1_000_003 + step)
         described = [crng.random() < args.describe_fraction for _ in idx]

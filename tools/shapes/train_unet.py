@@ -177,14 +177,14 @@ def main():
     prediction = noise_sched.config.prediction_type
     alphas = noise_sched.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
-    wsd = common.WsdSchedule(args.steps, args.warmup, args.decay_start)
+    wsd = common.WsdSchedule(args.steps, args.warmup, args.decay_start, budget_s=args.max_seconds)
     ckpt_path = os.path.join(args.work, "checkpoint.pt")
     checkpoint = common.Checkpoint(ckpt_path, model=unet, ema=ema, opt=opt, wsd=wsd)
     start = checkpoint.resume()
     print(f"unet parameters: {sum(p.numel() for p in unet.parameters()):,}; latents {tuple(latents.shape)}; "
           f"{len(captions)} captions encoded")
     log = common.Log(os.path.join(args.work, "log.jsonl"))
-    deadline, t0 = common.Deadline(args.max_seconds), time.time()
+    deadline, t0 = wsd.deadline, wsd.t0
 
     unet.train()
     step = start
@@ -196,10 +196,7 @@ def main():
             overrun = True
             print(f"over the wall-clock budget at step {step} of {wsd.steps}: saving as it is", flush=True)
             break
-        if wsd.maybe_decide(step, deadline, args.max_seconds, t0):
-            print(f"decay from step {wsd.decay_start} to {wsd.steps} (wall-clock budget)", flush=True)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * wsd(step)
+        wsd.set_lr(opt, args.lr, step)
         idx = common.batch_indices(args.seed, step, len(labels), args.batch)
         crng = random.Random(args.seed * 1_000_003 + step)
         rows = []
