@@ -152,7 +152,7 @@ def setup_device(args):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (the small models here are launch-bound, so this is mostly for the matmuls);
+    """bf16 autocast on CUDA for the matrix products (weights, optimiser and EMA stay f32);
     nothing on the CPU, where the reference runs were f32."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

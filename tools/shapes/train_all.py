@@ -227,7 +227,7 @@ def train_unets(args, W, data, clip_dir, aes, chosen, other, summary, dev, threa
         variants = {n: variants[n] for n in args.variants.split(",") if n in variants}
     summary["variants"] = variants
     # At most --unet-parallel runs at a time, each with --unet-seconds (run 1: five processes time-sliced on
-    # one GPU each ran at a seventh of the planned speed).
+    # one GPU each ran at about 8 steps a second, far below the plan).
     runnable = [(n, v) for n, v in variants.items() if os.path.exists(aes[v["ae"]])]
     summary["stages"]["unet"] = {}
     for first in range(0, len(runnable), args.unet_parallel):
