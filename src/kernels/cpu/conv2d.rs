@@ -9,6 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::direct;
+use super::conv_shape::{Epilogue, Shape, upsample_2};
 use super::{SharedIn, SharedOut, for_each_chunk, for_each_index, fresh_output, gemm_f32, gemm_threads, winograd};
 
 /// Most floats of one im2col chunk (16 MiB): large enough that each GEMM is big. Measured on the TAESD
@@ -21,43 +22,6 @@ const COL_BUDGET: usize = 4 << 20;
 /// result does not depend on the thread count.
 const SPLIT_MAX_ROWS: usize = 128;
 const SPLIT_COLUMNS: usize = 512;
-
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    pub batch: usize,
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c_out: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
-    /// Nearest upsampling of the stored input by this factor before the convolution (1: none): `h` and `w`
-    /// are the upsampled sizes, the stored input is [h / upsample, w / upsample].
-    pub upsample: usize,
-}
-
-impl Shape {
-    pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
-    pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-}
-
-/// What is applied to the convolution's output in the same pass: `relu(conv(x) + bias + residual)`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Epilogue<'a> {
-    pub bias: Option<&'a [f32]>,
-    /// [B, C_out, out_h, out_w], added before the ReLU.
-    pub residual: Option<&'a [f32]>,
-    pub relu: bool,
-    /// The weight transformed for the Winograd path ([`winograd::transform_weights`]), when the model
-    /// made it at load; that path transforms it itself otherwise.
-    pub winograd: Option<&'a [f32]>,
-}
 
 pub fn conv2d(x: &[f32], weight: &[f32], epilogue: Epilogue, s: &Shape) -> Vec<f32> {
     let (oh, ow) = (s.out_h(), s.out_w());
@@ -203,23 +167,6 @@ fn im2col(x: &[f32], col: &mut [f32], s: &Shape, r0: usize, rows: usize) {
             }
         }
     });
-}
-
-/// `dst[i] = src[(start + i) / 2]`: a row of the ×2 nearest upsampling, each source value written twice.
-pub(super) fn upsample_2(dst: &mut [f32], src: &[f32], start: usize) {
-    let (mut d, mut j) = (0, start);
-    if j % 2 == 1 && !dst.is_empty() {
-        dst[0] = src[j / 2];
-        (d, j) = (1, j + 1);
-    }
-    let pairs = (dst.len() - d) / 2;
-    for (pair, &v) in dst[d..d + 2 * pairs].chunks_exact_mut(2).zip(&src[j / 2..j / 2 + pairs]) {
-        pair[0] = v;
-        pair[1] = v;
-    }
-    if (dst.len() - d) % 2 == 1 {
-        dst[dst.len() - 1] = src[(j + 2 * pairs) / 2];
-    }
 }
 
 /// Random draws for the unit tests that compare the other convolution paths (Winograd, direct) with

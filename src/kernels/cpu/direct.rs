@@ -15,7 +15,7 @@
 //! Every output is one task's sum over (input channel, ky, kx) in that order, so the result does not
 //! depend on the thread count.
 
-use super::conv2d::{Epilogue, Shape, upsample_2};
+use super::conv_shape::{Epilogue, Shape, upsample_2};
 
 /// Output rows per task.
 const BAND: usize = 8;
@@ -463,8 +463,9 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::Isa;
+    use super::super::conv_shape::{Epilogue, Shape};
+    use super::super::conv2d::im2col_gemm;
     use super::super::conv2d::test_draws::{draws, values};
-    use super::super::conv2d::{Epilogue, Shape, im2col_gemm};
 
     /// The suite's kernel tests see this path (with the CPU's best instruction set); this compares it,
     /// with every instruction set the CPU has, with the im2col path directly, over random shapes (odd

@@ -17,6 +17,7 @@
 
 mod attention;
 mod conv2d;
+mod conv_shape;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 mod group_norm;
@@ -69,8 +70,8 @@ impl CpuKernelOps for Flex {
         let (x, weight, bias, residual, winograd) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous(), residual.to_contiguous(), winograd.to_contiguous());
         let xs = x.layout().shape().to_vec();
         let ws = weight.layout().shape().to_vec();
-        let shape = conv2d::Shape { batch: xs[0], c_in: xs[1], h: xs[2] * upsample, w: xs[3] * upsample, c_out: ws[0], kernel: ws[2], stride, padding, upsample };
-        let epilogue = conv2d::Epilogue {
+        let shape = conv_shape::Shape { batch: xs[0], c_in: xs[1], h: xs[2] * upsample, w: xs[3] * upsample, c_out: ws[0], kernel: ws[2], stride, padding, upsample };
+        let epilogue = conv_shape::Epilogue {
             bias: has_bias.then(|| storage(&bias)),
             residual: has_residual.then(|| storage(&residual)),
             relu,
@@ -169,7 +170,7 @@ impl Default for ConvFused<'_> {
 /// channels each way: src/kernels/cpu/winograd.rs); `None` elsewhere. Made once, when a model is loaded.
 pub fn winograd_weight(weight: &Tensor<4>, stride: usize, padding: usize) -> Option<Tensor<3>> {
     let [c_out, c_in, kh, kw] = weight.dims();
-    let shape = conv2d::Shape { batch: 1, c_in, h: kh, w: kw, c_out, kernel: kh, stride, padding, upsample: 1 };
+    let shape = conv_shape::Shape { batch: 1, c_in, h: kh, w: kw, c_out, kernel: kh, stride, padding, upsample: 1 };
     let applies = cpu_kernels_available(&weight.device()) && weight.dtype() == DType::F32 && kh == kw && winograd::applies(&shape);
     applies.then(|| Tensor::from_dispatch(<Dispatch as CpuKernelOps>::cpu_winograd_weight(weight.clone().into_dispatch())))
 }

@@ -13,7 +13,7 @@
 //! SD-1.5-narrow model in the browser: convolutions 294 → 254 ms); natively the AVX-512 GEMM is fast enough
 //! that the transforms' extra memory traffic made the TAESD decoder slower (968 → 1,685 ms at 512²).
 
-use super::conv2d::Shape;
+use super::conv_shape::Shape;
 use super::{SharedOut, for_each_index, gemm_f32, gemm_threads};
 
 /// Most floats of one band's transformed input V and products M together (16 MiB).
@@ -175,8 +175,9 @@ fn transform_output(m: &[f32], s: &Shape, g0: usize, rows: usize, out: &mut [f32
 
 #[cfg(test)]
 mod tests {
+    use super::super::conv_shape::Shape;
+    use super::super::conv2d::im2col_gemm;
     use super::super::conv2d::test_draws::{draws, values};
-    use super::super::conv2d::{Shape, im2col_gemm};
 
     /// Natively [`super::applies`] is false, so the kernel tests of tests/suite see the im2col path: this
     /// compares the Winograd path with it directly, over random shapes (odd sizes, batch 2, 16–70 channels),
