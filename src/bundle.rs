@@ -271,10 +271,14 @@ impl Components {
     }
 
     /// Refuses any file name that is not a plain name inside the bundle (see [`check_file_name`]), naming
-    /// the manifest field, before anything is read or fetched, and any declared size over [`MAX_FILE_BYTES`].
+    /// the manifest field, before anything is read or fetched, any sha256 that is not 64 hexadecimal digits
+    /// (either case), and any declared size over [`MAX_FILE_BYTES`].
     fn check_files(&self, manifest: &str) -> Result<()> {
         let check = |field: String, f: &BundleFile| -> Result<()> {
             check_file_name(manifest, &format!("{field}.file"), &f.file)?;
+            if !(f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+                return Err(Error::config(manifest, format!("{field}.sha256"), format!("`{}` is not a sha256 digest (64 hexadecimal digits)", f.sha256)));
+            }
             if f.bytes > MAX_FILE_BYTES {
                 return Err(Error::config(manifest, format!("{field}.bytes"), format!("{} bytes is more than any bundle file may hold ({MAX_FILE_BYTES})", f.bytes)));
             }
@@ -437,15 +441,16 @@ impl Manifest {
         format!("{}/{name}", self.origin)
     }
 
-    /// Checks a file's size and digest (lowercase hex sha256, computed by the caller: natively with
-    /// [`sha256_hex`], in the browser with `crypto.subtle`) against the manifest: size first (a truncated
-    /// download), then sha256 (a corrupt one).
+    /// Checks a file's size and digest (hex sha256, computed by the caller: natively with [`sha256_hex`], in
+    /// the browser with `crypto.subtle`) against the manifest: size first (a truncated download), then
+    /// sha256 (a corrupt one). Hex digits compare in either case: a manifest written by hand with an
+    /// uppercase digest (`certutil`, PowerShell's `Get-FileHash`) names the same bytes.
     pub fn verify_digest(&self, file: &BundleFile, len: u64, sha256: &str) -> Result<()> {
         let path = self.path(&file.file);
         if len != file.bytes {
             return Err(Error::file(path, format!("{len} bytes, the manifest says {} (truncated or wrong file)", file.bytes)));
         }
-        if sha256 != file.sha256 {
+        if !sha256.eq_ignore_ascii_case(&file.sha256) {
             return Err(Error::file(path, format!("sha256 {sha256} does not match the manifest's {} (corrupt or wrong file)", file.sha256)));
         }
         Ok(())

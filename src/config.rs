@@ -13,6 +13,16 @@ use crate::error::{Error, Result};
 /// would ask for terabytes of betas), so it is refused by name.
 pub const MAX_CONFIG_INTEGER: usize = 1 << 20;
 
+/// Refuses an integer of a config over [`MAX_CONFIG_INTEGER`], naming `file` and `field`: the one bound of
+/// model, scheduler and training configs (src/train reads its config through serde and checks its sizes
+/// here).
+pub fn bounded_integer(file: &str, field: &str, value: u64) -> Result<usize> {
+    if value > MAX_CONFIG_INTEGER as u64 {
+        return Err(Error::config(file, field, format!("{value} is over the largest value a config may give ({MAX_CONFIG_INTEGER})")));
+    }
+    Ok(value as usize)
+}
+
 /// A parsed JSON object plus the name of the file it came from.
 #[derive(Debug, Clone)]
 pub struct ConfigJson {
@@ -69,9 +79,26 @@ impl ConfigJson {
         Ok(self.opt_f64(field)?.unwrap_or(default))
     }
 
-    /// A number (Python's `Infinity`, `-Infinity` and `NaN` included), or None when absent or null.
+    /// A finite number, or None when absent or null. Python's `NaN` and `±Infinity` (and values beyond
+    /// f32's range, which the models would turn into infinities) are refused by name: a decoder's NaN
+    /// `scaling_factor` would write an all-black picture, an infinite `shift_factor` another picture.
+    /// Fields where an infinity means something read [`ConfigJson::opt_f64_or_infinite`].
     pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
-        self.typed(field, "a number", |v| match v {
+        let value = self.opt_f64_or_infinite(field)?;
+        if let Some(v) = value.filter(|v| v.is_infinite()) {
+            let found = if v > 0.0 { "Infinity" } else { "-Infinity" };
+            return Err(Error::config(&self.file, field, format!("must be a finite number, found {found}")));
+        }
+        if let Some(v) = value.filter(|v| v.abs() > f32::MAX as f64) {
+            return Err(Error::config(&self.file, field, format!("must be within f32's range (±3.4e38), found {v:e}")));
+        }
+        Ok(value)
+    }
+
+    /// A number, `Infinity` and `-Infinity` included (Python's bare specials, or those strings: diffusers
+    /// saves `"lambda_min_clipped": -Infinity`), or None when absent or null; `NaN` is refused by name.
+    pub fn opt_f64_or_infinite(&self, field: &str) -> Result<Option<f64>> {
+        let value = self.typed(field, "a number", |v| match v {
             Value::String(s) => match s.as_str() {
                 "Infinity" => Some(f64::INFINITY),
                 "-Infinity" => Some(f64::NEG_INFINITY),
@@ -79,7 +106,11 @@ impl ConfigJson {
                 _ => None,
             },
             _ => v.as_f64(),
-        })
+        })?;
+        if value.is_some_and(f64::is_nan) {
+            return Err(Error::config(&self.file, field, "must be a number, found NaN"));
+        }
+        Ok(value)
     }
 
     /// A non-negative integer up to [`MAX_CONFIG_INTEGER`], or None when absent or null.
@@ -88,10 +119,7 @@ impl ConfigJson {
     }
 
     fn bounded(&self, field: &str, value: u64) -> Result<usize> {
-        if value > MAX_CONFIG_INTEGER as u64 {
-            return Err(Error::config(&self.file, field, format!("{value} is over the largest value a config may give ({MAX_CONFIG_INTEGER})")));
-        }
-        Ok(value as usize)
+        bounded_integer(&self.file, field, value)
     }
 
     /// true / false, or None when absent or null.

@@ -206,7 +206,7 @@ impl SchedulerConfig {
             use_flow_sigmas: c.opt_bool("use_flow_sigmas")?,
             use_dynamic_shifting: c.opt_bool("use_dynamic_shifting")?,
             final_sigmas_type: c.opt_string("final_sigmas_type")?,
-            lambda_min_clipped: c.opt_f64("lambda_min_clipped")?,
+            lambda_min_clipped: c.opt_f64_or_infinite("lambda_min_clipped")?,
             variance_type: c.opt_string("variance_type")?,
             sigma_min: c.opt_f64("sigma_min")?,
             sigma_max: c.opt_f64("sigma_max")?,

@@ -10,6 +10,8 @@
 //! Parsing works on text (no file system), so the same code serves the CLI and a later page; every error
 //! names the file and, for labels, the line.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -40,7 +42,9 @@ impl Domain {
             if list.len() < min {
                 return Err(Error::config(file, field, format!("needs at least {min} entr{}, found {}", if min == 1 { "y" } else { "ies" }, list.len())));
             }
-            if let Some(dup) = list.iter().enumerate().find(|(i, v)| list[..*i].contains(v)).map(|(_, v)| v) {
+            // One pass with a set (a quadratic scan took seconds on lists of tens of thousands).
+            let mut seen = HashSet::with_capacity(list.len());
+            if let Some(dup) = list.iter().find(|v| !seen.insert(v.as_str())) {
                 return Err(Error::config(file, field, format!("`{dup}` appears twice")));
             }
         }
@@ -110,6 +114,17 @@ struct LabelLine {
 /// Parses `labels.jsonl` against the domain's class names; `file` names it in errors (with the line).
 pub fn parse_labels(file: &str, text: &str, domain: &Domain) -> Result<Vec<Labelled>> {
     let mut out: Vec<Labelled> = Vec::new();
+    // Linear in the lines and the class names: names are looked up in maps, and each file's first line is
+    // kept in one (scanning the lines read so far took 7.6 s for 80,000 lines).
+    let index = |names: &[String]| -> HashMap<String, usize> {
+        let mut map = HashMap::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
+            map.entry(name.clone()).or_insert(k);
+        }
+        map
+    };
+    let (category_index, style_index) = (index(&domain.categories), index(&domain.styles));
+    let mut first_line: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let at = format!("{file}:{n}");
@@ -121,21 +136,22 @@ pub fn parse_labels(file: &str, text: &str, domain: &Domain) -> Result<Vec<Label
         if name.contains("..") || name.starts_with('/') || name.contains('\\') {
             return Err(Error::file(&at, format!("`{name}` must be a plain name inside the dataset folder")));
         }
-        let find = |value: Option<String>, names: &[String], kind: &str| -> Result<Option<usize>> {
+        let find = |value: Option<String>, index: &HashMap<String, usize>, names: &[String], kind: &str| -> Result<Option<usize>> {
             match value {
                 None => Ok(None),
-                Some(v) => names
-                    .iter()
-                    .position(|c| *c == v)
+                Some(v) => index
+                    .get(&v)
+                    .copied()
                     .map(Some)
                     .ok_or_else(|| Error::file(&at, format!("unknown {kind} `{v}` (domain.json has {})", names.join(", ")))),
             }
         };
-        let category = find(parsed.category, &domain.categories, "category")?;
-        let style = find(parsed.style, &domain.styles, "style")?;
-        if let Some(first) = out.iter().find(|o| o.file == name) {
-            return Err(Error::file(&at, format!("`{name}` is already labelled on line {}", first.line)));
+        let category = find(parsed.category, &category_index, &domain.categories, "category")?;
+        let style = find(parsed.style, &style_index, &domain.styles, "style")?;
+        if let Some(first) = first_line.get(&name) {
+            return Err(Error::file(&at, format!("`{name}` is already labelled on line {first}")));
         }
+        first_line.insert(name.clone(), n);
         out.push(Labelled { file: name, category, style, line: n });
     }
     if out.is_empty() {
@@ -145,7 +161,9 @@ pub fn parse_labels(file: &str, text: &str, domain: &Domain) -> Result<Vec<Label
         ("category", &domain.categories, (|l: &Labelled| l.category) as fn(&Labelled) -> Option<usize>),
         ("style", &domain.styles, |l: &Labelled| l.style),
     ] {
-        if let Some(k) = (0..names.len()).find(|&k| !out.iter().any(|l| get(l) == Some(k))) {
+        let mut used = vec![false; names.len()];
+        out.iter().filter_map(get).for_each(|k| used[k] = true);
+        if let Some(k) = used.iter().position(|u| !u) {
             return Err(Error::file(file, format!("no picture is labelled with the {kind} `{}`", names[k])));
         }
     }
@@ -181,6 +199,39 @@ mod tests {
             let err = parse_labels("labels.jsonl", text, &d).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    /// Duplicates are named as before (the later line, the first one's line; the repeated name), and
+    /// finding them is linear: 80,000 label lines and a domain of 80,000 categories each take well under a
+    /// second (the quadratic scans took 7.6 s on the lines).
+    #[test]
+    fn duplicates_are_named_and_found_in_linear_time() {
+        let d = domain();
+        let text = "{\"file\": \"a.png\", \"category\": \"star\", \"style\": \"flat\"}\n{\"file\": \"b.png\", \"category\": \"heart\", \"style\": \"striped\"}\n\n{\"file\": \"a.png\"}";
+        let err = parse_labels("labels.jsonl", text, &d).unwrap_err().to_string();
+        assert!(err.contains("labels.jsonl:4") && err.contains("`a.png` is already labelled on line 1"), "{err}");
+        let err = Domain::parse("d.json", r#"{"categories": ["a", "b", "c", "b", "a"], "styles": ["x", "y"], "category_templates": ["{}"], "style_templates": ["{}"], "caption_templates": ["{category} {style}"], "general_prompts": ["p"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("d.json") && err.contains("categories") && err.contains("`b` appears twice"), "{err}");
+
+        const N: usize = 80_000;
+        let mut lines: Vec<String> = (0..N).map(|i| format!("{{\"file\": \"{i:06}.png\", \"category\": \"{}\", \"style\": \"{}\"}}", ["star", "heart"][i % 2], ["flat", "striped"][i / 2 % 2])).collect();
+        let start = std::time::Instant::now();
+        assert_eq!(parse_labels("labels.jsonl", &lines.join("\n"), &d).unwrap().len(), N);
+        lines.push(format!("{{\"file\": \"{:06}.png\"}}", N - 1));
+        let err = parse_labels("labels.jsonl", &lines.join("\n"), &d).unwrap_err().to_string();
+        assert!(err.contains(&format!("labels.jsonl:{}", N + 1)) && err.contains(&format!("already labelled on line {N}")), "{err}");
+        let names: Vec<String> = (0..N).map(|i| format!("\"c{i}\"")).collect();
+        let domain_text = |categories: &[String]| {
+            format!(r#"{{"categories": [{}], "styles": ["x", "y"], "category_templates": ["{{}}"], "style_templates": ["{{}}"], "caption_templates": ["{{category}} {{style}}"], "general_prompts": ["p"]}}"#, categories.join(", "))
+        };
+        assert_eq!(Domain::parse("d.json", &domain_text(&names)).unwrap().categories.len(), N);
+        let mut repeated = names.clone();
+        repeated.push(names[0].clone());
+        let err = Domain::parse("d.json", &domain_text(&repeated)).unwrap_err().to_string();
+        assert!(err.contains("`c0` appears twice"), "{err}");
+        assert!(start.elapsed().as_secs_f64() < 5.0, "took {:?}", start.elapsed());
     }
 
     #[test]

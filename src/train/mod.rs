@@ -176,6 +176,11 @@ impl TrainConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad("weight_decay", "must be a finite number ≥ 0");
         }
+        // Sizes and per-step counts are bounded as model configs' integers are (a LoRA rank or an adapter
+        // width of 10^12 aborted on allocation): refused by file and field before anything is built.
+        for (field, value) in [("lora.r", self.lora.r), ("adapter_dim", self.adapter_dim), ("batch", self.batch), ("triplets", self.triplets)] {
+            crate::config::bounded_integer(file, field, value as u64)?;
+        }
         if self.lora.r == 0 {
             return bad("lora.r", "must be at least 1");
         }

@@ -262,7 +262,7 @@ impl BundleManifest {
             .collect()
     }
 
-    /// Checks a file against the manifest, given its length and lowercase hex sha256 (the worker hashes
+    /// Checks a file against the manifest, given its length and hex sha256 (the worker hashes
     /// with `crypto.subtle`); throws an Error naming the file when it is truncated, corrupt or unlisted.
     pub fn verify(&self, name: &str, length: f64, sha256: &str) -> Result<(), JsError> {
         let file = self.inner.file(name).map_err(js_err)?;

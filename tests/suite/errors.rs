@@ -298,3 +298,103 @@ fn over_long_safetensors_headers_are_refused_before_reading() {
     assert!(e.contains("model.safetensors") && e.contains("150000000") && e.contains("limit"), "{e}");
     assert!(start.elapsed().as_secs() < 2, "refusing took {:?}", start.elapsed());
 }
+
+/// A bundle manifest's sha256 compares in either case (an uppercase digest written by hand names the same
+/// bytes), and one that is not 64 hexadecimal digits is refused at parse time by field, not reported later
+/// as a corrupt file.
+#[test]
+fn manifest_digests_compare_in_either_case_and_malformed_ones_are_refused_by_field() {
+    use control_clip::bundle::{BundleFile, Components, Defaults, Files, Manifest, SchedulerComponent, WeightsComponent};
+    let weights = |name: &str| WeightsComponent { files: Files::One(BundleFile::of(name, name.as_bytes())), dtype: None, form: None, config: Default::default() };
+    let components = Components {
+        tokenizer: BundleFile::of("tokenizer.json", b"{}"),
+        text_encoder: weights("text_encoder.safetensors"),
+        unet: weights("unet.safetensors"),
+        decoder: weights("decoder.safetensors"),
+        scheduler: SchedulerComponent { config: Default::default() },
+        category_encoder: None,
+        style_encoder: None,
+        adapter: None,
+    };
+    let text = Manifest::new("n", "l", Defaults::default(), components).to_json();
+    let unet = BundleFile::of("unet.safetensors", b"unet.safetensors");
+    assert!(text.contains(&unet.sha256));
+
+    let upper = text.replace(&unet.sha256, &unet.sha256.to_uppercase());
+    let manifest = Manifest::parse("b", &upper).unwrap();
+    let listed = manifest.file("unet.safetensors").unwrap().clone();
+    assert_eq!(listed.sha256, unet.sha256.to_uppercase());
+    manifest.verify(&listed, b"unet.safetensors").unwrap();
+    manifest.verify_digest(&listed, listed.bytes, &unet.sha256).unwrap();
+    // Other bytes are still a corrupt file, whatever the case.
+    let e = manifest.verify(&listed, b"unet.safetensorz").unwrap_err().to_string();
+    assert!(e.contains("b/unet.safetensors") && e.contains("does not match"), "{e}");
+
+    for bad in [&unet.sha256[..63], "", &format!("{}g", &unet.sha256[..63]), &format!("{} ", unet.sha256)] {
+        let e = Manifest::parse("b", &text.replace(&unet.sha256, bad)).unwrap_err().to_string();
+        assert!(e.contains("b/manifest.json") && e.contains("field `components.unet.sha256`") && e.contains("64 hexadecimal digits"), "{bad:?}: {e}");
+    }
+}
+
+/// Non-finite config numbers (Python's bare `NaN` / `Infinity`, or those strings) are refused by file and
+/// field; a decoder's NaN `scaling_factor` used to write an all-black picture and an infinite
+/// `shift_factor` another picture. JSON numbers too large for f64 (1e999) are already refused by the JSON
+/// reader, naming the file; finite values beyond f32's range would become infinities in the models.
+#[test]
+fn non_finite_config_numbers_are_refused_by_name() {
+    use control_clip::models::{taesd::TinyDecoderConfig, vae::VaeConfig};
+    use control_clip::schedulers::SchedulerConfig;
+    let taesd = |text: &str| TinyDecoderConfig::from_json(&ConfigJson::parse("d/config.json", text).unwrap()).err().map(|e| e.to_string());
+    for (text, field, found) in [
+        (r#"{"scaling_factor": NaN}"#, "scaling_factor", "found NaN"),
+        (r#"{"shift_factor": Infinity}"#, "shift_factor", "found Infinity"),
+        (r#"{"shift_factor": -Infinity}"#, "shift_factor", "found -Infinity"),
+        (r#"{"scaling_factor": "NaN"}"#, "scaling_factor", "found NaN"),
+        (r#"{"scaling_factor": 1e300}"#, "scaling_factor", "f32's range"),
+    ] {
+        let e = taesd(text).unwrap_or_else(|| panic!("{text} was accepted"));
+        assert!(e.contains("d/config.json") && e.contains(&format!("field `{field}`")) && e.contains(found), "{text}: {e}");
+    }
+    assert!(taesd(r#"{"scaling_factor": 1.5, "shift_factor": -0.5}"#).is_none());
+
+    let vae = ConfigJson::parse("v/config.json", r#"{"up_block_types": ["UpDecoderBlock2D"], "block_out_channels": [32], "scaling_factor": NaN}"#).unwrap();
+    let e = VaeConfig::from_json(&vae).err().unwrap().to_string();
+    assert!(e.contains("v/config.json") && e.contains("field `scaling_factor`") && e.contains("NaN"), "{e}");
+
+    let mut config: serde_json::Value = serde_json::from_str(&config_text()).unwrap();
+    config["layer_norm_eps"] = "Infinity".into();
+    let e = load_err(&config.to_string(), model_bytes());
+    assert!(e.contains("m/config.json") && e.contains("field `layer_norm_eps`") && e.contains("Infinity"), "{e}");
+
+    let scheduler = |text: &str| SchedulerConfig::parse("s/scheduler_config.json", text).err().map(|e| e.to_string());
+    let e = scheduler(r#"{"_class_name": "DDIMScheduler", "beta_end": NaN}"#).unwrap();
+    assert!(e.contains("s/scheduler_config.json") && e.contains("field `beta_end`") && e.contains("NaN"), "{e}");
+    // diffusers' saved -Infinity of lambda_min_clipped still reads; NaN there does not.
+    assert!(scheduler(r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity}"#).is_none());
+    let e = scheduler(r#"{"lambda_min_clipped": NaN}"#).unwrap();
+    assert!(e.contains("field `lambda_min_clipped`") && e.contains("NaN"), "{e}");
+
+    // What JSON itself cannot hold: serde_json refuses a number beyond f64 at parse time, naming the file.
+    let e = ConfigJson::parse("d/config.json", r#"{"scaling_factor": 1e999}"#).err().unwrap().to_string();
+    assert!(e.contains("d/config.json") && e.contains("out of range"), "{e}");
+}
+
+/// The training config's sizes and per-step counts are bounded as model configs' integers are (10^12
+/// aborted on allocation): refused by file and field, the bound itself allowed.
+#[test]
+fn over_large_training_integers_are_refused_by_name() {
+    use control_clip::train::TrainConfig;
+    let start = std::time::Instant::now();
+    for (text, field) in [
+        (r#"{"adapter_dim": 1000000000000}"#, "adapter_dim"),
+        (r#"{"lora": {"r": 1000000000000}}"#, "lora.r"),
+        (r#"{"batch": 1000000000000}"#, "batch"),
+        (r#"{"triplets": 1000000000000}"#, "triplets"),
+    ] {
+        let e = TrainConfig::parse("t/train.json", text).err().unwrap().to_string();
+        assert!(e.contains("t/train.json") && e.contains(&format!("field `{field}`")) && e.contains("over the largest value"), "{text}: {e}");
+        let at_bound = text.replace("1000000000000", &control_clip::config::MAX_CONFIG_INTEGER.to_string());
+        TrainConfig::parse("t/train.json", &at_bound).unwrap();
+    }
+    assert!(start.elapsed().as_secs() < 2, "refusing took {:?}", start.elapsed());
+}
