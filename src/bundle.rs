@@ -476,17 +476,18 @@ impl Manifest {
         }
     }
 
-    /// Reads one of the bundle folder's files and verifies it against the manifest (native only).
+    /// Reads one of the bundle folder's files and verifies it against the manifest (native only). It must
+    /// be a regular file, not a symbolic link (refused by name, whatever the link's target: no file outside
+    /// the folder is read, nor its size or digest shown), and no more than the manifest's size is read.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_verified(&self, dir: &std::path::Path, file: &BundleFile) -> Result<Vec<u8>> {
         let path = dir.join(&file.file);
-        // The size first, from the file system: a file of the wrong size is never read into memory.
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.len() != file.bytes {
-                self.verify_digest(file, meta.len(), "")?;
-            }
+        let (opened, len) = crate::files::open_in_bundle(&path)?;
+        // The size first, from the opened file: a file of the wrong size is never read into memory.
+        if len != file.bytes {
+            self.verify_digest(file, len, "")?;
         }
-        let bytes = crate::files::read_bytes(&path)?;
+        let bytes = crate::files::read_opened(&path, opened, file.bytes)?;
         self.verify(file, &bytes)?;
         Ok(bytes)
     }
@@ -501,9 +502,9 @@ impl Manifest {
         self.verify_digest(file, len, &sha256_hex(bytes))
     }
 
-    /// Reads a bundle folder's manifest (native).
+    /// Reads a bundle folder's manifest (native; a regular file, not a symbolic link).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
-        Self::parse(&dir.display().to_string(), &crate::files::read_text(&dir.join(MANIFEST))?)
+        Self::parse(&dir.display().to_string(), &crate::files::read_text_in_bundle(&dir.join(MANIFEST))?)
     }
 }

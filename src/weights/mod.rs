@@ -314,8 +314,7 @@ impl FileIndex {
         use std::io::Read;
         let name = path.display().to_string();
         let io = |e: std::io::Error| Error::file(&name, format!("cannot read: {e}"));
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let (mut file, len) = crate::files::open_regular(path, crate::files::Links::Follow)?;
         let mut first = [0u8; 8];
         let got = file.read(&mut first).map_err(io)?;
         let data_start = header_end(&name, &first[..got], len)?;
@@ -359,7 +358,7 @@ impl FileIndex {
         ordered.sort_by_key(|(_, e)| e.start);
         let total = ordered.iter().map(|(_, e)| e.end - e.start).sum();
         let mut bytes = vec![0u8; total];
-        let mut file = std::fs::File::open(&self.path).map_err(io)?;
+        let (mut file, _) = crate::files::open_regular(&self.path, crate::files::Links::Follow)?;
         let mut entries = BTreeMap::new();
         let mut at = 0;
         for (pick, e) in ordered {

@@ -398,3 +398,127 @@ fn over_large_training_integers_are_refused_by_name() {
     }
     assert!(start.elapsed().as_secs() < 2, "refusing took {:?}", start.elapsed());
 }
+
+/// `control-clip ARGS…` with a deadline: its exit code and stderr, or a failed test if it runs past
+/// `seconds` (killed first, so that a hang fails the test instead of stalling the suite).
+#[cfg(unix)]
+fn cli_within(seconds: u64, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let dir = crate::common::tempdir("cli-within");
+    let stderr_path = dir.join("stderr.txt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_control-clip"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("control-clip {args:?} ran past {seconds} s: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.code(), std::fs::read_to_string(&stderr_path).unwrap())
+}
+
+/// The tiny bundle, copied into a fresh folder.
+#[cfg(unix)]
+fn copied_tiny_bundle(tag: &str) -> std::path::PathBuf {
+    let bundle = crate::common::tempdir(tag).join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("bundles/tiny-random")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    bundle
+}
+
+#[cfg(unix)]
+fn generate_from(bundle: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = crate::common::tempdir("generate-out").join("out.png");
+    let mut args: Vec<&std::ffi::OsStr> = ["generate", "--backend", "cpu", "--prompt", "a cat", "--bundle"].iter().map(|a| a.as_ref()).collect();
+    args.push(bundle.as_os_str());
+    args.extend(["--out".as_ref(), out.as_os_str()]);
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    cli_within(20, &args)
+}
+
+/// A bundle's file that is a symbolic link (to a file outside the folder, or to /dev/zero), a FIFO, or a
+/// manifest that is a link is refused by name, before anything is read: exit 2, quickly, and no size or
+/// digest of the link's target in the message.
+#[cfg(unix)]
+#[test]
+fn links_and_special_files_in_a_bundle_are_refused_by_name() {
+    const SHARD: &str = "unet-00001-of-00002.safetensors";
+    let refused = |bundle: &std::path::Path, what: &str| {
+        let start = std::time::Instant::now();
+        let (code, stderr) = generate_from(bundle, &[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("{SHARD}: {what}")), "{stderr}");
+        assert!(start.elapsed().as_secs() < 15, "refusing took {:?}", start.elapsed());
+        stderr
+    };
+    // (a) A link to a file outside the folder.
+    let bundle = copied_tiny_bundle("link-outside");
+    let secret = bundle.parent().unwrap().join("secret.bin");
+    let secret_bytes: Vec<u8> = (0..12_345u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&secret, &secret_bytes).unwrap();
+    std::fs::remove_file(bundle.join(SHARD)).unwrap();
+    std::os::unix::fs::symlink(&secret, bundle.join(SHARD)).unwrap();
+    let stderr = refused(&bundle, "is a symbolic link (bundle files must be regular files inside the bundle folder)");
+    let digest = control_clip::bundle::sha256_hex(&secret_bytes);
+    assert!(!stderr.contains("12345") && !stderr.contains(&digest) && !stderr.contains("sha256"), "the message tells about the outside file: {stderr}");
+    // Even a link to a good copy of the file inside the folder is refused (the rule is by name).
+    std::fs::remove_file(bundle.join(SHARD)).unwrap();
+    std::fs::copy(fixtures().join("bundles/tiny-random").join(SHARD), bundle.join("copy.safetensors")).unwrap();
+    std::os::unix::fs::symlink("copy.safetensors", bundle.join(SHARD)).unwrap();
+    refused(&bundle, "is a symbolic link");
+    // (b) A link to /dev/zero, with the manifest's size set to 0 (the old size check passed it, then the
+    // read never ended).
+    std::fs::remove_file(bundle.join(SHARD)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", bundle.join(SHARD)).unwrap();
+    let text = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest["components"]["unet"]["shards"][0]["bytes"] = 0.into();
+    std::fs::write(bundle.join("manifest.json"), manifest.to_string()).unwrap();
+    refused(&bundle, "is a symbolic link");
+    // (c) A FIFO: refused without opening it (opening one for reading waits for a writer).
+    std::fs::remove_file(bundle.join(SHARD)).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(bundle.join(SHARD)).status().unwrap().success());
+    refused(&bundle, "is not a regular file (a FIFO)");
+    // The manifest itself: a link is refused too.
+    std::fs::write(bundle.join("real-manifest.json"), &text).unwrap();
+    std::fs::remove_file(bundle.join("manifest.json")).unwrap();
+    std::os::unix::fs::symlink("real-manifest.json", bundle.join("manifest.json")).unwrap();
+    let (code, stderr) = generate_from(&bundle, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("manifest.json: is a symbolic link"), "{stderr}");
+}
+
+/// (d) `generate --init-latents` and `check --io` name files the user chose: a link is followed, but what
+/// it opens must be a regular file; /dev/zero and a FIFO are refused by name (exit 2), without hanging.
+#[cfg(unix)]
+#[test]
+fn user_named_special_files_are_refused_by_name() {
+    let dir = crate::common::tempdir("user-special");
+    let fifo = dir.join("latents.safetensors");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let zero_link = dir.join("zero.safetensors");
+    std::os::unix::fs::symlink("/dev/zero", &zero_link).unwrap();
+    let bundle = fixtures().join("bundles/tiny-random");
+    for (path, what) in [(std::path::Path::new("/dev/zero"), "(a device)"), (&zero_link, "(a device)"), (&fifo, "(a FIFO)")] {
+        let (code, stderr) = generate_from(&bundle, &["--init-latents", path.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("{}: is not a regular file {what}", path.display())), "{stderr}");
+        let model = fixtures().join("clip_text").join(MODEL);
+        let (code, stderr) = cli_within(20, &["check".as_ref(), "text-encoder".as_ref(), "--backend".as_ref(), "cpu".as_ref(), "--model".as_ref(), model.as_os_str(), "--io".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("{}: is not a regular file {what}", path.display())), "{stderr}");
+    }
+}

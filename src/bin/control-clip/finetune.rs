@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use control_clip::files::{create_dir, read_text, write_atomic};
+use control_clip::files::{create_dir, open_to_append, read_bytes, read_text, write_atomic};
 use control_clip::train::TrainConfig;
 use control_clip::train::finetune::Trainer;
 use control_clip::train::load::{Loaded, load};
@@ -86,12 +86,12 @@ async fn finetune(args: FinetuneArgs) -> Result<()> {
         std::fs::remove_file(&log_path).map_err(|e| Error::file(log_path.display().to_string(), format!("cannot start a new log: {e}")))?;
     }
     // The log keeps exactly the steps the weights went through: a resumed run drops lines past the checkpoint.
-    let kept: String = match std::fs::read_to_string(&log_path) {
-        Ok(text) => text.lines().take(trainer.step).map(|l| format!("{l}\n")).collect(),
+    let kept: String = match std::fs::symlink_metadata(&log_path) {
+        Ok(_) => String::from_utf8_lossy(&read_bytes(&log_path)?).lines().take(trainer.step).map(|l| format!("{l}\n")).collect(),
         Err(_) => String::new(),
     };
     write_atomic(&log_path, kept.as_bytes())?;
-    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::file(log_path.display().to_string(), e.to_string()))?;
+    let mut log = open_to_append(&log_path)?;
     let started = std::time::Instant::now();
     let first = trainer.step;
     while trainer.step < cfg.steps {
