@@ -59,7 +59,10 @@ def rows(seeds, all_triples=False):
 
 
 def generate(binary, bundle, work, todo, backend, extra, jobs):
-    """`control-clip generate --batch`, split over `jobs` processes (the CPU backend runs on one thread)."""
+    """`control-clip generate --batch`, split over `jobs` processes (the CPU backend runs on one thread).
+
+    Each of `todo` has prompt, seed and file (relative to `work`), and may have category_weight and
+    style_weight (Control-CLIP's λ_c, λ_s for that picture)."""
     manifest = json.load(open(os.path.join(bundle, "manifest.json")))
     d = manifest.get("defaults", {})
     procs = []
@@ -67,7 +70,9 @@ def generate(binary, bundle, work, todo, backend, extra, jobs):
         batch = os.path.join(work, f"batch-{j}.jsonl")
         with open(batch, "w") as f:
             for r in todo[j::jobs]:
-                f.write(json.dumps(dict(prompt=r["prompt"], seed=r["seed"], out=r["file"])) + "\n")
+                line = dict(prompt=r["prompt"], seed=r["seed"], out=r["file"])
+                line.update({k: r[k] for k in ("category_weight", "style_weight") if r.get(k) is not None})
+                f.write(json.dumps(line) + "\n")
         cmd = [binary, "generate", "--bundle", bundle, "--batch", batch, "--backend", backend,
                "--steps", str(d.get("steps", 20)), "--guidance", str(d.get("guidance", 7.5)),
                "--width", str(d.get("width", 128)), "--height", str(d.get("height", 128))] + extra

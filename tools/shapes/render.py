@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Renders the shapes domain: one shape per 128x128 picture, deterministic from a seed.
 
-    python3 tools/shapes/render.py --out DIR --count N --seed S [--captions] [--per-class K]
+    python3 tools/shapes/render.py --out DIR --count N --seed S [--captions] [--per-class K] [--minimal K]
 
 Writes DIR/NNNNNN.png, DIR/labels.jsonl (one line per picture: file, category, color, style, caption) and
 DIR/domain.json (the fine-tuning dataset format of `control-clip finetune`). Picture i is rendered from
 numpy's PCG64 seeded with (S, i), so a folder is the same on every machine and any picture can be re-made
 alone. `--per-class K` renders K pictures of every (category, colour, style) triple in turn instead of
-drawing the triple at random.
+drawing the triple at random. `--minimal K` renders Control-CLIP's minimal labelled set (issue 27): K pictures
+of every style, their categories and colours taken in turn, so that no style and no category has more than
+K pictures (6 K pictures; each category gets 6 K / 8 of them, rounded either way).
 
 What varies inside every picture: position, size (40-75 % of the side), rotation, stripe angle and
 spacing, dot size and spacing, checker size and angle, contour width, background tint (light; dark for
@@ -196,6 +198,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--count", type=int, default=0, help="pictures with a random (category, colour, style)")
     ap.add_argument("--per-class", type=int, default=0, help="pictures per (category, colour, style) triple")
+    ap.add_argument("--minimal", type=int, default=0,
+                    help="K pictures per style, categories and colours in turn (at most K per category)")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--jobs", type=int, default=1, help="render in this many processes (same pictures)")
     ap.add_argument("--describe-fraction", type=float, default=0.25,
@@ -206,6 +210,9 @@ def main():
     if args.per_class:
         triples = [(k, c, s) for k in CATEGORIES for c in COLORS for s in STYLES]
         jobs = [t for _ in range(args.per_class) for t in triples]
+    elif args.minimal:
+        jobs = [(CATEGORIES[i % len(CATEGORIES)], COLORS[i % len(COLORS)], STYLES[i // args.minimal])
+                for i in range(args.minimal * len(STYLES))]
     else:
         jobs = [None] * args.count
     work = [(args.out, args.seed, i, triple, args.describe_fraction) for i, triple in enumerate(jobs)]
