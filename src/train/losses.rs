@@ -15,8 +15,9 @@
 //!                                  + (log K_c − H(softmax s_{A∘f_s}(v) over categories)) / log K_c
 //! L_trip = mean over the style triplets (through A∘f_s) and the category triplets (through f_c) together of
 //!          max(0, m − ⟨u(anchor), u(positive)⟩ + ⟨u(anchor), u(negative)⟩)            (0 if none)
-//! L_keep = Σ (g(t) − E(t))² over every general prompt's positions 0..=eos(t) and the D channels, divided by
-//!          the number of those elements (one mean over all of them), for g = f_c and g = A∘f_s
+//! L_keep = Σ (g(t) − E(t))² over every general prompt's positions 0..=eos(t) (or all 77 with
+//!          `keep_positions: "all"`) and the D channels, divided by the number of those elements (one mean
+//!          over all of them), for g = f_c and g = A∘f_s
 //! L      = w_cat L_cat + w_sty L_sty + w_dec L_dec + w_trip L_trip + w_keep_c L_keep_c + w_keep_s L_keep_s
 //! ```
 
@@ -24,9 +25,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 
 use crate::control::Adapter;
 use crate::error::{Error, Result};
-use crate::models::clip::ClipTextModel;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::nn::LoraTensors;
-use crate::train::TrainConfig;
+use crate::train::{KeepPositions, TrainConfig};
 
 /// The loss terms' names, in the order of [`LossTerms::values`].
 pub const TERMS: [&str; 7] = ["cat", "sty", "dec", "trip", "keep_c", "keep_s", "total"];
@@ -184,14 +185,18 @@ fn triplet_terms(u: Tensor<2>, margin: f32) -> Tensor<1> {
     activation::relu(cos_an - cos_ap + margin as f64)
 }
 
-/// Mask [G, L, 1] of positions 0..=eos(t) for each general prompt, and the number of masked elements (×D).
-fn keep_mask(base: &ClipTextModel, ids: &[Vec<u32>], device: &Device) -> (Tensor<3>, usize) {
+/// Mask [G, L, 1] of the positions L_keep compares (0..=eos(t), or all) for each general prompt, and the
+/// number of masked elements (×D).
+fn keep_mask(config: &ClipTextConfig, ids: &[Vec<u32>], positions: KeepPositions, device: &Device) -> (Tensor<3>, usize) {
     let l = ids.first().map_or(0, Vec::len);
     let mut mask = vec![0f32; ids.len() * l];
     let mut count = 0;
     for (row, t) in ids.iter().enumerate() {
-        let eos = base.config.pooled_position(t);
-        for pos in 0..=eos.min(l.saturating_sub(1)) {
+        let last = match positions {
+            KeepPositions::ThroughEos => config.pooled_position(t),
+            KeepPositions::All => l.saturating_sub(1),
+        };
+        for pos in 0..=last.min(l.saturating_sub(1)) {
             mask[row * l + pos] = 1.0;
             count += 1;
         }
@@ -246,7 +251,7 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
     }
     let trip = if hinge.is_empty() { Tensor::zeros([1], &device) } else { Tensor::cat(hinge, 0).mean() };
 
-    let (mask, count) = keep_mask(frozen.base, &batch.keep, &device);
+    let (mask, count) = keep_mask(&frozen.base.config, &batch.keep, cfg.keep_positions, &device);
     let d = keep_base.dims()[2];
     let keep = |h: Tensor<3>, start: usize| -> Tensor<1> {
         let diff = rows(h, start..start + ng) - keep_base.clone();
@@ -262,4 +267,27 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
         + keep_c.clone() * cfg.w_keep_c as f64
         + keep_s.clone() * cfg.w_keep_s as f64;
     Ok(LossTerms { cat, sty, dec, trip, keep_c, keep_s, total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigJson;
+
+    /// L_keep's positions: through the end-of-text token (DESIGN §2) or every position, padding included.
+    #[test]
+    fn keep_mask_covers_through_eos_or_every_position() {
+        let config = ClipTextConfig::from_json(&ConfigJson::parse("config.json", r#"{"eos_token_id": 9}"#).unwrap()).unwrap();
+        let device = Device::flex();
+        let ids = vec![vec![1, 4, 9, 9, 9], vec![1, 4, 5, 6, 9]];
+        for (positions, want, count) in [
+            (KeepPositions::ThroughEos, vec![1., 1., 1., 0., 0., 1., 1., 1., 1., 1.], 8),
+            (KeepPositions::All, vec![1.; 10], 10),
+        ] {
+            let (mask, n) = keep_mask(&config, &ids, positions, &device);
+            assert_eq!(mask.dims(), [2, 5, 1]);
+            assert_eq!(mask.into_data().to_vec::<f32>().unwrap(), want, "{positions:?}");
+            assert_eq!(n, count, "{positions:?}");
+        }
+    }
 }

@@ -67,6 +67,19 @@ pub enum EncoderMode {
     Full,
 }
 
+/// Which positions of a general prompt L_keep holds: DESIGN §2's `0..=eos(t)`, or all of them.
+///
+/// The UNet's cross-attention reads every one of the 77 positions, the padding after the end-of-text
+/// token included; held only through eos, f_c's padding positions drifted by 0.68 RMS (E's context: 0.98)
+/// on the default model and its pictures lost colour and category (docs/control-results.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepPositions {
+    #[default]
+    ThroughEos,
+    All,
+}
+
 /// Every constant of the fine-tuning, with DESIGN §2's defaults; the JSON form is `--config train.json`
 /// and the `config` metadata of a `finetune-step` io file (tests/fixtures/reference_finetune.py uses the
 /// same names). Unknown fields are refused, so that a misspelt weight does not silently keep its default.
@@ -79,6 +92,8 @@ pub struct TrainConfig {
     pub w_trip: f32,
     pub w_keep_c: f32,
     pub w_keep_s: f32,
+    /// Positions of each general prompt that L_keep compares (`"through_eos"` or `"all"`).
+    pub keep_positions: KeepPositions,
     /// Triplet margin m.
     pub margin: f32,
     /// τ; when absent, exp(logit_scale) of the CLIP model.
@@ -116,6 +131,7 @@ impl Default for TrainConfig {
             w_trip: 0.5,
             w_keep_c: 1.0,
             w_keep_s: 0.1,
+            keep_positions: KeepPositions::ThroughEos,
             margin: 0.2,
             temperature: None,
             lr: 1e-4,

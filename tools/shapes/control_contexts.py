@@ -33,10 +33,23 @@ from domain import CATEGORIES, COLORS, STYLES, descriptive_prompt, plain_prompt,
 def encoder(base_dir, folder):
     """f: E with the folder's LoRA deltas merged, or the folder's full CLIPTextModel."""
     if os.path.exists(os.path.join(folder, "config.json")):
-        return CLIPTextModel.from_pretrained(folder).eval()
-    from peft import PeftModel
-    model = CLIPTextModel.from_pretrained(base_dir)
-    return PeftModel.from_pretrained(model, folder).merge_and_unload().eval()
+        return CLIPTextModel.from_pretrained(folder).float().eval()
+    # Merged by hand, W' = W + (alpha / r) B A, as src/control/ does: PEFT matches module paths by name, and
+    # transformers 5's CLIPTextModel no longer has the `text_model.` level that the saved keys carry.
+    model = CLIPTextModel.from_pretrained(base_dir).float()
+    cfg = json.load(open(os.path.join(folder, "adapter_config.json")))
+    scale = cfg["lora_alpha"] / (cfg["r"] ** 0.5 if cfg.get("use_rslora") else cfg["r"])
+    deltas = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for key, a in deltas.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            path = key[: -len(".lora_A.weight")].split("encoder.layers.", 1)[1]
+            [name] = [n for n in modules if n.endswith("encoder.layers." + path)]
+            b = deltas[key.replace("lora_A", "lora_B")]
+            modules[name].weight += scale * (b.float() @ a.float())
+    return model.eval()
 
 
 class Adapter(torch.nn.Module):
@@ -84,7 +97,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     tok = Tokenizer.from_file(args.tokenizer)
-    base = CLIPTextModel.from_pretrained(args.base).eval()
+    base = CLIPTextModel.from_pretrained(args.base).float().eval()
     triples = [(k, COLORS[(i + j) % len(COLORS)], s) for i, k in enumerate(CATEGORIES) for j, s in enumerate(STYLES)]
     plain_ids, plain_eos = tokenize(tok, [plain_prompt(k, c) for k, c, _ in triples])
     name_ids, name_eos = tokenize(tok, [style_name_prompt(*t) for t in triples])
