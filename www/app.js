@@ -87,6 +87,9 @@ async function loadBundle(source) {
     const d = bundleDefaults(info.defaults);
     applySettings(Object.fromEntries(['prompt', 'steps', 'guidance', 'width', 'height', 'categoryWeight', 'styleWeight']
       .filter(key => !params.has(key)).map(key => [key, d[key]])));
+    // With a style encoder the side-by-side view (style weight 0 beside the chosen weight) is on unless the
+    // URL says otherwise: it is what shows the style weight's effect.
+    if (!params.has('compare')) $('compare').checked = info.control.includes('style_encoder');
     document.body.dataset.state = 'ready';
     announce('loaded', info);
   } catch (e) {
@@ -137,6 +140,9 @@ async function generate() {
     $('gen-status').textContent = `done in ${(result.ms / 1000).toFixed(1)} s` + (result.notices.length ? ` — ${result.notices.join('; ')}` : '');
     $('download').disabled = false;
     addToHistory(s);
+    // On a narrow screen the controls stand above the picture: bring it into view once it is done.
+    const box = $('canvas').getBoundingClientRect();
+    if (box.bottom > window.innerHeight || box.top < 0) $('output').scrollIntoView({ block: 'start' });
     document.body.dataset.state = 'done';
     announce('done', { width: result.width, height: result.height });
   } catch (e) {

@@ -147,6 +147,25 @@ for (const backend of ['cpu', 'webgpu']) {
   });
 }
 
+test('at phone width the picture is in view when a generation ends', async () => {
+  const { page, errors } = await open(`${base}/www/index.html?backend=cpu&bundle=${TINY}&steps=2&width=64&height=64`, { width: 390, height: 844 });
+  try {
+    await state(page, ['ready']);
+    await page.click('#generate');
+    await state(page, ['done', 'error']);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'done');
+    const box = await page.evaluate(() => {
+      const r = document.getElementById('canvas').getBoundingClientRect();
+      return { top: r.top, bottom: r.bottom, viewport: window.innerHeight };
+    });
+    console.log(`# page 390 px: canvas at ${box.top.toFixed(0)}-${box.bottom.toFixed(0)} of a ${box.viewport} px viewport`);
+    assert.ok(box.top >= 0 && box.bottom <= box.viewport, `the canvas (${box.top}-${box.bottom}) is not in the ${box.viewport} px viewport`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await page.close();
+  }
+});
+
 test('a fallback adapter picks the CPU backend and says why', async () => {
   const { page } = await open(`${base}/www/index.html`);
   try {
