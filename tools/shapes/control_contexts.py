@@ -27,7 +27,12 @@ from tokenizers import Tokenizer
 from transformers import CLIPTextModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from domain import CATEGORIES, COLORS, STYLES, descriptive_prompt, plain_prompt, style_name_prompt  # noqa: E402
+import common  # noqa: E402
+from control_eval import SUBSET  # noqa: E402
+from domain import descriptive_prompt, plain_prompt, style_name_prompt  # noqa: E402
+
+sys.path.insert(0, os.path.join(common.REPO, "tests", "fixtures"))
+from fixtures_control import Adapter as ReferenceAdapter  # noqa: E402  the PyTorch reference of src/control/adapter.rs
 
 
 def encoder(base_dir, folder):
@@ -52,19 +57,12 @@ def encoder(base_dir, folder):
     return model.eval()
 
 
-class Adapter(torch.nn.Module):
-    """A(h) = h + W2 · gelu(W1 · LN(h)) (src/control/adapter.rs)."""
-
-    def __init__(self, folder):
-        super().__init__()
-        cfg = json.load(open(os.path.join(folder, "config.json")))
-        d, k = cfg["hidden_size"], cfg["adapter_dim"]
-        self.norm = torch.nn.LayerNorm(d, eps=cfg.get("layer_norm_eps", 1e-5))
-        self.fc1, self.fc2 = torch.nn.Linear(d, k), torch.nn.Linear(k, d)
-        self.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
-
-    def forward(self, h):
-        return h + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(h))))
+def load_adapter(folder):
+    """A from a `control-clip finetune` adapter folder (config.json + model.safetensors)."""
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    adapter = ReferenceAdapter(cfg["hidden_size"], cfg["adapter_dim"], eps=cfg.get("layer_norm_eps", 1e-5))
+    adapter.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
+    return adapter.eval()
 
 
 def tokenize(tok, prompts):
@@ -98,7 +96,7 @@ def main():
     torch.set_num_threads(2)
     tok = Tokenizer.from_file(args.tokenizer)
     base = CLIPTextModel.from_pretrained(args.base).float().eval()
-    triples = [(k, COLORS[(i + j) % len(COLORS)], s) for i, k in enumerate(CATEGORIES) for j, s in enumerate(STYLES)]
+    triples = SUBSET
     plain_ids, plain_eos = tokenize(tok, [plain_prompt(k, c) for k, c, _ in triples])
     name_ids, name_eos = tokenize(tok, [style_name_prompt(*t) for t in triples])
     desc_ids, desc_eos = tokenize(tok, [descriptive_prompt(*t) for t in triples])
@@ -119,7 +117,7 @@ def main():
         f_c = encoder(args.base, os.path.join(run, "category_encoder"))
         f_s = encoder(args.base, os.path.join(run, "style_encoder"))
         a_dir = os.path.join(run, "adapter")
-        adapter = Adapter(a_dir).eval() if os.path.isdir(a_dir) else torch.nn.Identity()
+        adapter = load_adapter(a_dir) if os.path.isdir(a_dir) else torch.nn.Identity()
         with torch.no_grad():
             c_c_plain = hidden(f_c, plain_ids)
             c_s_plain = adapter(hidden(f_s, plain_ids))

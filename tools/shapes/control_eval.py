@@ -31,7 +31,6 @@ import hashlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -139,10 +138,7 @@ def main():
     with open(os.path.join(folder, "labels.jsonl"), "w") as f:
         for r in unique.values():
             f.write(json.dumps(r) + "\n")
-    judge = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
-    subprocess.run([sys.executable, judge, "classify", "--judge", args.judge, "--folder", folder], check=True,
-                   stdout=subprocess.DEVNULL)
-    judged = {j["file"]: j for j in common.read_labels_file(os.path.join(folder, "judged.jsonl"))}
+    judged = {j["file"]: j for j in evaluate.judge_folder(args.judge, folder, quiet=True)}
 
     results = {"seeds": seeds, "base": args.base, "controls": controls, "rows": []}
     for name, what, rs in spec:

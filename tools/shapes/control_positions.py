@@ -19,14 +19,13 @@ the CLIP-space losses only reach at eos); if it follows the tokens, the word pos
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import evaluate  # noqa: E402
 from control_eval import SUBSET  # noqa: E402
 from domain import descriptive_prompt, style_name_prompt  # noqa: E402
 
@@ -76,15 +75,11 @@ def main():
     with open(os.path.join(args.work, "labels.jsonl"), "w") as f:
         for r in labels:
             f.write(json.dumps(r) + "\n")
-    judge = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
-    subprocess.run([sys.executable, judge, "classify", "--judge", args.judge, "--folder", args.work], check=True,
-                   stdout=subprocess.DEVNULL)
-    judged = common.read_labels_file(os.path.join(args.work, "judged.jsonl"))
+    judged = evaluate.judge_folder(args.judge, args.work, quiet=True)
     print("| context | pictures | style | category | colour |\n|---|---|---|---|---|")
-    for kind in ["desc", "name", "name+desc-tail", "desc+name-tail"]:
-        js = [j for j in judged if j["kind"] == kind]
-        acc = {h: sum(j[h] == j["pred_" + h] for j in js) / len(js) for h in ("style", "category", "color")}
-        print(f"| {kind} | {len(js)} | {100 * acc['style']:.1f} % | {100 * acc['category']:.1f} % | "
+    for kind in contexts:
+        acc = {h: evaluate.accuracy(judged, kind, h) for h in ("style", "category", "color")}
+        print(f"| {kind} | {len(SUBSET)} | {100 * acc['style']:.1f} % | {100 * acc['category']:.1f} % | "
               f"{100 * acc['color']:.1f} % |")
 
 

@@ -82,6 +82,15 @@ def generate(binary, bundle, work, todo, backend, extra, jobs):
         sys.exit("generate failed")
 
 
+def judge_folder(judge_dir, folder, quiet=False):
+    """Has the judge (tools/shapes/judge.py) read every picture of FOLDER/labels.jsonl; its records with a
+    pred_<head> per head (FOLDER/judged.jsonl)."""
+    judge = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
+    subprocess.run([sys.executable, judge, "classify", "--judge", judge_dir, "--folder", folder], check=True,
+                   stdout=subprocess.DEVNULL if quiet else None)
+    return common.read_labels_file(os.path.join(folder, "judged.jsonl"))
+
+
 def accuracy(judged, kind, head):
     sel = [j for j in judged if j["kind"] == kind and j.get(head)]
     return sum(j[head] == j["pred_" + head] for j in sel) / len(sel) if sel else None
@@ -138,9 +147,7 @@ def check_expected(judge_dir):
         shutil.copy(os.path.join(expected, "default.png"), os.path.join(tmp, "default.png"))
         with open(os.path.join(tmp, "labels.jsonl"), "w") as f:
             f.write(json.dumps(dict(file="default.png", **want)) + "\n")
-        judge = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
-        subprocess.run([sys.executable, judge, "classify", "--judge", judge_dir, "--folder", tmp], check=True)
-        got = common.read_labels_file(os.path.join(tmp, "judged.jsonl"))[0]
+        got = judge_folder(judge_dir, tmp)[0]
     ok = all(got["pred_" + k] == v for k, v in want.items() if v)
     print(f"default.png: prompt {settings['prompt']!r} names {want}; the judge sees "
           f"{ {k: got['pred_' + k] for k in want} }: {'ok' if ok else 'MISMATCH'}")
@@ -175,9 +182,7 @@ def main():
     with open(os.path.join(args.work, "labels.jsonl"), "w") as f:
         for r in todo:
             f.write(json.dumps(r) + "\n")
-    judge = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
-    subprocess.run([sys.executable, judge, "classify", "--judge", args.judge, "--folder", args.work], check=True)
-    judged = common.read_labels_file(os.path.join(args.work, "judged.jsonl"))
+    judged = judge_folder(args.judge, args.work)
 
     by_prompt = {}
     for r in todo:
