@@ -6,7 +6,10 @@ use burn::tensor::{Tensor, TensorData};
 use crate::check::{CheckReport, OutputError, compare_values};
 use crate::device::read_f32;
 use crate::error::{Error, Result};
+use crate::check::io_tensor;
 use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
+use crate::train::denoise::DenoiseBatch;
 use crate::train::losses::{ClassPrompts, Frozen, StepBatch, TERMS, Tuned, losses};
 use crate::train::optim::{AdamW, clip_grad_norm};
 use crate::train::trainables::{Part, Trainable, Trainables};
@@ -53,9 +56,19 @@ fn io_trainables(io: &SafeTensors, prefix: &str) -> Result<Vec<Trainable>> {
 /// Runs the step on E (`model`, a CLIPTextModelWithProjection, whose projection stands for the CLIP
 /// model's) and compares every loss term, gradient and updated tensor with the io file's.
 pub async fn check_finetune_step(model: &ClipTextModel, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    check_finetune_step_with_unet(model, None, io, tolerance).await
+}
+
+/// As [`check_finetune_step`], with the UNet that a step with L_den (`w_den` > 0) runs through; its noisy
+/// latents, timesteps and targets are io inputs (`denoise_noisy`, `denoise_timesteps`, `denoise_target`,
+/// with `denoise_prompt_ids`).
+pub async fn check_finetune_step_with_unet(model: &ClipTextModel, unet: Option<&UNet2DConditionModel>, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
     let scale = tolerance / 1e-4;
     let config_text = io.metadata("config").ok_or_else(|| Error::file(io.name(), "has no `config` metadata entry (the training config as JSON)"))?;
     let cfg = TrainConfig::parse(&format!("{} (metadata `config`)", io.name()), config_text)?;
+    if cfg.w_den > 0.0 && unet.is_none() {
+        return Err(Error::file(io.name(), format!("trains L_den (w_den > 0), which needs the UNet it ran through (metadata `unet`: {})", io.metadata("unet").unwrap_or("none"))));
+    }
     if !model.has_projection() {
         return Err(Error::invalid("model", "finetune-step needs E with its `text_projection` (a CLIPTextModelWithProjection folder)"));
     }
@@ -98,18 +111,31 @@ pub async fn check_finetune_step(model: &ClipTextModel, io: &SafeTensors, tolera
         triplet_category: io_rows(io, "triplet_category_ids")?.1,
         keep: io_rows(io, "keep_prompt_ids")?.1,
         temperature,
+        denoise: match cfg.w_den > 0.0 {
+            true => Some(DenoiseBatch {
+                prompts: io_rows(io, "denoise_prompt_ids")?.1,
+                noisy: io_tensor::<4>(io, "denoise_noisy", &device)?,
+                timesteps: io.f32("denoise_timesteps")?.1,
+                target: io_tensor::<4>(io, "denoise_target", &device)?,
+            }),
+            false => None,
+        },
     };
 
     let keep_base = model.forward(&batch.keep, 0)?.last_hidden_state;
     let leaves = trainables.leaves(&device.clone().autodiff())?;
-    let frozen = Frozen { base: model, projection: model };
+    let frozen = Frozen { base: model, projection: model, unet };
     let tuned = Tuned { category: leaves.category.encoder(), style: leaves.style.encoder(), adapter: &leaves.adapter };
     let terms = losses(&frozen, &tuned, &batch, &keep_base, &cfg)?;
 
     let mut outputs = Vec::new();
     for (name, value) in TERMS.iter().zip(terms.values()) {
-        let (_, actual) = read_f32(value.clone().without_autodiff()).await?;
         let key = format!("loss.{name}");
+        // L_den is not checked here (it needs a UNet); io files written before it existed have no term.
+        if *name == "den" && cfg.w_den == 0.0 && !io.keys().any(|k| k == key) {
+            continue;
+        }
+        let (_, actual) = read_f32(value.clone().without_autodiff()).await?;
         let (_, expected) = io.f32(&key)?;
         outputs.push(limited(compare_values(&key, &actual, &expected), LOSS_REL * scale * expected.first().map_or(0.0, |e| e.abs())));
     }

@@ -7,7 +7,7 @@
 mod finetune;
 mod scheduler;
 
-pub use finetune::check_finetune_step;
+pub use finetune::{check_finetune_step, check_finetune_step_with_unet};
 
 pub use scheduler::{check_scheduler, read_f64};
 
@@ -21,7 +21,7 @@ use crate::models::ModelFolder;
 use crate::models::attention::ControlContext;
 use crate::models::clip::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModel;
-use crate::models::taesd::TinyDecoder;
+use crate::models::taesd::{TinyDecoder, TinyEncoder};
 use crate::models::unet::transformer::Attention;
 use crate::models::unet::{Conditioning, UNet2DConditionModel};
 use crate::models::vae::VaeDecoder;
@@ -365,7 +365,7 @@ pub async fn check_cross_attention(layer: &Attention, io: &SafeTensors, toleranc
 }
 
 /// A float tensor of the io file with its own shape, checked to be of rank `D`.
-fn io_tensor<const D: usize>(io: &SafeTensors, name: &str, device: &Device) -> Result<burn::tensor::Tensor<D>> {
+pub(crate) fn io_tensor<const D: usize>(io: &SafeTensors, name: &str, device: &Device) -> Result<burn::tensor::Tensor<D>> {
     let shape = io.shape(name)?.to_vec();
     let shape: [usize; D] = shape
         .clone()
@@ -388,4 +388,12 @@ pub async fn check_tiny_decoder(model: &TinyDecoder, io: &SafeTensors, tolerance
     let latents = io_tensor::<4>(io, "latents", &model.device())?;
     let (s, v) = read_f32(model.decode(latents)).await?;
     Ok(CheckReport::new("tiny-decoder", vec![compare(io, "image", &s, &v)?], tolerance))
+}
+
+/// The TAESD encoder (what fine-tuning's denoising term encodes its pictures with): `encoder_pictures`
+/// in [-1, 1] → `encoder_latents`, diffusers' unscaled `AutoencoderTiny.encode(x).latents`.
+pub async fn check_tiny_encoder(model: &TinyEncoder, io: &SafeTensors, tolerance: f32) -> Result<CheckReport> {
+    let pictures = io_tensor::<4>(io, "encoder_pictures", &model.device())?;
+    let (s, v) = read_f32(model.encode(pictures)).await?;
+    Ok(CheckReport::new("tiny-encoder", vec![compare(io, "encoder_latents", &s, &v)?], tolerance))
 }

@@ -83,7 +83,10 @@ pub fn decoupled_attention(
     weights: Tensor<2>,
     heads: usize,
 ) -> Tensor<3> {
-    if crate::kernels::fused_attention_available(&q.device()) {
+    // Every operand must be untracked: under fine-tuning's denoising term the image tokens are plain and the
+    // contexts carry gradients.
+    let tracked = [&q, &k_c, &v_c, &k_s, &v_s].iter().any(|t| t.is_autodiff()) || weights.is_autodiff();
+    if !tracked && crate::kernels::fused_attention_available(&q.device()) {
         let fused = crate::kernels::decoupled_attention_fused(
             q.clone(),
             k_c.clone(),

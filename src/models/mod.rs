@@ -47,5 +47,6 @@ model_folder!(
     unet::transformer::Attention => load_layer,
     vae::VaeDecoder => load,
     taesd::TinyDecoder => load,
+    taesd::TinyEncoder => load,
     decoder::Decoder => load,
 );

@@ -1,6 +1,7 @@
-//! diffusers' `AutoencoderTiny` (TAESD) decoder: a plain stack of 3×3 convolutions, residual
-//! `AutoencoderTinyBlock`s and nearest-neighbour upsampling. Tiny and fast: the page's default decoder
-//! and its per-step preview.
+//! diffusers' `AutoencoderTiny` (TAESD): the decoder, a plain stack of 3×3 convolutions, residual
+//! `AutoencoderTinyBlock`s and nearest-neighbour upsampling (tiny and fast: the page's default decoder and
+//! its per-step preview), and the encoder, the same blocks with strided convolutions (fine-tuning's
+//! denoising term encodes its pictures with it, once).
 
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
@@ -138,5 +139,118 @@ impl TinyDecoder {
             };
         }
         x * 2.0 - 1.0
+    }
+}
+
+/// The encoder's part of an `AutoencoderTiny` config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyEncoderConfig {
+    pub in_channels: usize,
+    pub latent_channels: usize,
+    pub encoder_block_out_channels: Vec<usize>,
+    pub num_encoder_blocks: Vec<usize>,
+    pub act_fn: Activation,
+    pub scaling_factor: f64,
+    pub shift_factor: f64,
+}
+
+impl TinyEncoderConfig {
+    pub fn from_json(c: &ConfigJson) -> Result<Self> {
+        let num_encoder_blocks = match c.object.get("num_encoder_blocks") {
+            Some(serde_json::Value::Array(a)) => c.usize_per_block("num_encoder_blocks", a.len(), None)?,
+            _ => vec![1, 3, 3, 3],
+        };
+        let n = num_encoder_blocks.len();
+        if n == 0 {
+            return Err(Error::config(&c.file, "num_encoder_blocks", "is empty"));
+        }
+        let cfg = Self {
+            in_channels: c.usize_or("in_channels", 3)?,
+            latent_channels: c.usize_or("latent_channels", 4)?,
+            encoder_block_out_channels: c.usize_per_block("encoder_block_out_channels", n, Some(64))?,
+            num_encoder_blocks,
+            act_fn: Activation::parse(c.str_or("act_fn", "relu")?, &c.file, "act_fn")?,
+            scaling_factor: c.f64_or("scaling_factor", 1.0)?,
+            shift_factor: c.f64_or("shift_factor", 0.0)?,
+        };
+        // diffusers' EncoderTiny builds each strided convolution as (c_i → c_i): it only runs when every
+        // stage has the width of the one before.
+        if let Some(i) = (1..n).find(|&i| cfg.encoder_block_out_channels[i] != cfg.encoder_block_out_channels[i - 1]) {
+            return Err(Error::config(
+                &c.file,
+                "encoder_block_out_channels",
+                format!("stage {i} is {} wide after a stage of {} (AutoencoderTiny's encoder needs equal widths)", cfg.encoder_block_out_channels[i], cfg.encoder_block_out_channels[i - 1]),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Pixels per latent along each side.
+    pub fn downscale_factor(&self) -> usize {
+        1 << (self.num_encoder_blocks.len() - 1)
+    }
+}
+
+/// `EncoderTiny`: [conv, blocks…] per stage (stride 2 and no bias after the first), then a convolution to
+/// the latent channels.
+#[derive(Debug)]
+pub struct TinyEncoder {
+    pub config: TinyEncoderConfig,
+    layers: Vec<Layer>,
+}
+
+impl TinyEncoder {
+    pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        let cfg = TinyEncoderConfig::from_json(config)?;
+        let w = WeightsView::new(weights, "encoder.layers.");
+        let boc = &cfg.encoder_block_out_channels;
+        let mut layers = Vec::new();
+        let mut index = 0;
+        for (i, &blocks) in cfg.num_encoder_blocks.iter().enumerate() {
+            let c = boc[i];
+            let name = index.to_string();
+            let conv = if i == 0 {
+                Conv2d::load(&w, &name, [cfg.in_channels, c], 3, 1, 1, device)?
+            } else {
+                let plain = Conv2d::load_without_bias(&w, &name, [c, c], 3, device)?;
+                Conv2d::new(plain.weight, None, 2, 1)
+            };
+            layers.push(Layer::Conv { conv, upsample: 1, act: None });
+            index += 1;
+            for _ in 0..blocks {
+                layers.push(Layer::Block(TinyBlock::load(&w.sub(&index.to_string()), c, cfg.act_fn, device)?));
+                index += 1;
+            }
+        }
+        let last = boc[boc.len() - 1];
+        layers.push(Layer::Conv { conv: Conv2d::load(&w, &index.to_string(), [last, cfg.latent_channels], 3, 1, 1, device)?, upsample: 1, act: None });
+        Ok(Self { config: cfg, layers })
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.layers[0] {
+            Layer::Conv { conv, .. } => conv.weight.device(),
+            _ => unreachable!("the first layer is a convolution"),
+        }
+    }
+
+    /// `AutoencoderTiny.encode(x).latents` for an image in [-1, 1]: unscaled latents (the pipeline's
+    /// latents are `(these − shift_factor) · scaling_factor`).
+    pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
+        // diffusers maps [-1, 1] to TAESD's [0, 1] first.
+        let mut x = (x + 1.0) / 2.0;
+        for layer in &self.layers {
+            x = match layer {
+                Layer::Conv { conv, upsample, act } => conv_then(conv, x, *upsample, *act, None),
+                Layer::Block(block) => block.forward(x),
+            };
+        }
+        x
+    }
+
+    /// The latents the UNet was trained on: `(encode(x) − shift_factor) · scaling_factor`.
+    pub fn encode_scaled(&self, x: Tensor<4>) -> Tensor<4> {
+        let (scale, shift) = (self.config.scaling_factor, self.config.shift_factor);
+        (self.encode(x) - shift) * scale
     }
 }

@@ -10,7 +10,7 @@ use super::{BetaDefaults, Prediction, Scheduler, SchedulerConfig, StepOutput, mi
 use crate::error::{Error, Result};
 
 /// LCM's defaults are Stable Diffusion's betas.
-const SD_BETAS: BetaDefaults = BetaDefaults { start: 0.00085, end: 0.012, schedule: "scaled_linear" };
+pub(super) const SD_BETAS: BetaDefaults = BetaDefaults { start: 0.00085, end: 0.012, schedule: "scaled_linear" };
 
 pub struct Lcm {
     /// The config file, for errors.

@@ -323,6 +323,50 @@ pub enum Prediction {
     VPrediction,
 }
 
+/// What training against a UNet needs from its scheduler config: ᾱ_t per training timestep and what the
+/// UNet predicts. [`Self::add_noise`] and [`Self::target`] are diffusers' `add_noise` and (for
+/// v-prediction) `get_velocity`, elementwise in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseSchedule {
+    pub alphas_cumprod: Vec<f32>,
+    pub prediction: Prediction,
+}
+
+impl NoiseSchedule {
+    pub fn num_train_timesteps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+
+    /// √ᾱ_t · x0 + √(1 − ᾱ_t) · ε.
+    pub fn add_noise(&self, x0: &[f32], noise: &[f32], t: usize) -> Vec<f32> {
+        let a = self.alphas_cumprod[t];
+        let (s, n) = (a.sqrt(), (1.0 - a).sqrt());
+        x0.iter().zip(noise).map(|(&x, &e)| s * x + n * e).collect()
+    }
+
+    /// What the UNet should output for that noisy sample: ε, or v = √ᾱ_t · ε − √(1 − ᾱ_t) · x0.
+    pub fn target(&self, x0: &[f32], noise: &[f32], t: usize) -> Vec<f32> {
+        match self.prediction {
+            Prediction::Epsilon => noise.to_vec(),
+            Prediction::VPrediction => {
+                let a = self.alphas_cumprod[t];
+                let (s, n) = (a.sqrt(), (1.0 - a).sqrt());
+                x0.iter().zip(noise).map(|(&x, &e)| s * e - n * x).collect()
+            }
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The training noise schedule this config describes, with its class's beta defaults (LCM's are
+    /// SD's, the others' diffusers' linear 1e-4–0.02); with `rescale_betas_zero_snr` the last ᾱ is 0, as
+    /// diffusers trains.
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
+        let defaults = if self.kind() == Some(SchedulerKind::Lcm) { lcm::SD_BETAS } else { LINEAR_BETAS };
+        Ok(NoiseSchedule { alphas_cumprod: self.train_schedule(defaults)?.alphas_cumprod, prediction: self.prediction()? })
+    }
+}
+
 /// A class's defaults for the beta fields.
 #[derive(Clone, Copy)]
 struct BetaDefaults {

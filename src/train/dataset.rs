@@ -1,7 +1,9 @@
 //! The fine-tuning dataset: a folder with pictures (PNG, JPEG), `labels.jsonl` and `domain.json`.
 //!
 //! - `labels.jsonl`: one JSON object per line, `{"file": "0001.png", "category": "star", "style": "striped"}`;
-//!   either label may be absent (or null); other fields (colour, caption, …) are ignored. Blank lines are
+//!   either label may be absent (or null). An optional `prompt` ("a red star in striped style") is the
+//!   text the picture should be generated from, read only by the denoising term L_den (docs/finetune.md).
+//!   Other fields (colour, caption, …) are ignored. Blank lines are
 //!   skipped. Pictures without any label are allowed and ignored by the labelled losses.
 //! - `domain.json`: `categories`, `styles` (at least two each), `category_templates` and `style_templates`
 //!   (each with one `{}` for the name), `caption_templates` (with `{category}` and `{style}`), and
@@ -98,6 +100,8 @@ pub struct Labelled {
     pub file: String,
     pub category: Option<usize>,
     pub style: Option<usize>,
+    /// The picture's prompt for L_den.
+    pub prompt: Option<String>,
     /// 1-based line number, for messages.
     pub line: usize,
 }
@@ -109,6 +113,8 @@ struct LabelLine {
     category: Option<String>,
     #[serde(default)]
     style: Option<String>,
+    #[serde(default)]
+    prompt: Option<String>,
 }
 
 /// Parses `labels.jsonl` against the domain's class names; `file` names it in errors (with the line).
@@ -151,8 +157,11 @@ pub fn parse_labels(file: &str, text: &str, domain: &Domain) -> Result<Vec<Label
         if let Some(first) = first_line.get(&name) {
             return Err(Error::file(&at, format!("`{name}` is already labelled on line {first}")));
         }
+        if parsed.prompt.as_ref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(Error::file(&at, "has an empty `prompt`"));
+        }
         first_line.insert(name.clone(), n);
-        out.push(Labelled { file: name, category, style, line: n });
+        out.push(Labelled { file: name, category, style, prompt: parsed.prompt, line: n });
     }
     if out.is_empty() {
         return Err(Error::file(file, "has no labelled pictures"));

@@ -14,6 +14,7 @@ use crate::models::clip::ClipTextModel;
 use crate::rng::NoiseRng;
 use crate::train::{EncoderMode, TrainConfig};
 use crate::train::dataset::Domain;
+use crate::train::denoise::{DenoiseBatch, DenoiseData, Denoiser};
 use crate::train::losses::{ClassPrompts, Frozen, StepBatch, TERMS, Tuned, losses};
 use crate::train::optim::{AdamW, Moments, clip_grad_norm};
 use crate::train::trainables::{Part, Trainables};
@@ -36,6 +37,8 @@ pub struct Prepared {
     pub general_prompts: Vec<Vec<u32>>,
     /// τ.
     pub temperature: f32,
+    /// L_den's latents and prompts (read only when `w_den` is on).
+    pub denoise: Option<DenoiseData>,
 }
 
 impl Prepared {
@@ -72,7 +75,7 @@ impl Prepared {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLog {
     pub step: usize,
-    pub losses: [f32; 7],
+    pub losses: [f32; 8],
     pub grad_norm: f64,
     pub lr: f64,
 }
@@ -99,6 +102,8 @@ pub struct Trainer<'a> {
     pub optimizer: AdamW,
     /// Steps done.
     pub step: usize,
+    /// The frozen UNet and its noise schedule, for L_den.
+    pub denoiser: Option<&'a Denoiser>,
     device: Device,
 }
 
@@ -114,12 +119,28 @@ impl<'a> Trainer<'a> {
         let trainables = Trainables::init(base, &cfg, cfg.seed).await?;
         let optimizer = AdamW::new(cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, trainables.sizes());
         let device = base.device();
-        Ok(Self { cfg, base, projection, data, trainables, optimizer, step: 0, device })
+        Ok(Self { cfg, base, projection, data, trainables, optimizer, step: 0, denoiser: None, device })
+    }
+
+    /// Adds L_den's UNet; the data must carry latents of the size it takes and at least one prompt.
+    pub fn with_denoiser(mut self, denoiser: &'a Denoiser) -> Result<Self> {
+        let data = self.data.denoise.as_ref().ok_or_else(|| Error::invalid("L_den", "the dataset was prepared without latents"))?;
+        if data.usable().is_empty() {
+            return Err(Error::invalid("labels.jsonl", "L_den (w_den > 0) needs pictures with a `prompt`; none has one"));
+        }
+        let unet = &denoiser.unet.config;
+        if data.latent_shape[0] != unet.in_channels {
+            return Err(Error::invalid("L_den", format!("the autoencoder makes {} latent channels, the UNet takes {}", data.latent_shape[0], unet.in_channels)));
+        }
+        self.denoiser = Some(denoiser);
+        Ok(self)
     }
 
     /// The batch of step `step` (0-based): `batch` pictures drawn with replacement from those with any label,
     /// `triplets` triplets of each kind, `keep_prompts` general prompts.
-    fn sample(&self, step: usize) -> (Vec<usize>, Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    /// With L_den on, then `den_batch` pictures with a prompt (with replacement), a timestep each and
+    /// their noise, drawn after everything else so that runs without it draw as before.
+    fn sample(&self, step: usize) -> (Vec<usize>, Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<Vec<u32>>, Option<DenoiseBatch>) {
         let d = &self.data;
         let mut rng = NoiseRng::new(self.cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64 + 1));
         let labelled: Vec<usize> = (0..d.pictures()).filter(|&i| d.category_labels[i] >= 0 || d.style_labels[i] >= 0).collect();
@@ -144,12 +165,23 @@ impl<'a> Trainer<'a> {
             keep_idx.swap(i, pick);
         }
         let keep = keep_idx[..g].iter().map(|&i| d.general_prompts[i].clone()).collect();
-        (pictures, style, category, keep)
+        let denoise = match (self.cfg.w_den > 0.0, self.denoiser, &d.denoise) {
+            (true, Some(denoiser), Some(data)) => {
+                let usable = data.usable();
+                let picks: Vec<usize> = (0..self.cfg.den_batch).map(|_| usable[rng.below(usable.len())]).collect();
+                let t_max = denoiser.schedule.num_train_timesteps();
+                let timesteps: Vec<usize> = picks.iter().map(|_| rng.below(t_max)).collect();
+                let noise = rng.normals(picks.len() * data.latent_len());
+                Some(DenoiseBatch::noised(data, &denoiser.schedule, &picks, &timesteps, &noise, &self.device))
+            }
+            _ => None,
+        };
+        (pictures, style, category, keep, denoise)
     }
 
     /// One training step; returns its log line.
     pub async fn train_step(&mut self) -> Result<StepLog> {
-        let (pictures, triplet_style, triplet_category, keep) = self.sample(self.step);
+        let (pictures, triplet_style, triplet_category, keep, denoise) = self.sample(self.step);
         let d = &self.data;
         let p = d.feature_dim;
         let features: Vec<f32> = pictures.iter().flat_map(|&i| d.features[i * p..(i + 1) * p].iter().copied()).collect();
@@ -162,18 +194,19 @@ impl<'a> Trainer<'a> {
             triplet_category,
             keep,
             temperature: d.temperature,
+            denoise,
         };
         let keep_base = self.base.forward(&batch.keep, 0)?.last_hidden_state;
         let leaves = self.trainables.leaves(&self.device.clone().autodiff())?;
-        let frozen = Frozen { base: self.base, projection: self.projection };
+        let frozen = Frozen { base: self.base, projection: self.projection, unet: self.denoiser.map(|d| &d.unet) };
         let tuned = Tuned { category: leaves.category.encoder(), style: leaves.style.encoder(), adapter: &leaves.adapter };
         let terms = losses(&frozen, &tuned, &batch, &keep_base, &self.cfg)?;
-        let mut values = [0f32; 7];
+        let mut values = [0f32; 8];
         for (v, t) in values.iter_mut().zip(terms.values()) {
             *v = read_f32(t.without_autodiff()).await?.1[0];
         }
-        if !values[6].is_finite() {
-            return Err(Error::invalid("training", format!("the loss became {} at step {} (lower lr?)", values[6], self.step + 1)));
+        if !values[7].is_finite() {
+            return Err(Error::invalid("training", format!("the loss became {} at step {} (lower lr?)", values[7], self.step + 1)));
         }
         let grads = terms.total.backward();
         let mut gradients = leaves.gradients(&grads, &self.trainables).await?;
@@ -301,4 +334,40 @@ pub async fn image_features(
         out.extend(read_f32(embeds).await?.1);
     }
     Ok(out)
+}
+
+/// L_den's latents of encoded pictures, [N × C × h × w] row-major, and [C, h, w]: each picture decoded,
+/// scaled to [-1, 1] as diffusers' `VaeImageProcessor` does and encoded once by the frozen TAESD encoder
+/// (`(encode(x) − shift_factor) · scaling_factor`). Every picture must have the first one's size.
+pub async fn picture_latents(encoder: &crate::models::taesd::TinyEncoder, pictures: &[(String, Vec<u8>)]) -> Result<(Vec<f32>, [usize; 3])> {
+    use crate::models::image_processor::RgbImage;
+    let device = encoder.device();
+    let (mut out, mut size, mut shape) = (Vec::new(), None, [0; 3]);
+    for chunk in pictures.chunks(16) {
+        let mut pixels = Vec::new();
+        for (name, bytes) in chunk {
+            let img = RgbImage::decode(name, bytes)?;
+            let (w, h) = (img.width, img.height);
+            match size {
+                None => size = Some((w, h)),
+                Some(first) if first != (w, h) => {
+                    return Err(Error::file(name, format!("is {w}×{h}, the first picture {}×{}: L_den encodes every picture at one size", first.0, first.1)));
+                }
+                Some(_) => {}
+            }
+            let f = encoder.config.downscale_factor();
+            if w % f != 0 || h % f != 0 {
+                return Err(Error::file(name, format!("is {w}×{h}, not a multiple of the autoencoder's factor {f}")));
+            }
+            for c in 0..3 {
+                pixels.extend((0..w * h).map(|i| (img.pixels[i * 3 + c] as f32 / 255.0) * 2.0 - 1.0));
+            }
+        }
+        let (w, h) = size.expect("a picture");
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), &device);
+        let (dims, values) = read_f32(encoder.encode_scaled(x)).await?;
+        shape = [dims[1], dims[2], dims[3]];
+        out.extend(values);
+    }
+    Ok((out, shape))
 }

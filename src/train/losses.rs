@@ -18,7 +18,9 @@
 //! L_keep = Σ (g(t) − E(t))² over every general prompt's positions 0..=eos(t) (or all 77 with
 //!          `keep_positions: "all"`) and the D channels, divided by the number of those elements (one mean
 //!          over all of them), for g = f_c and g = A∘f_s
+//! L_den  = the denoising term through the frozen UNet (src/train/denoise.rs; not in DESIGN §2, off by default)
 //! L      = w_cat L_cat + w_sty L_sty + w_dec L_dec + w_trip L_trip + w_keep_c L_keep_c + w_keep_s L_keep_s
+//!          + w_den L_den
 //! ```
 
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
@@ -27,10 +29,12 @@ use crate::control::Adapter;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::nn::LoraTensors;
+use crate::models::unet::UNet2DConditionModel;
+use crate::train::denoise::{DenoiseBatch, denoise_loss};
 use crate::train::{KeepPositions, TrainConfig};
 
 /// The loss terms' names, in the order of [`LossTerms::values`].
-pub const TERMS: [&str; 7] = ["cat", "sty", "dec", "trip", "keep_c", "keep_s", "total"];
+pub const TERMS: [&str; 8] = ["cat", "sty", "dec", "trip", "keep_c", "keep_s", "den", "total"];
 
 /// The class prompts as token rows: every category × category template (category-major, K_c · T_c rows)
 /// and every style × style template (K_s · T_s rows).
@@ -68,12 +72,15 @@ pub struct StepBatch {
     pub keep: Vec<Vec<u32>>,
     /// τ.
     pub temperature: f32,
+    /// L_den's pictures, when `w_den` is on.
+    pub denoise: Option<DenoiseBatch>,
 }
 
-/// The frozen parts: E and the CLIP model's text tower (for its `text_projection`).
+/// The frozen parts: E, the CLIP model's text tower (for its `text_projection`) and, for L_den, the UNet.
 pub struct Frozen<'a> {
     pub base: &'a ClipTextModel,
     pub projection: &'a ClipTextModel,
+    pub unet: Option<&'a UNet2DConditionModel>,
 }
 
 /// A text encoder g for [`text_features`]: E itself, E with low-rank factors, or a whole model of E's shape.
@@ -100,13 +107,14 @@ pub struct LossTerms {
     pub trip: Tensor<1>,
     pub keep_c: Tensor<1>,
     pub keep_s: Tensor<1>,
+    pub den: Tensor<1>,
     pub total: Tensor<1>,
 }
 
 impl LossTerms {
     /// The terms in [`TERMS`] order.
-    pub fn values(&self) -> [Tensor<1>; 7] {
-        [self.cat.clone(), self.sty.clone(), self.dec.clone(), self.trip.clone(), self.keep_c.clone(), self.keep_s.clone(), self.total.clone()]
+    pub fn values(&self) -> [Tensor<1>; 8] {
+        [self.cat.clone(), self.sty.clone(), self.dec.clone(), self.trip.clone(), self.keep_c.clone(), self.keep_s.clone(), self.den.clone(), self.total.clone()]
     }
 }
 
@@ -222,9 +230,17 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
     let v = normalize(batch.image_features.clone());
     let tau = batch.temperature as f64;
 
-    // One forward pass per encoder over everything it reads: class prompts, triplets, general prompts.
+    let denoise = match (cfg.w_den > 0.0, &batch.denoise, frozen.unet) {
+        (false, _, _) => None,
+        (true, Some(b), Some(d)) => Some((b, d)),
+        (true, None, _) => return Err(Error::invalid("L_den", "w_den is on but the step has no pictures with a `prompt`")),
+        (true, _, None) => return Err(Error::invalid("L_den", "w_den is on but no UNet was loaded (the --base pipeline's unet/)")),
+    };
+    let den_prompts: &[Vec<u32>] = denoise.map_or(&[], |(b, _)| &b.prompts);
+    // One forward pass per encoder over everything it reads: class prompts, triplets, general prompts and
+    // L_den's prompts.
     let run = |encoder: Encoder, adapter: Option<&Adapter>, triplets: &[Vec<u32>]| -> Result<(Tensor<3>, Tensor<2>)> {
-        let ids: Vec<Vec<u32>> = [&c.category[..], &c.style, triplets, &batch.keep].concat();
+        let ids: Vec<Vec<u32>> = [&c.category[..], &c.style, triplets, &batch.keep, den_prompts].concat();
         text_features(frozen, encoder, adapter, &ids)
     };
     let (nc, ns, ng) = (c.category.len(), c.style.len(), batch.keep.len());
@@ -257,16 +273,25 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
         let diff = rows(h, start..start + ng) - keep_base.clone();
         (diff.clone() * diff * mask.clone()).sum() / (count * d) as f64
     };
-    let keep_c = keep(h_c, nc + ns + mc);
-    let keep_s = keep(h_s, nc + ns + ms);
+    let keep_c = keep(h_c.clone(), nc + ns + mc);
+    let keep_s = keep(h_s.clone(), nc + ns + ms);
+    let den = match denoise {
+        Some((b, d)) => {
+            let nd = b.prompts.len();
+            let (start_c, start_s) = (nc + ns + mc + ng, nc + ns + ms + ng);
+            denoise_loss(d, b, rows(h_c, start_c..start_c + nd), rows(h_s, start_s..start_s + nd), cfg.den_weights)?
+        }
+        None => Tensor::zeros([1], &device),
+    };
 
     let total = cat.clone() * cfg.w_cat as f64
         + sty.clone() * cfg.w_sty as f64
         + dec.clone() * cfg.w_dec as f64
         + trip.clone() * cfg.w_trip as f64
         + keep_c.clone() * cfg.w_keep_c as f64
-        + keep_s.clone() * cfg.w_keep_s as f64;
-    Ok(LossTerms { cat, sty, dec, trip, keep_c, keep_s, total })
+        + keep_s.clone() * cfg.w_keep_s as f64
+        + den.clone() * cfg.w_den as f64;
+    Ok(LossTerms { cat, sty, dec, trip, keep_c, keep_s, den, total })
 }
 
 #[cfg(test)]

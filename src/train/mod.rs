@@ -2,7 +2,7 @@
 //! low-rank deltas over the generator's frozen text encoder E (or as whole copies of it), and the adapter A, trained from a few
 //! labelled pictures (through a frozen CLIP model) and text-only triplets; the UNet never changes.
 //!
-//! - [`losses`]: the formulas, in one place.
+//! - [`losses`]: the formulas, in one place; [`denoise`]: the optional denoising term through the UNet.
 //! - [`optim`]: AdamW exactly as `torch.optim.AdamW`, on the host.
 //! - [`trainables`]: the trained tensors (PEFT-named LoRA factors or full encoder weights, the adapter's
 //!   weights) and their conversion to and from autodiff leaves.
@@ -11,6 +11,7 @@
 //! so that the loop also builds for wasm32.
 
 pub mod dataset;
+pub mod denoise;
 pub mod eval;
 pub mod finetune;
 #[cfg(not(target_arch = "wasm32"))]
@@ -92,6 +93,13 @@ pub struct TrainConfig {
     pub w_trip: f32,
     pub w_keep_c: f32,
     pub w_keep_s: f32,
+    /// Weight of L_den, the denoising term through the frozen UNet (docs/finetune.md); 0, the default,
+    /// leaves it out (DESIGN §2 has no such term) and needs no UNet.
+    pub w_den: f32,
+    /// Pictures with a `prompt` per step for L_den.
+    pub den_batch: usize,
+    /// (λ_c, λ_s), the weights the UNet's decoupled cross-attention runs with in L_den.
+    pub den_weights: [f32; 2],
     /// Positions of each general prompt that L_keep compares (`"through_eos"` or `"all"`).
     pub keep_positions: KeepPositions,
     /// Triplet margin m.
@@ -131,6 +139,9 @@ impl Default for TrainConfig {
             w_trip: 0.5,
             w_keep_c: 1.0,
             w_keep_s: 0.1,
+            w_den: 0.0,
+            den_batch: 8,
+            den_weights: [0.5, 0.5],
             keep_positions: KeepPositions::ThroughEos,
             margin: 0.2,
             temperature: None,
@@ -170,12 +181,16 @@ impl TrainConfig {
             ("w_trip", self.w_trip),
             ("w_keep_c", self.w_keep_c),
             ("w_keep_s", self.w_keep_s),
+            ("w_den", self.w_den),
             ("margin", self.margin),
         ];
         for (field, v) in weights {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(field, "must be a finite number ≥ 0");
             }
+        }
+        if self.den_weights.iter().any(|w| !w.is_finite()) {
+            return bad("den_weights", "must be two finite numbers (λ_c, λ_s)");
         }
         if self.temperature.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
             return bad("temperature", "must be a positive number");
@@ -194,7 +209,7 @@ impl TrainConfig {
         }
         // Sizes and per-step counts are bounded as model configs' integers are (a LoRA rank or an adapter
         // width of 10^12 aborted on allocation): refused by file and field before anything is built.
-        for (field, value) in [("lora.r", self.lora.r), ("adapter_dim", self.adapter_dim), ("batch", self.batch), ("triplets", self.triplets)] {
+        for (field, value) in [("lora.r", self.lora.r), ("adapter_dim", self.adapter_dim), ("batch", self.batch), ("triplets", self.triplets), ("den_batch", self.den_batch)] {
             crate::config::bounded_integer(file, field, value as u64)?;
         }
         if self.lora.r == 0 {
@@ -215,6 +230,9 @@ impl TrainConfig {
         }
         if self.batch == 0 {
             return bad("batch", "must be at least 1");
+        }
+        if self.w_den > 0.0 && self.den_batch == 0 {
+            return bad("den_batch", "must be at least 1 when w_den is on");
         }
         if self.keep_prompts == 0 {
             return bad("keep_prompts", "must be at least 1");

@@ -36,10 +36,10 @@ fn train(cfg: TrainConfig, train: &Loaded, heldout: &Loaded) -> (Vec<f32>, EvalR
         let mut trainer = Trainer::new(cfg.clone(), &train.base, &train.clip.text, train.data.clone()).await.unwrap();
         let mut totals = Vec::new();
         while trainer.step < cfg.steps {
-            totals.push(trainer.train_step().await.unwrap().losses[6]);
+            totals.push(trainer.train_step().await.unwrap().losses[7]);
         }
         let leaves = trainer.trainables.leaves(&train.base.device()).unwrap();
-        let frozen = Frozen { base: &heldout.base, projection: &heldout.clip.text };
+        let frozen = Frozen { base: &heldout.base, projection: &heldout.clip.text, unet: None };
         let report = evaluate(&frozen, leaves.category.encoder(), leaves.style.encoder(), &leaves.adapter, &heldout.data).await.unwrap();
         (totals, report)
     })

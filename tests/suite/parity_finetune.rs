@@ -3,10 +3,12 @@
 //! backends. Limits (the issue's): each loss term within 1e-5 of its value, each gradient within 1e-4 of its
 //! own largest magnitude (never below 1e-6 of the step's largest, for exactly-zero gradients: see
 //! check/finetune.rs), every tensor after the step within 1e-6 (the fixtures' Adam eps ≥ 1e-4 keeps a
-//! near-zero gradient's first step from flipping sign on float noise).
+//! near-zero gradient's first step from flipping sign on float noise). `lora-denoise` adds the denoising
+//! term L_den through the UNet fixture its io file names (`unet` metadata), the same limits.
 
 use crate::common::{backends, block_on, fixtures};
-use control_clip::check::check_finetune_step;
+use control_clip::check::check_finetune_step_with_unet;
+use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::models::ModelFolder;
 use control_clip::{ClipTextModel, SafeTensors, init_device};
 
@@ -17,7 +19,8 @@ fn step(name: &str) {
             let device = init_device(backend).await.unwrap();
             let model = ClipTextModel::read_dir(&dir.join("model"), &device).unwrap();
             let io = SafeTensors::read(&dir.join("io.safetensors")).unwrap();
-            check_finetune_step(&model, &io, 1e-4).await.unwrap()
+            let unet = io.metadata("unet").map(|name| UNet2DConditionModel::read_dir(&fixtures().join("unet").join(name), &device).unwrap());
+            check_finetune_step_with_unet(&model, unet.as_ref(), &io, 1e-4).await.unwrap()
         });
         let worst = report.outputs.iter().map(|o| (o.max_abs_err / o.limit.unwrap().max(f32::MIN_POSITIVE), o.name.as_str())).fold((0f32, ""), |a, b| if b.0 > a.0 { b } else { a });
         println!("{name} [{backend}]: {} outputs, worst {} at {:.2} of its limit", report.outputs.len(), worst.1, worst.0);
@@ -42,4 +45,9 @@ fn gelu_temperature_clipping_step_matches_pytorch() {
 #[test]
 fn full_mode_step_matches_pytorch() {
     step("full-quickgelu");
+}
+
+#[test]
+fn lora_step_with_the_denoising_term_matches_pytorch() {
+    step("lora-denoise");
 }

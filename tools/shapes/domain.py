@@ -68,6 +68,15 @@ def style_name_prompt(category, color, style):
     return f"{plain_prompt(category, color)} in {style} style"
 
 
+# The minimal set's `prompt`s (L_den in `control-clip finetune`): the style by name, as a user writes it,
+# in a few phrasings so that the encoders do not learn one sentence (the evaluation's prompt is the first).
+TRAINING_STYLE_NAME_TEMPLATES = ["{p} in {s} style", "a picture of {p} in {s} style", "{p}, {s} style", "{p} drawn in {s} style"]
+
+
+def training_style_name_prompt(rng, category, color, style):
+    return rng.choice(TRAINING_STYLE_NAME_TEMPLATES).format(p=plain_prompt(category, color), s=style)
+
+
 def general_prompts():
     """Prompts without style words, for L_keep: what f_c and A∘f_s must keep as E reads it."""
     rng = random.Random(7)

@@ -3,7 +3,8 @@
 
     python3 tools/shapes/render.py --out DIR --count N --seed S [--captions] [--per-class K] [--minimal K]
 
-Writes DIR/NNNNNN.png, DIR/labels.jsonl (one line per picture: file, category, color, style, caption) and
+Writes DIR/NNNNNN.png, DIR/labels.jsonl (one line per picture: file, category, color, style, caption, and
+with --minimal a style-name `prompt`) and
 DIR/domain.json (the fine-tuning dataset format of `control-clip finetune`). Picture i is rendered from
 numpy's PCG64 seeded with (S, i), so a folder is the same on every machine and any picture can be re-made
 alone. `--per-class K` renders K pictures of every (category, colour, style) triple in turn instead of
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from domain import CATEGORIES, COLORS, STYLES, base_caption, domain_json  # noqa: E402
+from domain import CATEGORIES, COLORS, STYLES, base_caption, domain_json, training_style_name_prompt  # noqa: E402
 
 SIZE = 128
 SS = 2  # supersampling factor for anti-aliased edges
@@ -183,14 +184,17 @@ def render(seed, index, triple=None):
 
 def render_one(job):
     """Renders and saves picture i; returns its labels.jsonl line. Depends on (seed, i) only."""
-    out, seed, i, triple, describe_fraction = job
+    out, seed, i, triple, describe_fraction, prompts = job
     img, k, c, s, rng = render(seed, i, triple)
     name = f"{i:06d}.png"
     img.save(os.path.join(out, name))
     import random
     crng = random.Random(int(rng.integers(1 << 62)))
     caption = base_caption(crng, k, c, s, describe_style=crng.random() < describe_fraction)
-    return json.dumps({"file": name, "category": k, "color": c, "style": s, "caption": caption})
+    line = {"file": name, "category": k, "color": c, "style": s, "caption": caption}
+    if prompts:
+        line["prompt"] = training_style_name_prompt(crng, k, c, s)
+    return json.dumps(line)
 
 
 def main():
@@ -215,7 +219,8 @@ def main():
                 for i in range(args.minimal * len(STYLES))]
     else:
         jobs = [None] * args.count
-    work = [(args.out, args.seed, i, triple, args.describe_fraction) for i, triple in enumerate(jobs)]
+    # The minimal set also gets each picture's style-name `prompt`, which the denoising term L_den reads.
+    work = [(args.out, args.seed, i, triple, args.describe_fraction, bool(args.minimal)) for i, triple in enumerate(jobs)]
     if args.jobs > 1:
         import multiprocessing
         with multiprocessing.Pool(args.jobs) as pool:

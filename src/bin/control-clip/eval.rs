@@ -61,7 +61,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
     let category = read("category_encoder")?;
     let style = read("style_encoder")?;
     let adapter = Adapter::read_dir(&args.encoders.join("adapter"), &device)?;
-    let frozen = Frozen { base: &loaded.base, projection: &loaded.clip.text };
+    let frozen = Frozen { base: &loaded.base, projection: &loaded.clip.text, unet: None };
     let report = evaluate(&frozen, category.encoder(), style.encoder(), &adapter, &loaded.data).await?;
     println!("{}", report.json_line());
     println!();

@@ -12,7 +12,7 @@ use clap::Args;
 use control_clip::files::{create_dir, open_to_append, read_bytes, read_text, write_atomic};
 use control_clip::train::TrainConfig;
 use control_clip::train::finetune::Trainer;
-use control_clip::train::load::{Loaded, load};
+use control_clip::train::load::{Loaded, load, load_denoiser};
 use burn::tensor::Device;
 use control_clip::{BackendKind, Error, Result, SafeTensors, init_device};
 
@@ -74,11 +74,18 @@ async fn finetune(args: FinetuneArgs) -> Result<()> {
         Some(path) => TrainConfig::parse(&path.display().to_string(), &read_text(path)?)?,
         None => TrainConfig::default(),
     };
-    let (loaded, _) = args.inputs.load(cfg.temperature).await?;
+    let (mut loaded, device) = args.inputs.load(cfg.temperature).await?;
+    let denoiser = match cfg.w_den > 0.0 {
+        true => Some(load_denoiser(&args.inputs.base, &args.inputs.data, &mut loaded, &device).await?),
+        false => None,
+    };
     create_dir(&args.out)?;
     let checkpoint_path = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("log.jsonl");
     let mut trainer = Trainer::new(cfg.clone(), &loaded.base, &loaded.clip.text, loaded.data.clone()).await?;
+    if let Some(denoiser) = &denoiser {
+        trainer = trainer.with_denoiser(denoiser)?;
+    }
     if args.resume {
         trainer.resume(&SafeTensors::read(&checkpoint_path)?)?;
         eprintln!("resumed at step {}", trainer.step);
@@ -100,8 +107,8 @@ async fn finetune(args: FinetuneArgs) -> Result<()> {
         let per_step = started.elapsed().as_secs_f64() / (trainer.step - first) as f64;
         let l = line.losses;
         eprint!(
-            "\rstep {}/{}  total {:.4}  cat {:.3} sty {:.3} dec {:.3} trip {:.3} keep {:.4}/{:.4}  {:.2} s/step   ",
-            trainer.step, cfg.steps, l[6], l[0], l[1], l[2], l[3], l[4], l[5], per_step
+            "\rstep {}/{}  total {:.4}  cat {:.3} sty {:.3} dec {:.3} trip {:.3} keep {:.4}/{:.4} den {:.4}  {:.2} s/step   ",
+            trainer.step, cfg.steps, l[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], per_step
         );
         if trainer.step % cfg.checkpoint_every == 0 || trainer.step == cfg.steps {
             write_atomic(&checkpoint_path, &trainer.checkpoint())?;

@@ -142,6 +142,13 @@ fn optional_operand<const D: usize>(t: Option<&Tensor<D>>, device: &Device) -> F
     t.cloned().unwrap_or_else(|| Tensor::<D>::zeros([1; D], device)).into_dispatch()
 }
 
+/// Whether no operand of a call is tracked by autodiff. The first operand's device decides the backend,
+/// but under fine-tuning's denoising term a plain input meets autodiff operands (the UNet's image tokens
+/// and trained text contexts), and the extension has no backward pass.
+fn untracked(operands: &[bool]) -> bool {
+    !operands.iter().any(|&tracked| tracked)
+}
+
 fn all_f32(tensors: &[DType]) -> bool {
     tensors.iter().all(|&d| d == DType::F32)
 }
@@ -183,6 +190,7 @@ pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, strid
     let [c_out, wc_in, kh, kw] = weight.dims();
     let (h, w) = (h * fused.upsample, w * fused.upsample);
     let applies = cpu_kernels_available(&x.device())
+        && untracked(&[weight.is_autodiff(), bias.is_some_and(|b| b.is_autodiff()), fused.residual.is_some_and(|r| r.is_autodiff())])
         && all_f32(&[x.dtype(), weight.dtype()])
         && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [c_out])
         && wc_in == c_in
@@ -220,6 +228,7 @@ pub fn group_norm<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tenso
     let dims = x.dims();
     let applies = D >= 2
         && cpu_kernels_available(&x.device())
+        && untracked(&[gamma.is_autodiff(), beta.is_autodiff()])
         && all_f32(&[x.dtype(), gamma.dtype(), beta.dtype()])
         && groups >= 1
         && dims[1] % groups == 0
@@ -245,6 +254,7 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
     let [d_in, d_out] = weight.dims();
     let applies = D >= 1
         && cpu_kernels_available(&x.device())
+        && untracked(&[weight.is_autodiff(), bias.is_some_and(|b| b.is_autodiff())])
         && all_f32(&[x.dtype(), weight.dtype()])
         && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [d_out])
         && x.dims()[D - 1] == d_in
@@ -262,6 +272,7 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize) -> O
     let [b, _, inner] = q.dims();
     let [kb, lk, k_inner] = k.dims();
     let applies = cpu_kernels_available(&q.device())
+        && untracked(&[k.is_autodiff(), v.is_autodiff()])
         && all_f32(&[q.dtype(), k.dtype(), v.dtype()])
         && heads >= 1
         && inner % heads == 0
