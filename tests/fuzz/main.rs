@@ -13,7 +13,12 @@
 //! first on every run, so a fixed crash stays fixed. An abort (out of memory) ends the process: the input
 //! being run is always in $CARGO_TARGET_TMPDIR/fuzz-current-TARGET, for the run script to keep.
 //!
-//! `cargo test --test fuzz` (CI): replays corpus and regressions, then fuzzes each target for 1 s.
+//! `cargo test --test fuzz` (CI): the size-scaling checks (each parser at n and 8n), then replays corpus and
+//! regressions and fuzzes each target for 1 s. Two targets go past parsing: `bundle_generate` (a manifest
+//! over the tiny random bundle's files, through building every model to one generation step) and
+//! `finetune_step` (a dataset and training config over labelled pictures, through the trainer's first step).
+//! `FUZZ_MEMORY_MB` (default 6144) caps the process's address space, so that an input that would allocate
+//! without bound aborts here, its input kept, rather than taking the machine's memory.
 //! `FUZZ_SECONDS=900 FUZZ_TARGETS=manifest,safetensors FUZZ_SAVE=1 cargo test --test fuzz` (the long runs
 //! of docs/reliability.md): that many seconds per target; with FUZZ_SAVE=1 the smallest new inputs
 //! (at most 48 a target) join the committed corpus.
@@ -35,7 +40,7 @@ fn outcome<T>(r: control_clip::Result<T>) -> Option<String> {
         Err(e) => {
             // Numbers and quoted names vary with the input, not with the check that failed.
             let text = e.to_string();
-            text.split_whitespace().filter(|w| !w.chars().any(|c| c.is_ascii_digit()) && !w.contains('`')).take(8).collect::<Vec<_>>().join(" ")
+            text.split_whitespace().filter(|w| !w.chars().any(|c| c.is_ascii_digit() || matches!(c, '`' | '[' | ']' | '"' | '{' | '}'))).take(8).collect::<Vec<_>>().join(" ")
         }
     })
 }
@@ -153,7 +158,117 @@ fn train_config(data: &[u8]) -> Option<String> {
     outcome(control_clip::train::TrainConfig::parse("train.json", &text(data)))
 }
 
-const TARGETS: [(&str, Target); 13] = [
+/// The tiny random bundle's files (tests/fixtures/bundles/tiny-random), by name, read once.
+fn bundle_files() -> &'static std::collections::HashMap<String, Vec<u8>> {
+    static FILES: std::sync::OnceLock<std::collections::HashMap<String, Vec<u8>>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny-random");
+        read_dir_files(&dir).into_iter().map(|(p, b)| (p.file_name().unwrap().to_string_lossy().into_owned(), b)).collect()
+    })
+}
+
+/// Past parsing: a manifest (its configs, defaults and file list: the corpus is the tiny random
+/// bundle's) over that bundle's files, verified as the page verifies them, through building every model
+/// to one generation step with the manifest's defaults (at most 64², one step, so that a call stays short).
+fn bundle_generate(data: &[u8]) -> Option<String> {
+    use control_clip::bundle::{BundleFile, Manifest};
+    let device = burn::tensor::Device::flex();
+    outcome(pollster::block_on(async {
+        let manifest = Manifest::parse("fuzz/manifest.json", &text(data))?;
+        let fetch = |file: BundleFile| {
+            let found = bundle_files().get(&file.file).cloned();
+            let manifest = &manifest;
+            async move {
+                let bytes = found.ok_or_else(|| control_clip::Error::file(manifest.path(&file.file), "is not in the bundle"))?;
+                manifest.verify(&file, &bytes)?;
+                Ok(bytes)
+            }
+        };
+        let pipeline = control_clip::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await?;
+        let d = &manifest.defaults;
+        let mut req = control_clip::pipeline::GenerateRequest::new(d.prompt.clone().unwrap_or_else(|| "a red star".into()));
+        req.steps = 1;
+        req.guidance = d.guidance.unwrap_or(7.5) as f32;
+        req.width = d.width.unwrap_or(64).min(64);
+        req.height = d.height.unwrap_or(64).min(64);
+        req.control = control_clip::control::ControlWeights::new(d.category_weight.unwrap_or(1.0) as f32, d.style_weight.unwrap_or(0.0) as f32)?;
+        pipeline.generate(&req, &mut |_| true).await
+    }))
+}
+
+/// The default model's CLIP (tools/shapes/model/clip) and the labelled shapes pictures
+/// (tests/fixtures/finetune/shapes/train) with their image features, made once.
+struct TrainingWorld {
+    clip: control_clip::models::clip_vision::ClipModel,
+    tokenizer: control_clip::ClipTokenizer,
+    features: std::collections::HashMap<String, Vec<f32>>,
+}
+
+fn training_world() -> &'static TrainingWorld {
+    static WORLD: std::sync::OnceLock<TrainingWorld> = std::sync::OnceLock::new();
+    WORLD.get_or_init(|| {
+        use control_clip::models::ModelFolder;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let device = burn::tensor::Device::flex();
+        let clip_dir = root.join("tools/shapes/model/clip");
+        let clip = control_clip::models::clip_vision::ClipModel::read_dir(&clip_dir, &device).unwrap();
+        let processor = control_clip::models::image_processor::ImageProcessor::from_json(&ConfigJson::read(&clip_dir.join("preprocessor_config.json")).unwrap()).unwrap();
+        let tokenizer = control_clip::ClipTokenizer::from_bytes("tokenizer.json", &std::fs::read(clip_dir.join("tokenizer.json")).unwrap()).unwrap();
+        let pictures: Vec<(String, Vec<u8>)> = read_dir_files(&root.join("tests/fixtures/finetune/shapes/train"))
+            .into_iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "png"))
+            .map(|(p, b)| (p.file_name().unwrap().to_string_lossy().into_owned(), b))
+            .collect();
+        let all = pollster::block_on(control_clip::train::finetune::image_features(&clip.vision, &processor, &pictures)).unwrap();
+        let p = clip.vision.config.projection_dim;
+        let features = pictures.iter().enumerate().map(|(i, (name, _))| (name.clone(), all[i * p..(i + 1) * p].to_vec())).collect();
+        TrainingWorld { clip, tokenizer, features }
+    })
+}
+
+/// Past parsing: domain.json, labels.jsonl and train.json (split at NUL bytes) over the labelled shapes
+/// pictures, through the prepared data and the trainer to its first step (with the default model's CLIP
+/// text tower as E). Configs asking for more than a few hundred rows a step are not stepped (a legitimate
+/// but slow request, not a finding).
+fn finetune_step(data: &[u8]) -> Option<String> {
+    use control_clip::train::dataset::{Domain, parse_labels};
+    use control_clip::train::finetune::{Prepared, Trainer};
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let (domain, labels, config) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let world = training_world();
+    outcome(pollster::block_on(async {
+        let domain = Domain::parse("domain.json", &text(domain))?;
+        let labels = parse_labels("labels.jsonl", &text(labels), &domain)?;
+        let cfg = control_clip::train::TrainConfig::parse("train.json", &text(config))?;
+        if cfg.batch + 3 * cfg.triplets + cfg.keep_prompts + cfg.adapter_dim / 64 + cfg.lora.r / 64 > 400 {
+            return Ok(0.0);
+        }
+        let mut features = Vec::new();
+        for l in &labels {
+            features.extend(world.features.get(&l.file).ok_or_else(|| control_clip::Error::file(&l.file, "is not in the dataset folder"))?);
+        }
+        let (classes, captions, general_prompts) = Prepared::tokenize_domain(&domain, &world.tokenizer, "domain.json")?;
+        let prepared = Prepared {
+            feature_dim: world.clip.vision.config.projection_dim,
+            features,
+            category_labels: labels.iter().map(|l| l.category.map_or(-1, |c| c as i64)).collect(),
+            style_labels: labels.iter().map(|l| l.style.map_or(-1, |s| s as i64)).collect(),
+            classes,
+            captions,
+            categories: domain.categories.len(),
+            styles: domain.styles.len(),
+            caption_templates: domain.caption_templates.len(),
+            general_prompts,
+            temperature: cfg.temperature.unwrap_or(world.clip.logit_scale.exp()),
+            denoise: None,
+        };
+        let text = &world.clip.text;
+        let mut trainer = Trainer::new(cfg, text, text, prepared).await?;
+        Ok(trainer.train_step().await?.losses[7])
+    }))
+}
+
+const TARGETS: [(&str, Target); 15] = [
     ("manifest", manifest),
     ("safetensors", safetensors),
     ("clip_config", clip_config),
@@ -167,7 +282,89 @@ const TARGETS: [(&str, Target); 13] = [
     ("image", image),
     ("dataset", dataset),
     ("train_config", train_config),
+    ("bundle_generate", bundle_generate),
+    ("finetune_step", finetune_step),
 ];
+
+/// Size scaling: each parser on a generated input of size n and of size 8n (the best of three timings
+/// each). Linear work takes about 8× as long, quadratic 64×; more than 24× (plus 5 ms of timer and cache
+/// noise) fails, naming the parser. The fuzzing's inputs are too small to show quadratic time.
+fn scaling_inputs(n: usize) -> Vec<(&'static str, Target, Vec<u8>)> {
+    let quoted = |v: Vec<String>| v.join(", ");
+    // labels.jsonl of n lines and a domain of n categories.
+    let categories: Vec<String> = (0..n).map(|i| format!("\"c{i}\"")).collect();
+    let domain = format!(
+        r#"{{"categories": [{}], "styles": ["x", "y"], "category_templates": ["a {{}}"], "style_templates": ["{{}} style"], "caption_templates": ["a {{category}} in {{style}} style"], "general_prompts": ["a c0"]}}"#,
+        quoted(categories)
+    );
+    let labels: Vec<String> = (0..n.max(2)).map(|i| format!(r#"{{"file": "{i:07}.png", "category": "c{}", "style": "{}"}}"#, i % n, ["x", "y"][i % 2])).collect();
+    let mut dataset_input = domain.into_bytes();
+    dataset_input.push(0);
+    dataset_input.extend(labels.join("\n").into_bytes());
+    // A manifest whose text encoder comes in n shards.
+    let mut manifest_json: serde_json::Value = serde_json::from_slice(&bundle_files()["manifest.json"]).unwrap();
+    let shards: Vec<serde_json::Value> = control_clip::bundle::shard_file_names("text_encoder", n)
+        .into_iter()
+        .map(|f| serde_json::json!({"file": f, "sha256": "0".repeat(64), "bytes": 1}))
+        .collect();
+    manifest_json["components"]["text_encoder"]["shards"] = serde_json::Value::Array(shards);
+    // A safetensors file of n one-element tensors.
+    let header: Vec<String> = (0..n).map(|i| format!(r#""t{i}": {{"dtype": "F32", "shape": [1], "data_offsets": [{}, {}]}}"#, 4 * i, 4 * i + 4)).collect();
+    let header = format!("{{{}}}", header.join(", "));
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend(header.into_bytes());
+    st.extend(vec![0u8; 4 * n]);
+    // Configs with n unknown fields; a training config with n LoRA targets.
+    let extra: Vec<String> = (0..n).map(|i| format!(r#""extra_{i}": {i}"#)).collect();
+    let clip = format!(r#"{{"hidden_size": 32, "num_attention_heads": 2, {}}}"#, extra.join(", "));
+    let unet = format!(r#"{{"block_out_channels": [32, 64], {}}}"#, extra.join(", "));
+    let targets: Vec<String> = (0..n).map(|i| ["\"q_proj\"", "\"v_proj\""][i % 2].to_string()).collect();
+    let train = format!(r#"{{"lora": {{"target_modules": [{}]}}}}"#, targets.join(", "));
+    // vocab.json and merges.txt of about n entries.
+    let vocab: Vec<String> = (0..n).map(|i| format!("\"t{i}</w>\": {i}")).chain(["\"<|startoftext|>\": 1000000000".into(), "\"<|endoftext|>\": 1000000001".into()]).collect();
+    let mut vocab_input = format!("{{{}}}", vocab.join(", ")).into_bytes();
+    vocab_input.push(0);
+    vocab_input.extend((0..n).map(|i| format!("t {i}</w>\n")).collect::<String>().into_bytes());
+    // A prompt of about 10 n characters; a square grey PNG of about 16 n pixels that does not compress.
+    let prompt = "a red star ".repeat(n).into_bytes();
+    let side = ((16 * n) as f64).sqrt() as usize;
+    let mut png = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png, side as u32, side as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&(0..side * side).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>()).unwrap();
+    }
+    vec![
+        ("dataset", dataset as Target, dataset_input),
+        ("manifest", manifest as Target, serde_json::to_vec(&manifest_json).unwrap()),
+        ("safetensors", safetensors as Target, st),
+        ("clip_config", clip_config as Target, clip.into_bytes()),
+        ("unet_config", unet_config as Target, unet.into_bytes()),
+        ("train_config", train_config as Target, train.into_bytes()),
+        ("tokenizer_vocab", tokenizer_vocab as Target, vocab_input),
+        ("tokenizer_prompt", tokenizer_prompt as Target, prompt),
+        ("image", image as Target, png),
+    ]
+}
+
+fn scaling_checks(n: usize) -> Vec<String> {
+    let time = |f: Target, input: &[u8]| (0..3).map(|_| {
+        let start = Instant::now();
+        let _ = catch_unwind(AssertUnwindSafe(|| f(input)));
+        start.elapsed()
+    }).min().unwrap();
+    let mut failures = Vec::new();
+    for ((name, f, small), (_, _, large)) in scaling_inputs(n).into_iter().zip(scaling_inputs(8 * n)) {
+        let (a, b) = (time(f, &small), time(f, &large));
+        let ratio = b.as_secs_f64() / a.as_secs_f64().max(1e-9);
+        println!("scaling {name:<18} {:>8} B: {:>9.2?}   {:>9} B: {:>9.2?}   ×{ratio:.1}", small.len(), a, large.len(), b);
+        if b > a * 24 + Duration::from_millis(5) {
+            failures.push(format!("scaling: {name} took {b:.2?} at 8n against {a:.2?} at n (×{ratio:.0}; linear is ×8)"));
+        }
+    }
+    failures
+}
 
 /// xorshift64*: the run's randomness (seeded, so a run can be repeated).
 struct Rng(u64);
@@ -346,8 +543,12 @@ fn fuzz(name: &'static str, f: Target, seconds: f64, seed: u64, save: bool) -> R
     let mut findings = Vec::new();
     let mut seen = HashSet::new();
     let mut corpus: Vec<Vec<u8>> = Vec::new();
+    let verbose = std::env::var("FUZZ_VERBOSE").is_ok_and(|v| v == "1");
     for (_, input) in read_dir_files(&corpus_dir).into_iter().chain(read_dir_files(&regressions)) {
         if let Some(o) = run_one(name, f, &input, &current, &regressions, &mut findings) {
+            if verbose && !seen.contains(&o) {
+                eprintln!("{name} corpus: {o}");
+            }
             seen.insert(o);
         }
         corpus.push(input);
@@ -367,9 +568,13 @@ fn fuzz(name: &'static str, f: Target, seconds: f64, seed: u64, save: bool) -> R
         }
         executions += 1;
         if let Some(o) = run_one(name, f, &input, &current, &regressions, &mut findings)
-            && seen.insert(o)
+            && !seen.contains(&o)
             && corpus.len() < committed + 256
         {
+            if verbose {
+                eprintln!("{name} new: {o}");
+            }
+            seen.insert(o);
             corpus.push(input);
         }
     }
@@ -386,7 +591,20 @@ fn fuzz(name: &'static str, f: Target, seconds: f64, seed: u64, save: bool) -> R
     Report { target: name, executions, corpus: corpus.len(), findings }
 }
 
+/// Caps the address space at `mb` MiB (natively on Linux): an allocation past it fails and aborts.
+fn cap_memory(mb: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let bytes = mb << 20;
+        let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+        // SAFETY: setrlimit reads the struct it is given; lowering our own limit cannot break memory safety.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+        assert_eq!(rc, 0, "setrlimit(RLIMIT_AS, {mb} MiB) failed");
+    }
+}
+
 fn main() {
+    cap_memory(std::env::var("FUZZ_MEMORY_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(6144));
     let seconds: f64 = std::env::var("FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
     let seed: u64 = std::env::var("FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let save = std::env::var("FUZZ_SAVE").is_ok_and(|v| v == "1");
@@ -399,6 +617,10 @@ fn main() {
         }
     }));
     let mut failed = Vec::new();
+    let scaling_n: usize = std::env::var("FUZZ_SCALING_N").ok().and_then(|s| s.parse().ok()).unwrap_or(4000);
+    if only.is_none() && scaling_n > 0 {
+        failed.extend(scaling_checks(scaling_n));
+    }
     for (name, f) in TARGETS {
         if only.as_ref().is_some_and(|o| !o.iter().any(|t| t == name)) {
             continue;
