@@ -233,6 +233,55 @@ pub fn open_to_append(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// A folder being built for `path`: a fresh, empty, unpredictably named folder beside it
+/// (`.name.<16 hex digits>.tmp`, created exclusively), which [`StagedDir::finish`] renames to `path` and
+/// which is removed if it is dropped unfinished, so that a failed build leaves nothing behind.
+pub struct StagedDir {
+    pub staging: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl StagedDir {
+    /// Refuses an existing `path` unless it is an empty folder (which the result then replaces).
+    pub fn new(path: &Path) -> Result<Self> {
+        if std::fs::symlink_metadata(path).is_ok() && !std::fs::read_dir(path).map(|mut d| d.next().is_none()).unwrap_or(false) {
+            return Err(Error::file(name(path), "exists and is not an empty folder; choose a new folder"));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir(parent)?;
+        }
+        let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        for _ in 0..16 {
+            let staging = path.with_file_name(format!(".{file_name}.{:016x}.tmp", unpredictable()));
+            match std::fs::create_dir(&staging) {
+                Ok(()) => return Ok(Self { staging, target: path.to_path_buf(), done: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::file(name(path), format!("cannot create: {e}"))),
+            }
+        }
+        Err(Error::file(name(path), "cannot create: no free temporary name beside it"))
+    }
+
+    /// Renames the finished folder to its target (an empty folder there is replaced).
+    pub fn finish(mut self) -> Result<()> {
+        if std::fs::symlink_metadata(&self.target).is_ok() {
+            std::fs::remove_dir(&self.target).map_err(|e| Error::file(name(&self.target), format!("cannot replace the empty folder: {e}")))?;
+        }
+        std::fs::rename(&self.staging, &self.target).map_err(|e| Error::file(name(&self.target), format!("cannot write: {e}")))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
 /// Creates a folder and its parents.
 pub fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| Error::file(name(path), format!("cannot create: {e}")))

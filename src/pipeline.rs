@@ -184,7 +184,10 @@ impl Pipeline {
         Ok(UNetConditioning::Control(context))
     }
 
-    fn validate(&self, req: &GenerateRequest) -> Result<(usize, usize)> {
+    /// Checks a request against this pipeline (size a multiple of its factor and within bounds, steps,
+    /// guidance, weights) and returns the latents' (height, width); every generation starts here, and
+    /// `bundle` checks its recommended settings with it.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<(usize, usize)> {
         let f = self.decoder.scale_factor() * self.unet.config.downscale_factor();
         for (what, v) in [("width", req.width), ("height", req.height)] {
             if v == 0 || v % f != 0 {

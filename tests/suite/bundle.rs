@@ -564,3 +564,36 @@ fn over_large_generation_requests_are_refused_by_name() {
     refused(&|r| r.steps = 1_000_000_000, &["1000000000"]);
     assert!(start.elapsed().as_secs() < 5, "refusing took {:?}", start.elapsed());
 }
+
+/// `bundle` builds in a fresh folder beside --out and renames it only once the bundle loads as the
+/// pipeline loads it and its recommended settings would be accepted (issue 29, item 5): recommended
+/// settings it could not read back, and configs that do not fit their weights, are refused with exit 2,
+/// and nothing is left behind — --out stays the empty folder it was, with no staging folder beside it.
+#[test]
+fn a_failed_bundle_leaves_nothing_and_refuses_what_it_could_not_read() {
+    let f = fixtures();
+    let unet = f.join("unet/sd-tiny");
+    let misfit = tempdir("bundle-misfit-unet");
+    std::fs::copy(unet.join("diffusion_pytorch_model.safetensors"), misfit.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(unet.join("config.json")).unwrap()).unwrap();
+    config["cross_attention_dim"] = 24.into();
+    std::fs::write(misfit.join("config.json"), config.to_string()).unwrap();
+    for (tag, unet, extra, needles) in [
+        ("steps-0", &unet, vec!["--steps", "0"], vec!["steps", "must be at least 1"]),
+        ("guidance-nan", &unet, vec!["--guidance", "NaN"], vec!["guidance", "NaN"]),
+        ("misfit", &misfit, vec![], vec!["would not load", "to_k"]),
+    ] {
+        let (out, output) = bundle_parts_cli(tag, unet, &ddim_scheduler_config(), &extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{tag}: {stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{tag}: `{needle}` not in {stderr}");
+        }
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{tag}: --out is not empty after a failed bundle");
+        let name = out.file_name().unwrap().to_string_lossy().into_owned();
+        let left: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!(".{name}."))).collect();
+        assert!(left.is_empty(), "{tag}: staging folders left beside --out: {left:?}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let _ = std::fs::remove_dir_all(&misfit);
+}

@@ -257,11 +257,10 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let shard_bytes = parse_size(&args.shard_size)?;
     control_clip::control::ControlWeights::new(args.category_weight as f32, args.style_weight.unwrap_or(0.0) as f32)?;
     let style_weight = args.style_weight.unwrap_or(if args.style_encoder.is_some() || args.adapter.is_some() { 1.0 } else { 0.0 });
-    let out = &args.out;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(Error::file(out.display().to_string(), "exists and is not empty; choose a new folder"));
-    }
-    files::create_dir(out)?;
+    // Everything is written into a fresh folder beside --out and renamed to it only once the bundle
+    // loads as the page would load it: a failed build leaves no half-made folder.
+    let staged = files::StagedDir::new(&args.out)?;
+    let out = &staged.staging;
 
     // Validate the tokenizer by loading it, then copy it (a vocab.json + merges.txt folder becomes the
     // tokenizer.json transformers builds from them).
@@ -343,5 +342,15 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     };
     let text = Manifest::new(&args.name, &args.licence, defaults, components).to_json();
     files::write_atomic(&out.join(MANIFEST), text.as_bytes())?;
+    // The manifest must read back (its recommended settings included) and every config must fit its
+    // weights: load the bundle as the pipeline does, on the CPU backend, before it gets its name.
+    let device = pollster::block_on(control_clip::init_device(control_clip::BackendKind::Cpu))?;
+    let pipeline = pollster::block_on(control_clip::pipeline::Pipeline::read_bundle(out, &device))
+        .map_err(|e| Error::invalid("bundle", format!("it would not load, so it is not written: {e}")))?;
+    let mut recommended = control_clip::pipeline::GenerateRequest::new(args.prompt.clone().unwrap_or_default());
+    (recommended.steps, recommended.guidance, recommended.width, recommended.height) = (args.steps, args.guidance as f32, args.width, args.height);
+    recommended.control = control_clip::control::ControlWeights { category: args.category_weight as f32, style: style_weight as f32 };
+    pipeline.validate(&recommended).map_err(|e| Error::invalid("bundle", format!("its recommended settings (--steps, --guidance, --width, --height, the weights) would be refused: {e}")))?;
+    staged.finish()?;
     Ok(total + text.len() as u64)
 }
