@@ -23,6 +23,82 @@ pub fn bounded_integer(file: &str, field: &str, value: u64) -> Result<usize> {
     Ok(value as usize)
 }
 
+/// Refuses JSON text in which one object gives a key twice, naming `file` and the key's path
+/// (`components.unet.config.sample_size`): JSON parsers disagree on which of the two counts (serde_json and
+/// Python's `json` keep the last), so a file that says two things is refused rather than read one way.
+/// Linear in the text's length; text that is not JSON is left to the caller's parser to report.
+pub fn refuse_duplicate_keys(file: &str, text: &str) -> Result<()> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct Seek<'a> {
+        found: &'a mut Option<String>,
+        path: String,
+    }
+    impl<'de> DeserializeSeed<'de> for Seek<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seek<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+                if self.found.is_some() {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                if !seen.insert(key) {
+                    *self.found = Some(path);
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                map.next_value_seed(Seek { found: &mut *self.found, path })?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            let mut i = 0;
+            while seq.next_element_seed(Seek { found: &mut *self.found, path: format!("{}[{i}]", self.path) })?.is_some() {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> std::result::Result<(), E> {
+            Ok(())
+        }
+    }
+
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    // Invalid JSON is the caller's parser's to report; only a duplicate found before the error counts.
+    let _ = Seek { found: &mut found, path: String::new() }.deserialize(&mut de);
+    match found {
+        Some(path) => Err(Error::config(file, path, "appears twice in its object; give each key once")),
+        None => Ok(()),
+    }
+}
+
 /// A parsed JSON object plus the name of the file it came from.
 #[derive(Debug, Clone)]
 pub struct ConfigJson {
@@ -39,7 +115,9 @@ impl ConfigJson {
         if text.trim().is_empty() {
             return Err(Error::file(&file, "the file is empty, expected a JSON config"));
         }
-        let value: Value = serde_json::from_str(&quote_python_specials(text)).map_err(|e| Error::file(&file, format!("not valid JSON: {e}")))?;
+        let text = quote_python_specials(text);
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::file(&file, format!("not valid JSON: {e}")))?;
+        refuse_duplicate_keys(&file, &text)?;
         match value {
             Value::Object(object) => Ok(Self { file, object }),
             _ => Err(Error::file(&file, "expected a JSON object")),

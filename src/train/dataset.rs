@@ -32,6 +32,7 @@ pub struct Domain {
 
 impl Domain {
     pub fn parse(file: &str, text: &str) -> Result<Self> {
+        crate::config::refuse_duplicate_keys(file, text)?;
         let domain: Self = serde_json::from_str(text).map_err(|e| Error::file(file, format!("is not a valid domain file: {e}")))?;
         for (field, list, min) in [
             ("categories", &domain.categories, 2),
@@ -137,6 +138,7 @@ pub fn parse_labels(file: &str, text: &str, domain: &Domain) -> Result<Vec<Label
         if line.trim().is_empty() {
             continue;
         }
+        crate::config::refuse_duplicate_keys(&at, line)?;
         let parsed: LabelLine = serde_json::from_str(line).map_err(|e| Error::file(&at, format!("is not a JSON object with `file`, `category`, `style`: {e}")))?;
         let name = parsed.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| Error::file(&at, "has no `file`"))?;
         if name.contains("..") || name.starts_with('/') || name.contains('\\') {

@@ -167,6 +167,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Parses and checks a training config; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self> {
+        crate::config::refuse_duplicate_keys(file, text)?;
         let cfg: Self = serde_json::from_str(text).map_err(|e| Error::file(file, format!("is not a valid training config: {e}")))?;
         cfg.validate(file)?;
         Ok(cfg)

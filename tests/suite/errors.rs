@@ -522,3 +522,33 @@ fn user_named_special_files_are_refused_by_name() {
         assert!(stderr.contains(&format!("{}: is not a regular file {what}", path.display())), "{stderr}");
     }
 }
+
+/// A JSON key given twice in one object is refused by file and key path (issue 29, item 6): parsers
+/// disagree on which one counts, so the file is not read either way. A manifest (through the CLI: exit 2),
+/// a model config, a training config, domain.json and a labels.jsonl line.
+#[cfg(unix)]
+#[test]
+fn duplicate_json_keys_are_refused_by_file_and_key() {
+    let bundle = copied_tiny_bundle("duplicate-key");
+    let manifest = bundle.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // The decoder's config gives `scaling_factor` a second time, at its end.
+    let at = text.find("\"decoder\"").unwrap();
+    let config_end = at + text[at..].find("\"config\"").unwrap();
+    let brace = config_end + text[config_end..].find('{').unwrap();
+    std::fs::write(&manifest, format!("{}{{\"scaling_factor\": 0.5, {}", &text[..brace], &text[brace + 1..])).unwrap();
+    let (code, stderr) = generate_from(&bundle, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("manifest.json") && stderr.contains("components.decoder.config.scaling_factor") && stderr.contains("appears twice"), "{stderr}");
+
+    let e = control_clip::config::ConfigJson::parse("unet/config.json", r#"{"in_channels": 4, "block_out_channels": [32, 64], "in_channels": 8}"#).unwrap_err().to_string();
+    assert!(e.contains("unet/config.json") && e.contains("in_channels") && e.contains("appears twice"), "{e}");
+    let e = control_clip::train::TrainConfig::parse("train.json", r#"{"lora": {"r": 4, "r": 8}}"#).unwrap_err().to_string();
+    assert!(e.contains("train.json") && e.contains("lora.r") && e.contains("appears twice"), "{e}");
+    let domain = r#"{"categories": ["a", "b"], "styles": ["x", "y"], "styles": ["p", "q"], "category_templates": ["{}"], "style_templates": ["{}"], "caption_templates": ["{category} {style}"], "general_prompts": ["p"]}"#;
+    let e = control_clip::train::dataset::Domain::parse("domain.json", domain).unwrap_err().to_string();
+    assert!(e.contains("domain.json") && e.contains("styles") && e.contains("appears twice"), "{e}");
+    let d = control_clip::train::dataset::Domain::parse("domain.json", &domain.replace(r#""styles": ["p", "q"], "#, "")).unwrap();
+    let e = control_clip::train::dataset::parse_labels("labels.jsonl", "{\"file\": \"a.png\", \"category\": \"a\", \"style\": \"x\"}\n{\"file\": \"b.png\", \"category\": \"b\", \"style\": \"y\", \"style\": \"x\"}", &d).unwrap_err().to_string();
+    assert!(e.contains("labels.jsonl:2") && e.contains("style") && e.contains("appears twice"), "{e}");
+}

@@ -246,6 +246,7 @@ fn jobs(args: &GenerateArgs, settings: &Settings) -> control_clip::Result<Vec<Jo
     let mut jobs = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{name}, line {}", i + 1);
+        control_clip::config::refuse_duplicate_keys(&at, line)?;
         let l: BatchLine = serde_json::from_str(line).map_err(|e| Error::file(&at, format!("not a batch line: {e}")))?;
         check_png_name(&at, &l.out)?;
         let own_weights = l.category_weight.is_some() || l.style_weight.is_some();
