@@ -347,13 +347,31 @@ impl ImageProcessor {
             ResizeTo::Exact { height, width } => (height, width),
             ResizeTo::ShortestEdge(s) => {
                 let (short, long) = if img.width <= img.height { (img.width, img.height) } else { (img.height, img.width) };
-                let new_long = ((s * long) as f64 / short as f64) as usize;
+                // In u64 / f64: s · long overflows a 32-bit usize (wasm) for a thin picture; the cast saturates.
+                let new_long = ((s as u64 * long as u64) as f64 / short as f64) as usize;
                 if img.width <= img.height { (new_long, s) } else { (s, new_long) }
             }
         }
     }
 
-    /// `pixel_values` of one picture: [3, H, W] row-major.
+    /// Refuses a picture whose resized size (before any center crop) would exceed [`MAX_PICTURE_PIXELS`]:
+    /// the pixel bound of decoding holds for the picture, not for what a shortest-edge resize makes of a
+    /// thin one (1 × 16,777,216 pixels resized to a shortest edge of 224 is 224 × 3.8 billion: 6.4 GB of
+    /// pixels before the crop). `name` names the picture.
+    pub fn check(&self, name: &str, img: &RgbImage) -> Result<()> {
+        if self.do_resize {
+            let (h, w) = self.resized_size(img);
+            if (h as u64).saturating_mul(w as u64) > MAX_PICTURE_PIXELS {
+                return Err(Error::file(
+                    name,
+                    format!("is {} × {} pixels, which resizing to the vision tower's input would make {w} × {h}: more than {MAX_PICTURE_PIXELS} pixels (the aspect ratio is too extreme)", img.width, img.height),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `pixel_values` of one picture: [3, H, W] row-major. Callers [`Self::check`] the picture first.
     pub fn preprocess(&self, img: &RgbImage) -> Vec<f32> {
         let mut img = img.clone();
         if self.do_resize {

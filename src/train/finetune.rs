@@ -324,6 +324,7 @@ pub async fn image_features(
         let mut pixels = Vec::with_capacity(chunk.len() * 3 * s * s);
         for (name, bytes) in chunk {
             let img = RgbImage::decode(name, bytes)?;
+            processor.check(name, &img)?;
             if processor.output_size(&img) != (s, s) {
                 return Err(Error::file(name, format!("preprocesses to {:?}, the vision tower takes {s}×{s} (check preprocessor_config.json)", processor.output_size(&img))));
             }

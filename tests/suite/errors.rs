@@ -552,3 +552,45 @@ fn duplicate_json_keys_are_refused_by_file_and_key() {
     let e = control_clip::train::dataset::parse_labels("labels.jsonl", "{\"file\": \"a.png\", \"category\": \"a\", \"style\": \"x\"}\n{\"file\": \"b.png\", \"category\": \"b\", \"style\": \"y\", \"style\": \"x\"}", &d).unwrap_err().to_string();
     assert!(e.contains("labels.jsonl:2") && e.contains("style") && e.contains("appears twice"), "{e}");
 }
+
+/// A thin picture within the pixel bound (1 × 16,777,216: 33 KB of PNG) is refused by name before the
+/// CLIP preprocessing's shortest-edge resize would make 224 × 3.8 billion pixels of it (6.4 GB: the
+/// process aborted), through `control-clip finetune` (exit 2, quickly; issue 29, item 2).
+#[cfg(unix)]
+#[test]
+fn a_picture_too_thin_to_preprocess_is_refused_by_name() {
+    let data = crate::common::tempdir("thin-picture");
+    let src = fixtures().join("finetune/shapes/train");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
+    }
+    let labels = std::fs::read_to_string(data.join("labels.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(labels.lines().next().unwrap()).unwrap();
+    let name = first["file"].as_str().unwrap().to_string();
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, 1, 1 << 24);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_compression(png::Compression::Fast);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&vec![200u8; 1 << 24]).unwrap();
+    }
+    std::fs::write(data.join(&name), &png_bytes).unwrap();
+    let out = crate::common::tempdir("thin-picture-out");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let args: Vec<std::ffi::OsString> = vec![
+        "finetune".into(),
+        "--base".into(),
+        root.join("tools/shapes/model/pipeline").into(),
+        "--clip".into(),
+        root.join("tools/shapes/model/clip").into(),
+        "--data".into(),
+        data.clone().into(),
+        "--out".into(),
+        out.into(),
+    ];
+    let (code, stderr) = cli_within(30, &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&name) && stderr.contains("1 × 16777216") && stderr.contains("aspect ratio"), "{stderr}");
+}
