@@ -151,6 +151,11 @@ pub const MAX_FILE_NAME: usize = 128;
 /// cannot hold even 4 GiB). A larger figure is refused at parse time rather than trusted by a reader.
 pub const MAX_FILE_BYTES: u64 = 16 << 30;
 
+/// The largest manifest read: 4 MiB. A real one is a few kilobytes (an SD 1.5 manifest with every config
+/// inline is about 20 KB), and parsing JSON takes some 30 times its size in memory (a 58 MB manifest took
+/// 1.9 GB), so the bound holds the parse to about 130 MB. The page applies the same number (www/worker.js).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 /// A bundle's file names are joined to its folder (natively) or resolved against its URL (in the page), so
 /// a name must stay inside the bundle: 1 to [`MAX_FILE_NAME`] characters of ASCII letters, digits, `.`, `_`
 /// and `-`, not starting with `.`. That refuses path separators (`/`, `\`), `.` and `..`, absolute paths,
@@ -285,6 +290,14 @@ impl Components {
             Ok(())
         };
         check("components.tokenizer".into(), &self.tokenizer)?;
+        // The tokenizer is read whole and parsed as JSON, as every small file is: the same bound.
+        if self.tokenizer.bytes > crate::files::MAX_SMALL_FILE {
+            return Err(Error::config(
+                manifest,
+                "components.tokenizer.bytes",
+                format!("{} bytes is more than a tokenizer file may hold ({})", self.tokenizer.bytes, crate::files::MAX_SMALL_FILE),
+            ));
+        }
         for name in component::WEIGHTS {
             let Some(c) = self.weights(name) else { continue };
             match &c.files {
@@ -368,6 +381,9 @@ impl Manifest {
     /// bundle is named as such), then each component, naming the field that is wrong.
     pub fn parse(origin: &str, text: &str) -> Result<Self> {
         let file = format!("{origin}/{MANIFEST}");
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::file(&file, format!("is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit for a manifest (a real one is a few kilobytes)", text.len())));
+        }
         let c = ConfigJson::parse(&file, text)?;
         if c.str_or("format", "")? != FORMAT {
             return Err(Error::config(&file, "format", format!("expected \"{FORMAT}\": this is not a control-clip bundle")));
@@ -505,6 +521,6 @@ impl Manifest {
     /// Reads a bundle folder's manifest (native; a regular file, not a symbolic link).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
-        Self::parse(&dir.display().to_string(), &crate::files::read_text_in_bundle(&dir.join(MANIFEST))?)
+        Self::parse(&dir.display().to_string(), &crate::files::read_text_in_bundle(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)?)
     }
 }

@@ -168,9 +168,9 @@ pub fn read_text(path: &Path) -> Result<String> {
     utf8(path, read_bytes_at_most(path, MAX_SMALL_FILE)?)
 }
 
-/// A text file of a bundle folder (its manifest), at most [`MAX_SMALL_FILE`] bytes; a link is refused.
-pub fn read_text_in_bundle(path: &Path) -> Result<String> {
-    utf8(path, read_at_most_with(path, MAX_SMALL_FILE, Links::RefuseInBundle)?)
+/// A text file of a bundle folder (its manifest), at most `max` bytes; a link is refused.
+pub fn read_text_in_bundle(path: &Path, max: u64) -> Result<String> {
+    utf8(path, read_at_most_with(path, max, Links::RefuseInBundle)?)
 }
 
 /// 64 bits no other process can predict: std's `RandomState` keys come from the operating system's
@@ -364,8 +364,8 @@ mod tests {
         let text_link = dir.join("text-link");
         std::os::unix::fs::symlink(&real, &text_link).unwrap();
         assert_eq!(read_text(&text_link).unwrap(), "text");
-        assert!(read_text_in_bundle(&text_link).is_err());
-        assert_eq!(read_text_in_bundle(&real).unwrap(), "text");
+        assert!(read_text_in_bundle(&text_link, MAX_SMALL_FILE).is_err());
+        assert_eq!(read_text_in_bundle(&real, MAX_SMALL_FILE).unwrap(), "text");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

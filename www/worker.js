@@ -113,7 +113,13 @@ async function readWithProgress(response, limit, onChunk) {
   return bytes;
 }
 
-// The manifest's text: from the network when there is one, else the cached copy.
+// The largest manifest read, as src/bundle.rs's MAX_MANIFEST_BYTES (a real one is a few kilobytes; parsing
+// takes some 30 times a manifest's size in memory).
+const MAX_MANIFEST_BYTES = 4 << 20;
+const manifestTooLarge = (where, bytes) => new Error(`${where}: ${bytes === undefined ? 'more than' : `${bytes} bytes, over`} the ${MAX_MANIFEST_BYTES}-byte limit for a manifest (a real one is a few kilobytes): refused`);
+
+// The manifest's text: from the network when there is one, else the cached copy; never more than
+// MAX_MANIFEST_BYTES read.
 async function fetchManifest(base) {
   const url = new URL('manifest.json', base).href;
   const cache = await openCache();
@@ -121,7 +127,15 @@ async function fetchManifest(base) {
   try {
     const response = await fetch(url, { cache: 'no-cache' });
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}${response.status === 404 ? ' (no manifest.json: is this a control-clip bundle folder?)' : ''}`);
-    text = await response.text();
+    const declared = Number(response.headers.get('content-length'));
+    if (declared > MAX_MANIFEST_BYTES && !response.headers.get('content-encoding')) throw manifestTooLarge(url, declared);
+    let bytes;
+    try {
+      bytes = await readWithProgress(response, MAX_MANIFEST_BYTES, () => {});
+    } catch (e) {
+      throw e.message.includes('reading stopped') ? manifestTooLarge(url) : e;
+    }
+    text = new TextDecoder().decode(bytes);
     if (cache) await cache.put(url, new Response(text));
   } catch (e) {
     const cached = cache && await cache.match(url);
@@ -175,6 +189,7 @@ async function loadFromUrl(id, base, backend) {
 }
 
 async function loadFromFiles(id, files, backend) {
+  if (files['manifest.json'] && files['manifest.json'].byteLength > MAX_MANIFEST_BYTES) throw manifestTooLarge('manifest.json', files['manifest.json'].byteLength);
   const text = files['manifest.json'] && new TextDecoder().decode(files['manifest.json']);
   if (!text) throw new Error('the chosen files hold no manifest.json: choose a control-clip bundle folder');
   const manifest = new BundleManifest('chosen files', text);

@@ -43,7 +43,7 @@ after(async () => { if (closeSite) await closeSite(); });
 
 function makeBrokenBundles() {
   const src = path.join(ROOT, 'www/models/default');
-  for (const name of ['bad-sha', 'missing-file', 'wrong-version', 'too-long']) {
+  for (const name of ['bad-sha', 'missing-file', 'wrong-version', 'too-long', 'huge-manifest', 'huge-tokenizer']) {
     const dir = path.join(BUNDLES, name);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.cpSync(src, dir, { recursive: true });
@@ -56,6 +56,14 @@ function makeBrokenBundles() {
   // A file longer than the manifest's size: reading stops at that size (or, where the server sends a
   // Content-Length, before it starts) instead of filling memory.
   fs.appendFileSync(path.join(BUNDLES, 'too-long/decoder.safetensors'), Buffer.alloc(1 << 20));
+  // A manifest over the 4 MiB bound (valid JSON, padded with spaces) and one declaring a 300 MB tokenizer:
+  // each refused before it is parsed or the file is fetched.
+  const huge = path.join(BUNDLES, 'huge-manifest/manifest.json');
+  fs.writeFileSync(huge, fs.readFileSync(huge, 'utf8') + ' '.repeat(5 << 20));
+  const tok = path.join(BUNDLES, 'huge-tokenizer/manifest.json');
+  const t = JSON.parse(fs.readFileSync(tok, 'utf8'));
+  t.components.tokenizer.bytes = 300 * 1000 * 1000;
+  fs.writeFileSync(tok, JSON.stringify(t));
   const manifest = path.join(BUNDLES, 'wrong-version/manifest.json');
   fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 2', '"format_version": 99'));
   // Hostile file names: only the manifest is copied, so any fetch of a bundle file would be the name's own.
@@ -212,6 +220,8 @@ for (const [name, words] of [
   ['missing-file', ['decoder.safetensors', '404', 'missing']],
   ['wrong-version', ['format_version', '99', 'not supported']],
   ['too-long', ['decoder.safetensors', "more than the manifest's"]],
+  ['huge-manifest', ['manifest.json', '4194304-byte limit for a manifest']],
+  ['huge-tokenizer', ['components.tokenizer.bytes', 'more than a tokenizer file may hold']],
 ]) {
   test(`a broken bundle (${name}) shows a clear error and the page stays usable`, async () => {
     const { page, errors } = await open(`${base}/www/index.html?backend=cpu&bundle=/tests/browser/out/bundles/${name}/`);

@@ -594,3 +594,29 @@ fn a_picture_too_thin_to_preprocess_is_refused_by_name() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains(&name) && stderr.contains("1 × 16777216") && stderr.contains("aspect ratio"), "{stderr}");
 }
+
+/// A manifest over 4 MiB is refused from its size before it is read or parsed (parsing took some 30 times
+/// a manifest's size in memory: 1.9 GB for 58 MB), and a manifest declaring a tokenizer over the 64 MiB
+/// small-file bound is refused at parse time by field (issue 29, item 2): through the CLI, exit 2.
+#[cfg(unix)]
+#[test]
+fn over_large_manifests_and_tokenizers_are_refused_before_reading() {
+    let bundle = copied_tiny_bundle("huge-manifest");
+    let manifest = bundle.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let start = std::time::Instant::now();
+    // A sparse tail of spaces would still be valid JSON; the size alone refuses it.
+    std::fs::write(&manifest, format!("{text}{}", " ".repeat(5 << 20))).unwrap();
+    let (code, stderr) = generate_from(&bundle, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("manifest.json") && stderr.contains("over the 4194304-byte limit"), "{stderr}");
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["components"]["tokenizer"]["bytes"] = (300u64 * 1000 * 1000).into();
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let (code, stderr) = generate_from(&bundle, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("components.tokenizer.bytes") && stderr.contains("more than a tokenizer file may hold"), "{stderr}");
+    assert!(start.elapsed().as_secs() < 10, "refusing took {:?}", start.elapsed());
+    let e = control_clip::bundle::Manifest::parse("page", &format!("{text}{}", " ".repeat(5 << 20))).unwrap_err().to_string();
+    assert!(e.contains("page/manifest.json") && e.contains("4194304-byte limit"), "{e}");
+}
