@@ -140,9 +140,7 @@ pub fn read_opened(path: &Path, file: File, declared: u64) -> Result<Vec<u8>> {
     read_bounded(path, file, declared, declared, |_| Error::file(name(path), format!("holds more than the manifest's {declared} bytes (it grew while it was read)")))
 }
 
-/// The most a text file (a config, manifest, dataset list or training config: kilobytes in practice) or a
-/// tokenizer / picture file may hold: 64 MiB. A larger one is refused from its size, before it is read.
-pub const MAX_SMALL_FILE: u64 = 64 << 20;
+pub use crate::config::MAX_SMALL_FILE;
 
 /// The whole file if it holds at most `max` bytes; a larger one is refused before anything is read (the
 /// read itself stops at `max + 1` bytes, should the file grow meanwhile).
