@@ -414,6 +414,11 @@ impl Manifest {
     /// Names the part of a manifest that did not deserialize: the component at fault when there is one
     /// (serde's own message does not say where it was), else serde's message.
     fn explain(file: &str, manifest: &Value, e: serde_json::Error) -> Error {
+        if let Some(defaults) = manifest.get("defaults")
+            && let Err(e) = Defaults::deserialize(defaults)
+        {
+            return Error::config(file, "defaults", format!("the recommended settings do not read: {e}"));
+        }
         let Some(components) = manifest.get("components").and_then(Value::as_object) else {
             return Error::config(file, "components", "missing or not an object");
         };

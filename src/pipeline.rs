@@ -326,9 +326,12 @@ impl Pipeline {
         device: &Device,
     ) -> Result<Self> {
         use crate::models::ModelFolder;
+        let (tokenizer_path, tokenizer) = (tokenizer, ClipTokenizer::read(tokenizer)?);
+        let text_encoder = ClipTextModel::read_dir(text_encoder, device)?;
+        tokenizer.check_fits(&tokenizer_path.display().to_string(), text_encoder.config.vocab_size, "its config.json")?;
         Ok(Self {
-            tokenizer: ClipTokenizer::read(tokenizer)?,
-            text_encoder: ClipTextModel::read_dir(text_encoder, device)?,
+            tokenizer,
+            text_encoder,
             control: ControlEncoders::default(),
             unet: UNet2DConditionModel::read_dir(unet, device)?,
             decoder: Decoder::read_dir(decoder, device)?,
@@ -350,10 +353,12 @@ impl Pipeline {
     {
         let weights = |name: &'static str| manifest.read_weights(name, &fetch);
         let tokenizer_file = manifest.components.tokenizer.clone();
-        let tokenizer = ClipTokenizer::from_bytes(&manifest.path(&tokenizer_file.file), &fetch(tokenizer_file).await?)?;
+        let tokenizer_name = manifest.path(&tokenizer_file.file);
+        let tokenizer = ClipTokenizer::from_bytes(&tokenizer_name, &fetch(tokenizer_file).await?)?;
         let base_config = manifest.config(component::TEXT_ENCODER)?;
         let base_weights = weights(component::TEXT_ENCODER).await?;
         let text_encoder = ClipTextModel::load(&base_config, &base_weights, device)?;
+        tokenizer.check_fits(&tokenizer_name, text_encoder.config.vocab_size, &base_config.file)?;
         let mut sources = Vec::new();
         for name in [component::CATEGORY_ENCODER, component::STYLE_ENCODER] {
             sources.push(match manifest.components.weights(name) {

@@ -60,6 +60,23 @@ impl ClipTokenizer {
         Ok(Self { inner, bos, eos, pad })
     }
 
+    /// The largest token id this tokenizer can produce (its vocabulary, added tokens and padding).
+    pub fn largest_id(&self) -> u32 {
+        let vocab = self.inner.get_vocab(true).into_values().max().unwrap_or(0);
+        vocab.max(self.bos).max(self.eos).max(self.pad)
+    }
+
+    /// Refuses a tokenizer whose ids do not all fit a text encoder of `vocab_size` tokens, naming the
+    /// tokenizer (`name`) and the encoder's config (`config`): otherwise the first prompt that uses such a
+    /// token fails mid-generation with a bare id.
+    pub fn check_fits(&self, name: &str, vocab_size: usize, config: &str) -> Result<()> {
+        let largest = self.largest_id();
+        if largest as usize >= vocab_size {
+            return Err(Error::file(name, format!("gives token ids up to {largest}, but the text encoder ({config}) has a vocabulary of {vocab_size} (vocab_size): they do not belong together")));
+        }
+        Ok(())
+    }
+
     /// Builds the tokenizer from a `vocab.json` + `merges.txt` pair ([`tokenizer_json_from_vocab`]).
     pub fn from_vocab(vocab: (&str, &[u8]), merges: (&str, &[u8]), special: &SpecialTokens) -> Result<Self> {
         let json = tokenizer_json_from_vocab(vocab, merges, special)?;

@@ -34,7 +34,7 @@ impl Ddim {
             alphas_cumprod: schedule.alphas_cumprod,
             final_alpha_cumprod,
             spacing: config.spacing("leading")?,
-            steps_offset: config.steps_offset.unwrap_or(0),
+            steps_offset: config.steps_offset()?,
             prediction: config.prediction()?,
             clip: config.clip(true)?,
             num_inference_steps: 0,

@@ -78,7 +78,7 @@ impl DpmPp2m {
             final_sigma_is_zero,
             train_sigmas,
             spacing: c.spacing("linspace")?,
-            steps_offset: c.steps_offset.unwrap_or(0),
+            steps_offset: c.steps_offset()?,
             prediction: c.prediction()?,
             solver_order,
             lower_order_final: c.lower_order_final.unwrap_or(true),
@@ -135,6 +135,9 @@ impl Scheduler for DpmPp2m {
                 .map(|t| t.round_ties_even() - 1.0)
                 .collect(),
         };
+        if !self.karras {
+            super::check_spaced_timesteps(n, &timesteps, n_train)?;
+        }
         let mut sigmas: Vec<f32> = if self.karras {
             let sigma_min = self.sigma_min.unwrap_or(self.train_sigmas[0] as f64);
             let sigma_max = self.sigma_max.unwrap_or(self.train_sigmas[n_train - 1] as f64);

@@ -29,7 +29,7 @@ impl EulerAncestral {
             num_train_timesteps: schedule.num_train_timesteps,
             train_sigmas: train_sigmas(&schedule.alphas_cumprod),
             spacing: config.spacing("linspace")?,
-            steps_offset: config.steps_offset.unwrap_or(0),
+            steps_offset: config.steps_offset()?,
             prediction: config.prediction()?,
             timesteps: Vec::new(),
             sigmas: Vec::new(),

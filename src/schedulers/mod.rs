@@ -225,6 +225,16 @@ impl SchedulerConfig {
         Self::from_json(&ConfigJson::read(path)?)
     }
 
+    /// `steps_offset`, which must leave room below `num_train_timesteps` (a larger one puts every
+    /// timestep past the schedule's end: refused by file and field rather than as a step count).
+    fn steps_offset(&self) -> Result<usize> {
+        let n = self.num_train_timesteps.unwrap_or(1000);
+        match self.steps_offset.unwrap_or(0) {
+            o if o >= n => Err(self.error("steps_offset", format!("{o} is not below num_train_timesteps ({n})"))),
+            o => Ok(o),
+        }
+    }
+
     /// The kind `_class_name` names, if it is one implemented here.
     pub fn kind(&self) -> Option<SchedulerKind> {
         self.class_name.as_deref().and_then(SchedulerKind::from_class_name)
@@ -476,6 +486,19 @@ fn np_interp(x: f64, fp: &[f32]) -> f64 {
 
 /// The timesteps the `leading` / `trailing` / `linspace` spacings give (DDIM's and Euler's formulas;
 /// DPM-Solver has its own), before any conversion to integers.
+/// Refuses spaced timesteps a multistep sampler cannot run: one past the last training timestep (`leading`
+/// spacing with `steps_offset` at nearly the full step count) or one repeated (so a step of length zero,
+/// which DPM-Solver divides by). diffusers runs into an IndexError or NaN latents there.
+fn check_spaced_timesteps(n: usize, timesteps: &[f64], num_train: usize) -> Result<()> {
+    if let Some(t) = timesteps.iter().find(|&&t| t > (num_train - 1) as f64) {
+        return Err(Error::invalid("num_inference_steps", format!("{n} steps give timestep {t}, past the last training timestep ({}); use fewer steps", num_train - 1)));
+    }
+    if let Some(w) = timesteps.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::invalid("num_inference_steps", format!("{n} steps repeat timestep {} (a step of length zero); use fewer steps", w[0])));
+    }
+    Ok(())
+}
+
 fn spaced_timesteps(spacing: TimestepSpacing, num_train: usize, n: usize, steps_offset: usize) -> Vec<f64> {
     match spacing {
         TimestepSpacing::Linspace => np_linspace(0.0, (num_train - 1) as f64, n, true).into_iter().rev().collect(),

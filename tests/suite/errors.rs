@@ -620,3 +620,64 @@ fn over_large_manifests_and_tokenizers_are_refused_before_reading() {
     let e = control_clip::bundle::Manifest::parse("page", &format!("{text}{}", " ".repeat(5 << 20))).unwrap_err().to_string();
     assert!(e.contains("page/manifest.json") && e.contains("4194304-byte limit"), "{e}");
 }
+
+/// DPM-Solver++ at 999 or 1000 steps of a `leading` schedule with `steps_offset` 1 (timestep 1000, or
+/// timestep 1 a thousand times) is refused as a step count, as DDIM refuses it, instead of ending in
+/// "latents became non-finite"; a `steps_offset` that leaves no room below `num_train_timesteps` is
+/// refused by file and field (issue 29, item 6).
+#[test]
+fn unrunnable_step_counts_and_offsets_are_refused_by_name() {
+    use control_clip::schedulers::{SchedulerConfig, SchedulerKind, build};
+    let text = |offset: usize| {
+        format!(r#"{{"_class_name": "DPMSolverMultistepScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "leading", "steps_offset": {offset}}}"#)
+    };
+    let cfg = SchedulerConfig::parse("scheduler/scheduler_config.json", &text(1)).unwrap();
+    // DDIM's `leading` spacing divides by n (999 steps end at timestep 999), DPM-Solver's by n + 1.
+    for (kind, refused) in [(SchedulerKind::DpmPp2m, vec![999, 1000]), (SchedulerKind::Ddim, vec![1000])] {
+        let mut s = build(kind, &cfg).unwrap();
+        s.set_timesteps(998).unwrap();
+        for n in refused {
+            let e = s.set_timesteps(n).err().unwrap_or_else(|| panic!("{kind} at {n} steps ran")).to_string();
+            assert!(e.contains("num_inference_steps") && e.contains(&format!("{n} steps")), "{kind} {n}: {e}");
+        }
+    }
+    let bad = SchedulerConfig::parse("scheduler/scheduler_config.json", &text(5000)).unwrap();
+    for kind in [SchedulerKind::DpmPp2m, SchedulerKind::Ddim, SchedulerKind::EulerAncestral] {
+        let e = build(kind, &bad).err().unwrap().to_string();
+        assert!(e.contains("scheduler/scheduler_config.json") && e.contains("steps_offset") && e.contains("5000"), "{kind}: {e}");
+    }
+}
+
+/// A tokenizer whose ids do not fit the text encoder's vocabulary is refused when the pipeline is built,
+/// naming both (issue 29, item 6: such a token used to fail mid-generation as "token id 49406 is outside
+/// the vocabulary" with no file named).
+#[test]
+fn a_tokenizer_larger_than_the_text_encoders_vocabulary_is_refused_by_name() {
+    let f = fixtures();
+    let device = burn::tensor::Device::flex();
+    let scheduler = crate::common::tempdir("tokenizer-fit").join("scheduler_config.json");
+    std::fs::write(&scheduler, r#"{"_class_name": "DDIMScheduler"}"#).unwrap();
+    let e = control_clip::pipeline::Pipeline::from_dirs(
+        &f.join("tokenizer.json"),
+        &f.join("clip_text/proj-gelu"),
+        &f.join("unet/sd-tiny"),
+        &f.join("vae/kl-tiny"),
+        &scheduler,
+        &device,
+    )
+    .err()
+    .expect("a 49,408-token tokenizer on a 1,000-token text encoder loaded")
+    .to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("49407") && e.contains("vocabulary of 1000") && e.contains("vocab_size"), "{e}");
+}
+
+/// Recommended settings of the wrong type (Python's NaN written as a string for `guidance`) are refused
+/// naming the manifest and its `defaults` (issue 29, item 6; serde's own message named neither).
+#[test]
+fn malformed_recommended_settings_name_the_manifests_defaults() {
+    let text = std::fs::read_to_string(fixtures().join("bundles/tiny-random/manifest.json")).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["defaults"]["guidance"] = "NaN".into();
+    let e = control_clip::bundle::Manifest::parse("bundle", &m.to_string()).unwrap_err().to_string();
+    assert!(e.contains("bundle/manifest.json") && e.contains("defaults") && e.contains("NaN"), "{e}");
+}
