@@ -25,14 +25,12 @@ pub struct TokenizedPrompt {
 }
 
 impl TokenizedPrompt {
-    /// A one-line notice for the CLI / page, or None when nothing was dropped.
+    /// A one-line notice for the CLI / page, or None when nothing was dropped. Control characters of the
+    /// prompt are shown escaped (`\u{1b}`), never written raw to a terminal.
     pub fn truncation_notice(&self) -> Option<String> {
         (self.dropped_tokens > 0).then(|| {
-            format!(
-                "prompt too long: the last {} token(s) were dropped (\"{}\")",
-                self.dropped_tokens,
-                self.dropped_text.trim()
-            )
+            let shown: String = self.dropped_text.trim().chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+            format!("prompt too long: the last {} token(s) were dropped (\"{shown}\")", self.dropped_tokens)
         })
     }
 }

@@ -681,3 +681,14 @@ fn malformed_recommended_settings_name_the_manifests_defaults() {
     let e = control_clip::bundle::Manifest::parse("bundle", &m.to_string()).unwrap_err().to_string();
     assert!(e.contains("bundle/manifest.json") && e.contains("defaults") && e.contains("NaN"), "{e}");
 }
+
+/// A prompt's control characters (a terminal escape sequence) are escaped in the truncation notice the
+/// CLI prints, never written raw (issue 29, item 6).
+#[test]
+fn control_characters_of_a_prompt_are_not_echoed_raw() {
+    let tokenizer = control_clip::ClipTokenizer::from_bytes("tokenizer.json", &std::fs::read(fixtures().join("tokenizer.json")).unwrap()).unwrap();
+    let prompt = "a cat \u{1b}[31mred\u{7} ".repeat(40);
+    let notice = tokenizer.encode(&prompt, control_clip::MAX_POSITIONS).unwrap().truncation_notice().expect("a prompt of 40 repeats is truncated");
+    assert!(!notice.chars().any(|c| c.is_control()), "{notice:?}");
+    assert!(notice.contains("\\u{1b}"), "{notice}");
+}
