@@ -43,7 +43,7 @@ after(async () => { if (closeSite) await closeSite(); });
 
 function makeBrokenBundles() {
   const src = path.join(ROOT, 'www/models/default');
-  for (const name of ['bad-sha', 'missing-file', 'wrong-version', 'too-long', 'huge-manifest', 'huge-tokenizer']) {
+  for (const name of ['bad-sha', 'missing-file', 'wrong-version', 'too-long', 'huge-manifest', 'huge-tokenizer', 'nan-config', 'duplicate-key']) {
     const dir = path.join(BUNDLES, name);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.cpSync(src, dir, { recursive: true });
@@ -64,6 +64,14 @@ function makeBrokenBundles() {
   const t = JSON.parse(fs.readFileSync(tok, 'utf8'));
   t.components.tokenizer.bytes = 300 * 1000 * 1000;
   fs.writeFileSync(tok, JSON.stringify(t));
+  // A decoder config with Python's NaN as its scaling factor (it drew an all-black picture), and one giving
+  // `scaling_factor` twice: each refused by field from the manifest, in the page as natively.
+  const nan = path.join(BUNDLES, 'nan-config/manifest.json');
+  const n = JSON.parse(fs.readFileSync(nan, 'utf8'));
+  n.components.decoder.config.scaling_factor = 'NaN';
+  fs.writeFileSync(nan, JSON.stringify(n));
+  const dup = path.join(BUNDLES, 'duplicate-key/manifest.json');
+  fs.writeFileSync(dup, fs.readFileSync(dup, 'utf8').replace('"scaling_factor":', '"scaling_factor": 0.5, "scaling_factor":'));
   const manifest = path.join(BUNDLES, 'wrong-version/manifest.json');
   fs.writeFileSync(manifest, fs.readFileSync(manifest, 'utf8').replace('"format_version": 2', '"format_version": 99'));
   // Hostile file names: only the manifest is copied, so any fetch of a bundle file would be the name's own.
@@ -222,6 +230,8 @@ for (const [name, words] of [
   ['too-long', ['decoder.safetensors', "more than the manifest's"]],
   ['huge-manifest', ['manifest.json', '4194304-byte limit for a manifest']],
   ['huge-tokenizer', ['components.tokenizer.bytes', 'more than a tokenizer file may hold']],
+  ['nan-config', ['manifest.json', 'scaling_factor', 'NaN']],
+  ['duplicate-key', ['manifest.json', 'scaling_factor', 'appears twice']],
 ]) {
   test(`a broken bundle (${name}) shows a clear error and the page stays usable`, async () => {
     const { page, errors } = await open(`${base}/www/index.html?backend=cpu&bundle=/tests/browser/out/bundles/${name}/`);
