@@ -291,11 +291,11 @@ impl Components {
         };
         check("components.tokenizer".into(), &self.tokenizer)?;
         // The tokenizer is read whole and parsed as JSON, as every small file is: the same bound.
-        if self.tokenizer.bytes > crate::config::MAX_SMALL_FILE {
+        if self.tokenizer.bytes > crate::limits::MAX_SMALL_FILE {
             return Err(Error::config(
                 manifest,
                 "components.tokenizer.bytes",
-                format!("{} bytes is more than a tokenizer file may hold ({})", self.tokenizer.bytes, crate::config::MAX_SMALL_FILE),
+                format!("{} bytes is more than a tokenizer file may hold ({})", self.tokenizer.bytes, crate::limits::MAX_SMALL_FILE),
             ));
         }
         for name in component::WEIGHTS {

@@ -13,11 +13,6 @@ use crate::error::{Error, Result};
 /// would ask for terabytes of betas), so it is refused by name.
 pub const MAX_CONFIG_INTEGER: usize = 1 << 20;
 
-/// The most a text file (a config, manifest, dataset list or training config: kilobytes in practice) or a
-/// tokenizer / picture file may hold: 64 MiB. A larger one is refused from its size, before it is read
-/// (`files`, natively), and a bundle's manifest may not declare a larger tokenizer (the page too).
-pub const MAX_SMALL_FILE: u64 = 64 << 20;
-
 /// Refuses an integer of a config over [`MAX_CONFIG_INTEGER`], naming `file` and `field`: the one bound of
 /// model, scheduler and training configs (src/train reads its config through serde and checks its sizes
 /// here).

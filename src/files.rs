@@ -140,7 +140,7 @@ pub fn read_opened(path: &Path, file: File, declared: u64) -> Result<Vec<u8>> {
     read_bounded(path, file, declared, declared, |_| Error::file(name(path), format!("holds more than the manifest's {declared} bytes (it grew while it was read)")))
 }
 
-pub use crate::config::MAX_SMALL_FILE;
+pub use crate::limits::MAX_SMALL_FILE;
 
 /// The whole file if it holds at most `max` bytes; a larger one is refused before anything is read (the
 /// read itself stops at `max + 1` bytes, should the file grow meanwhile).

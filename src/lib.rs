@@ -10,6 +10,7 @@ pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod files;
 pub mod kernels;
+pub mod limits;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod loaders;
 pub mod models;

@@ -233,8 +233,8 @@ pub fn losses(frozen: &Frozen, tuned: &Tuned, batch: &StepBatch, keep_base: &Ten
     let denoise = match (cfg.w_den > 0.0, &batch.denoise, frozen.unet) {
         (false, _, _) => None,
         (true, Some(b), Some(d)) => Some((b, d)),
-        (true, None, _) => return Err(Error::invalid("L_den", "w_den is on but the step has no pictures with a `prompt`")),
         (true, _, None) => return Err(Error::invalid("L_den", "w_den is on but no UNet was loaded (the --base pipeline's unet/)")),
+        (true, None, _) => return Err(Error::invalid("L_den", "w_den is on but the step has no pictures with a `prompt`")),
     };
     let den_prompts: &[Vec<u32>] = denoise.map_or(&[], |(b, _)| &b.prompts);
     // One forward pass per encoder over everything it reads: class prompts, triplets, general prompts and
@@ -311,7 +311,7 @@ mod tests {
         ] {
             let (mask, n) = keep_mask(&config, &ids, positions, &device);
             assert_eq!(mask.dims(), [2, 5, 1]);
-            assert_eq!(mask.into_data().to_vec::<f32>().unwrap(), want, "{positions:?}");
+            assert_eq!(mask.into_data().try_to_vec::<f32>().unwrap(), want, "{positions:?}");
             assert_eq!(n, count, "{positions:?}");
         }
     }
