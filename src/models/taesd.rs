@@ -79,6 +79,25 @@ fn conv_then(conv: &Conv2d, x: Tensor<4>, upsample: usize, act: Option<Activatio
     }
 }
 
+/// Runs a TAESD `nn.Sequential` (decoder's or encoder's) over `x`.
+fn run_layers(layers: &[Layer], mut x: Tensor<4>) -> Tensor<4> {
+    for layer in layers {
+        x = match layer {
+            Layer::Conv { conv, upsample, act } => conv_then(conv, x, *upsample, *act, None),
+            Layer::Block(block) => block.forward(x),
+        };
+    }
+    x
+}
+
+/// The device of a layer stack (its first layer is always a convolution).
+fn layers_device(layers: &[Layer]) -> Device {
+    match &layers[0] {
+        Layer::Conv { conv, .. } => conv.weight.device(),
+        Layer::Block(block) => block.convs[0].weight.device(),
+    }
+}
+
 /// One step of diffusers' `nn.Sequential`, with an upsampling and an activation folded into the
 /// convolution they surround (so the CPU kernel does them in its own pass).
 #[derive(Debug)]
@@ -122,23 +141,13 @@ impl TinyDecoder {
     }
 
     pub fn device(&self) -> Device {
-        match &self.layers[0] {
-            Layer::Conv { conv, .. } => conv.weight.device(),
-            _ => unreachable!("the first layer is a convolution"),
-        }
+        layers_device(&self.layers)
     }
 
     /// `AutoencoderTiny.decode`: latents (already divided by the scaling factor) → image in [-1, 1].
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         // diffusers' soft clamp of the latents to ±3.
-        let mut x = (z / 3.0).tanh() * 3.0;
-        for layer in &self.layers {
-            x = match layer {
-                Layer::Conv { conv, upsample, act } => conv_then(conv, x, *upsample, *act, None),
-                Layer::Block(block) => block.forward(x),
-            };
-        }
-        x * 2.0 - 1.0
+        run_layers(&self.layers, (z / 3.0).tanh() * 3.0) * 2.0 - 1.0
     }
 }
 
@@ -228,24 +237,14 @@ impl TinyEncoder {
     }
 
     pub fn device(&self) -> Device {
-        match &self.layers[0] {
-            Layer::Conv { conv, .. } => conv.weight.device(),
-            _ => unreachable!("the first layer is a convolution"),
-        }
+        layers_device(&self.layers)
     }
 
     /// `AutoencoderTiny.encode(x).latents` for an image in [-1, 1]: unscaled latents (the pipeline's
     /// latents are `(these − shift_factor) · scaling_factor`).
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
         // diffusers maps [-1, 1] to TAESD's [0, 1] first.
-        let mut x = (x + 1.0) / 2.0;
-        for layer in &self.layers {
-            x = match layer {
-                Layer::Conv { conv, upsample, act } => conv_then(conv, x, *upsample, *act, None),
-                Layer::Block(block) => block.forward(x),
-            };
-        }
-        x
+        run_layers(&self.layers, (x + 1.0) / 2.0)
     }
 
     /// The latents the UNet was trained on: `(encode(x) − shift_factor) · scaling_factor`.

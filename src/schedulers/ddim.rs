@@ -6,7 +6,7 @@ use super::{
     LINEAR_BETAS, Prediction, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, check_step_count, refuse_epsilon_at_zero_snr, spaced_timesteps,
     step_out_of_range,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub struct Ddim {
     /// The config file, for errors.
@@ -53,9 +53,7 @@ impl Scheduler for Ddim {
         };
         // `leading` with `steps_offset` at the full step count reaches timestep N, which diffusers'
         // step fails on (IndexError); refuse it up front.
-        if let Some(t) = timesteps.iter().find(|&&t| t > (n_train - 1) as f64) {
-            return Err(Error::invalid("num_inference_steps", format!("{n} steps give timestep {t}, past the last training timestep")));
-        }
+        super::check_spaced_timesteps(n, &timesteps, n_train)?;
         refuse_epsilon_at_zero_snr(&self.file, self.prediction, &self.alphas_cumprod, &timesteps)?;
         self.num_inference_steps = n;
         self.timesteps = timesteps;

@@ -50,6 +50,35 @@ impl Prepared {
         self.captions[(k * self.styles + s) * self.caption_templates + j].clone()
     }
 
+    /// The prepared data of a parsed dataset: its labels, its pictures' image features ([N × feature_dim],
+    /// in label order) and the domain's prompts tokenized (`file` names domain.json); L_den's data is added
+    /// later, when it is on.
+    pub fn new(
+        domain: &Domain,
+        labels: &[crate::train::dataset::Labelled],
+        features: Vec<f32>,
+        feature_dim: usize,
+        tokenizer: &crate::tokenizer::ClipTokenizer,
+        file: &str,
+        temperature: f32,
+    ) -> Result<Self> {
+        let (classes, captions, general_prompts) = Self::tokenize_domain(domain, tokenizer, file)?;
+        Ok(Self {
+            feature_dim,
+            features,
+            category_labels: labels.iter().map(|l| l.category.map_or(-1, |c| c as i64)).collect(),
+            style_labels: labels.iter().map(|l| l.style.map_or(-1, |s| s as i64)).collect(),
+            classes,
+            captions,
+            categories: domain.categories.len(),
+            styles: domain.styles.len(),
+            caption_templates: domain.caption_templates.len(),
+            general_prompts,
+            temperature,
+            denoise: None,
+        })
+    }
+
     /// Tokenizes the domain's prompts (refusing any longer than 77 tokens; `file` names domain.json): the
     /// class prompts, the captions and the general prompts.
     pub fn tokenize_domain(domain: &Domain, tokenizer: &crate::tokenizer::ClipTokenizer, file: &str) -> Result<(ClassPrompts, Vec<Vec<u32>>, Vec<Vec<u32>>)> {

@@ -67,21 +67,8 @@ pub async fn load(base_dir: &Path, clip_dir: &Path, data_dir: &Path, tokenizer: 
     let labels = parse_labels(&labels_name, &read_text(&labels_path)?, &domain)?;
     let pictures = read_pictures(data_dir, &labels_name, &labels)?;
     let features = image_features(&clip.vision, &processor, &pictures).await?;
-    let (classes, captions, general_prompts) = Prepared::tokenize_domain(&domain, &tokenizer, &domain_path.display().to_string())?;
-    let data = Prepared {
-        feature_dim: clip.vision.config.projection_dim,
-        features,
-        category_labels: labels.iter().map(|l| l.category.map_or(-1, |c| c as i64)).collect(),
-        style_labels: labels.iter().map(|l| l.style.map_or(-1, |s| s as i64)).collect(),
-        classes,
-        captions,
-        categories: domain.categories.len(),
-        styles: domain.styles.len(),
-        caption_templates: domain.caption_templates.len(),
-        general_prompts,
-        temperature: temperature.unwrap_or(clip.logit_scale.exp()),
-        denoise: None,
-    };
+    let temperature = temperature.unwrap_or(clip.logit_scale.exp());
+    let data = Prepared::new(&domain, &labels, features, clip.vision.config.projection_dim, &tokenizer, &domain_path.display().to_string(), temperature)?;
     Ok(Loaded { base, clip, domain, data, tokenizer, labels })
 }
 

@@ -247,21 +247,8 @@ fn finetune_step(data: &[u8]) -> Option<String> {
         for l in &labels {
             features.extend(world.features.get(&l.file).ok_or_else(|| control_clip::Error::file(&l.file, "is not in the dataset folder"))?);
         }
-        let (classes, captions, general_prompts) = Prepared::tokenize_domain(&domain, &world.tokenizer, "domain.json")?;
-        let prepared = Prepared {
-            feature_dim: world.clip.vision.config.projection_dim,
-            features,
-            category_labels: labels.iter().map(|l| l.category.map_or(-1, |c| c as i64)).collect(),
-            style_labels: labels.iter().map(|l| l.style.map_or(-1, |s| s as i64)).collect(),
-            classes,
-            captions,
-            categories: domain.categories.len(),
-            styles: domain.styles.len(),
-            caption_templates: domain.caption_templates.len(),
-            general_prompts,
-            temperature: cfg.temperature.unwrap_or(world.clip.logit_scale.exp()),
-            denoise: None,
-        };
+        let temperature = cfg.temperature.unwrap_or(world.clip.logit_scale.exp());
+        let prepared = Prepared::new(&domain, &labels, features, world.clip.vision.config.projection_dim, &world.tokenizer, "domain.json", temperature)?;
         let text = &world.clip.text;
         let mut trainer = Trainer::new(cfg, text, text, prepared).await?;
         Ok(trainer.train_step().await?.losses[7])
