@@ -84,8 +84,8 @@ pub fn plan_shards(file: &SafeTensors, dtype: StoreDType, max_bytes: usize) -> R
 }
 
 /// A size in bytes: a whole number with an optional K, M or G suffix (binary: KiB, MiB, GiB).
-pub fn parse_size(text: &str) -> Result<usize> {
-    let bad = || Error::invalid("--shard-size", format!("`{text}` is not a size (a whole number of bytes, or with K, M or G: 32M)"));
+pub fn parse_size(flag: &str, text: &str) -> Result<usize> {
+    let bad = || Error::invalid(flag, format!("`{text}` is not a size (a whole number of bytes, or with K, M or G: 32M)"));
     let t = text.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),

@@ -76,6 +76,34 @@ async fn wgpu_device() -> Result<Device> {
     result.map_err(Error::device)
 }
 
+/// The most bytes one buffer binding may span on `device`: the device's `maxStorageBufferBindingSize`,
+/// capped by its `maxBufferSize` (what cubecl's memory pool takes as its largest page), and by
+/// [`cap_bindings`] when that was called. `None` on the CPU backend, which binds nothing. The models
+/// split what would exceed it (attention scores, the feed-forward's hidden rows, the token embedding,
+/// the tiny decoder's rows) and the memory plan (`crate::plan`) refuses what cannot be split.
+pub fn binding_limit(device: &Device) -> Option<u64> {
+    use burn::backend::DispatchDevice;
+    let device_limit = match device.as_dispatch() {
+        DispatchDevice::Cube(cube) if cube.runtime() == cubecl::RuntimeId::Wgpu => cube.client().properties().memory.max_page_size,
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    Some(match BINDING_CAP.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => device_limit,
+        cap => device_limit.min(cap),
+    })
+}
+
+/// Caps [`binding_limit`] on every wgpu device of the process at `bytes` (0: no cap): the page's
+/// `?maxBinding=` and the CLI's `--max-binding`, to see what a device with a smaller
+/// `maxStorageBufferBindingSize` would get (WebGPU raises a requested limit below its 128 MiB default back
+/// to the default, so a page cannot ask its device for less).
+pub fn cap_bindings(bytes: u64) {
+    BINDING_CAP.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+static BINDING_CAP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Reads a float tensor back to the host; asynchronous because WebGPU read-backs are.
 pub async fn read_f32<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Result<(Vec<usize>, Vec<f32>)> {
     let shape = tensor.dims().to_vec();

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod loaders;
 pub mod models;
 pub mod pipeline;
+pub mod plan;
 pub mod profile;
 pub mod rng;
 pub mod schedulers;

@@ -76,7 +76,7 @@ async function loadBundle(source) {
   };
   try {
     if (client) await client.dispose().catch(() => {});
-    client = new ControlClipClient();
+    client = new ControlClipClient({ maxBinding: Number(params.get('maxBinding')) || 0 });
     const info = typeof source === 'string' ? await client.load(source, backend, onProgress) : await client.loadFiles(source, backend, onProgress);
     $('load-progress').value = 1;
     $('load-status').textContent = 'ready';

@@ -73,12 +73,15 @@ export const isCancelled = e => Boolean(e && e.name === 'AbortError');
 // module) or dies, the running request fails with that message and the worker is dropped; the next
 // `generate` starts a fresh worker and loads the same bundle again (from the Cache Storage, so quickly).
 export class ControlClipClient {
-  constructor() {
+  // options.maxBinding: plan every GPU buffer within this many bytes, as on a device whose
+  // maxStorageBufferBindingSize is that small (the page's ?maxBinding=; default: the device's own limit).
+  constructor(options = {}) {
     this.pending = new Map();
     this.nextId = 1;
     this.source = null;
     this.worker = null;
     this.restarts = 0;
+    this.maxBinding = options.maxBinding || 0;
   }
 
   startWorker() {
@@ -123,7 +126,7 @@ export class ControlClipClient {
   async load(bundle, backend, onProgress) {
     const base = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, location.href).href;
     this.source = { bundle: base, backend };
-    return (await this.request({ type: 'load', bundle: base, backend }, { onProgress })).info;
+    return (await this.request({ type: 'load', bundle: base, backend, maxBinding: this.maxBinding }, { onProgress })).info;
   }
 
   // files: FileList / array of File from a folder the user chose or dropped.
@@ -135,7 +138,7 @@ export class ControlClipClient {
   async sendFiles(files, backend, onProgress) {
     const map = {};
     for (const f of files) map[f.name] = await f.arrayBuffer();
-    return (await this.request({ type: 'load-files', files: map, backend }, { onProgress }, Object.values(map))).info;
+    return (await this.request({ type: 'load-files', files: map, backend, maxBinding: this.maxBinding }, { onProgress }, Object.values(map))).info;
   }
 
   // options: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler, width, height,
@@ -146,7 +149,7 @@ export class ControlClipClient {
       // The last worker was dropped (see the class comment): a fresh one, with the same bundle.
       this.restarts += 1;
       const { bundle, files, backend } = this.source;
-      if (bundle) await this.request({ type: 'load', bundle, backend });
+      if (bundle) await this.request({ type: 'load', bundle, backend, maxBinding: this.maxBinding });
       else await this.sendFiles(files, backend);
     }
     return this.request({ type: 'generate', options }, { onStep });
@@ -154,8 +157,12 @@ export class ControlClipClient {
 
   cancel() { if (this.worker) this.worker.postMessage({ type: 'cancel' }); }
 
-  // What the worker holds: {wasmBytes, gpuBytes, gpuBuffers} (worker.js), or null without a worker.
+  // What the worker holds: {wasmBytes, gpuBytes, gpuBuffers, largestBinding} (worker.js), or null without a worker.
   async stats() { return this.worker ? this.request({ type: 'stats' }) : null; }
+
+  // The loaded bundle's memory plan at a size: {weightsBytes, activationBytes, totalBytes, largestBinding,
+  // limit} (the library's `plan::MemoryPlan`), to set beside `stats()`.
+  async plan(width, height, guided = true) { return (await this.request({ type: 'plan', width, height, guided })).plan; }
 
   async dispose() {
     if (!this.worker) return;

@@ -4,17 +4,19 @@
 // is the one reader of the format and writes every message about it), and keeps verified files in the Cache
 // Storage so that a reload needs no network.
 //
-// Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu')}
-//               {type: 'load-files', id, files: {name: ArrayBuffer}, backend}
+// Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu'), maxBinding (bytes; 0: the device's)}
+//               {type: 'load-files', id, files: {name: ArrayBuffer}, backend, maxBinding}
 //               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}   {type: 'stats', id}
+//               {type: 'plan', id, width, height, guided}
 // Messages out: {type: 'progress', id, file, done, total, allDone, allTotal}  {type: 'loaded', id, info}
 //               {type: 'step', id, step, total, stepMs, elapsedMs, preview}  {type: 'result', id, width, height, rgba, notices}
 //               {type: 'error', id, message, cancelled}: `cancelled` is true when the generation was stopped by
 //               a cancel (the wasm rejects with an AbortError), never inferred from the message's text
-//               {type: 'disposed', id}   {type: 'stats', id, wasmBytes, gpuBytes, gpuBuffers}
+//               {type: 'disposed', id}   {type: 'stats', id, wasmBytes, gpuBytes, gpuBuffers, largestBinding}
+//               {type: 'plan', id, plan: {weightsBytes, activationBytes, totalBytes, largestBinding, limit}}
 //               {type: 'fatal', message}: the GPU device was lost or the wasm module trapped; this worker is
 //               done and the client starts a fresh one.
-import init, { BundleManifest, Generator } from './pkg/control_clip.js';
+import init, { BundleManifest, Generator, capBindings } from './pkg/control_clip.js';
 
 const BUNDLE_CACHE = 'control-clip-bundles-v1';
 let ready = null;
@@ -68,7 +70,21 @@ if (self.GPUDevice && GPUDevice.prototype.createBuffer) {
     return destroy.apply(this, args);
   };
 }
-self.controlClipStats = () => ({ wasmBytes: wasmMemory ? wasmMemory.buffer.byteLength : 0, gpuBytes: gpu.bytes, gpuBuffers: gpu.buffers });
+// The largest buffer range any bind group has bound (what maxStorageBufferBindingSize limits): the
+// binding-limit test reads it beside the memory plan's figure.
+gpu.largestBinding = 0;
+if (self.GPUDevice && GPUDevice.prototype.createBindGroup) {
+  const createBindGroup = GPUDevice.prototype.createBindGroup;
+  GPUDevice.prototype.createBindGroup = function (descriptor, ...rest) {
+    for (const entry of (descriptor && descriptor.entries) || []) {
+      const r = entry.resource;
+      const binding = r && (r.buffer ? r : (self.GPUBuffer && r instanceof GPUBuffer ? { buffer: r } : null));
+      if (binding) gpu.largestBinding = Math.max(gpu.largestBinding, binding.size ?? binding.buffer.size - (binding.offset || 0));
+    }
+    return createBindGroup.call(this, descriptor, ...rest);
+  };
+}
+self.controlClipStats = () => ({ wasmBytes: wasmMemory ? wasmMemory.buffer.byteLength : 0, gpuBytes: gpu.bytes, gpuBuffers: gpu.buffers, largestBinding: gpu.largestBinding });
 
 // A Rust panic traps the wasm module, which cannot be used after that.
 const trapped = e => post({ type: 'fatal', message: `The generator stopped with an internal error (${(e && e.message) || e}); the next generation starts afresh.` });
@@ -210,6 +226,7 @@ self.onmessage = async ({ data }) => {
     await ready;
     if (data.type === 'load' || data.type === 'load-files') {
       if (generator) { generator.free(); generator = null; }
+      capBindings(data.maxBinding || 0);
       const loaded = data.type === 'load' ? await loadFromUrl(id, data.bundle, data.backend) : await loadFromFiles(id, data.files, data.backend);
       generator = loaded.generator;
       const info = { ...loaded.manifest.info(), backend: data.backend };
@@ -222,6 +239,9 @@ self.onmessage = async ({ data }) => {
       post({ type: 'result', id, width: out.width, height: out.height, rgba, notices: Array.from(out.notices) }, [rgba.buffer]);
     } else if (data.type === 'cancel') {
       if (generator) generator.cancel();
+    } else if (data.type === 'plan') {
+      if (!generator) throw new Error('no bundle is loaded');
+      post({ type: 'plan', id, plan: generator.plan(data.width, data.height, data.guided) });
     } else if (data.type === 'stats') {
       post({ type: 'stats', id, ...self.controlClipStats() });
     } else if (data.type === 'dispose') {

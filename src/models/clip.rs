@@ -190,7 +190,7 @@ pub struct ClipTextOutput {
 #[derive(Debug)]
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
-    token_embedding: Tensor<2>,
+    token_embedding: TokenEmbedding,
     position_embedding: Tensor<2>,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
@@ -217,12 +217,11 @@ impl ClipTextModel {
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
         let w = WeightsView::new(weights, prefix).with_deltas(deltas);
         let d = cfg.hidden_size;
-        let token_embedding = w.tensor("embeddings.token_embedding.weight", [cfg.vocab_size, d], device)?;
+        let token_embedding = TokenEmbedding::load(&w, "embeddings.token_embedding.weight", [cfg.vocab_size, d], device)?;
         let position_embedding =
             w.tensor("embeddings.position_embedding.weight", [cfg.max_position_embeddings, d], device)?;
         // burn's Param marks the layers' weights; the embeddings are plain tensors.
-        let (token_embedding, position_embedding) =
-            if device.is_autodiff() { (token_embedding.require_grad(), position_embedding.require_grad()) } else { (token_embedding, position_embedding) };
+        let position_embedding = if device.is_autodiff() { position_embedding.require_grad() } else { position_embedding };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), cfg.encoder_shape(), device))
             .collect::<Result<Vec<_>>>()?;
@@ -241,7 +240,7 @@ impl ClipTextModel {
     /// state-dict order.
     pub fn leaves(&self) -> Vec<(String, Leaf)> {
         let mut out = vec![
-            ("text_model.embeddings.token_embedding.weight".to_string(), Leaf::Matrix(self.token_embedding.clone())),
+            ("text_model.embeddings.token_embedding.weight".to_string(), Leaf::Matrix(self.token_embedding.table())),
             ("text_model.embeddings.position_embedding.weight".to_string(), Leaf::Matrix(self.position_embedding.clone())),
         ];
         for (i, layer) in self.layers.iter().enumerate() {
@@ -256,7 +255,7 @@ impl ClipTextModel {
     }
 
     pub fn device(&self) -> Device {
-        self.token_embedding.device()
+        self.position_embedding.device()
     }
 
     /// `text_projection` applied to pooled rows [B, D] → [B, projection_dim]; None without a projection.
@@ -306,11 +305,10 @@ impl ClipTextModel {
                 format!("{clip_skip} would skip every one of the {} layers", cfg.num_hidden_layers),
             ));
         }
-        let device = self.token_embedding.device();
+        let device = self.device();
         let d = cfg.hidden_size;
-        let flat: Vec<i32> = input_ids.iter().flatten().map(|&id| id as i32).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * l]), &device);
-        let tokens = self.token_embedding.clone().select(0, ids).reshape([b, l, d]);
+        let flat: Vec<u32> = input_ids.iter().flatten().copied().collect();
+        let tokens = self.token_embedding.lookup(&flat).reshape([b, l, d]);
         let positions = self.position_embedding.clone().slice([0..l]).unsqueeze::<3>();
         let mut x = tokens + positions;
 
@@ -333,6 +331,81 @@ impl ClipTextModel {
         let pooler_output = self.pooled_rows(last, input_ids);
         let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooler_output.clone()));
         Ok(ClipTextOutput { last_hidden_state, pooler_output, text_embeds })
+    }
+}
+
+/// The token embedding [vocab, D], held in blocks of rows where one buffer binding of the device cannot
+/// hold it whole (an SD text encoder's 49,408 × 768 table is 152 MB in f32, over WebGPU's default
+/// 128 MiB `maxStorageBufferBindingSize`); a lookup reads each token's row from its block.
+#[derive(Debug, Clone)]
+struct TokenEmbedding {
+    blocks: Vec<Tensor<2>>,
+    /// Rows per block (the last may hold fewer).
+    rows: usize,
+}
+
+impl TokenEmbedding {
+    fn load(w: &WeightsView, name: &str, [vocab, d]: [usize; 2], device: &Device) -> Result<Self> {
+        let key = w.key(name);
+        let (found, values) = w.f32(name)?;
+        if found != [vocab, d] {
+            return Err(Error::tensor(w.file.file_of(&key), &key, format!("expected shape {:?}, found {found:?}", [vocab, d])));
+        }
+        let rows = match crate::device::binding_limit(device) {
+            Some(limit) => ((limit / (4 * d.max(1)) as u64) as usize).clamp(1, vocab.max(1)),
+            None => vocab.max(1),
+        };
+        let blocks = values
+            .chunks(rows * d)
+            .map(|block| {
+                let t = Tensor::<2>::from_data(TensorData::new(block.to_vec(), [block.len() / d.max(1), d]), device);
+                // Fine-tuning reads the table's gradient (`ClipTextModel::leaves`); it runs on the CPU
+                // backend, which binds nothing, so the table is one block there.
+                if device.is_autodiff() { t.require_grad() } else { t }
+            })
+            .collect();
+        Ok(Self { blocks, rows })
+    }
+
+    /// The whole table (one block: the tensor itself).
+    fn table(&self) -> Tensor<2> {
+        match self.blocks.as_slice() {
+            [one] => one.clone(),
+            blocks => Tensor::cat(blocks.to_vec(), 0),
+        }
+    }
+
+    /// The rows of `ids` (already checked against the vocabulary) → [ids.len(), D], in order.
+    fn lookup(&self, ids: &[u32]) -> Tensor<2> {
+        let device = self.blocks[0].device();
+        let index = |v: Vec<i32>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        if let [one] = self.blocks.as_slice() {
+            return one.clone().select(0, index(ids.iter().map(|&id| id as i32).collect()));
+        }
+        // Each block gives the rows of its tokens; one gather then puts them back in the prompt's order.
+        let mut parts = Vec::new();
+        let mut order = vec![0i32; ids.len()];
+        let mut next = 0;
+        for (k, block) in self.blocks.iter().enumerate() {
+            let (start, end) = (k * self.rows, (k + 1) * self.rows);
+            let local: Vec<i32> = ids
+                .iter()
+                .enumerate()
+                .filter(|&(_, &id)| (start..end).contains(&(id as usize)))
+                .map(|(position, &id)| {
+                    order[position] = next;
+                    next += 1;
+                    (id as usize - start) as i32
+                })
+                .collect();
+            if !local.is_empty() {
+                parts.push(block.clone().select(0, index(local)));
+            }
+        }
+        Tensor::cat(parts, 0).select(0, index(order))
     }
 }
 

@@ -29,7 +29,7 @@ impl Decoder {
     pub fn scale_factor(&self) -> usize {
         match self {
             Decoder::Kl(d) => 1 << (d.config.block_out_channels.len() - 1),
-            Decoder::Tiny(d) => d.config.upsampling_scaling_factor.pow(d.config.num_decoder_blocks.len() as u32 - 1),
+            Decoder::Tiny(d) => d.config.upscale_factor(),
         }
     }
 

@@ -19,6 +19,7 @@ pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool
     if shape != [d_out, d_in] {
         return Err(Error::tensor(w.file.file_of(&key), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
     }
+    crate::weights::check_binding(w.file.file_of(&key), &key, values.len(), device)?;
     let weight = Tensor::<2>::from_data(TensorData::new(crate::weights::transpose(&values, d_out, d_in), [d_in, d_out]), device);
     let bias = if bias { Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d_out], device)?)) } else { None };
     Ok(Linear { weight: Param::from_tensor(weight), bias })
@@ -299,8 +300,34 @@ impl GroupNorm {
 
 /// The most score elements one attention pass may hold at once: 32 Mi f32 = 128 MiB, WebGPU's default
 /// `maxStorageBufferBindingSize` (lavapipe also refuses the 512 MiB score buffer of an unsplit SD
-/// self-attention at 64×64 latents). Larger problems are split along the queries.
+/// self-attention at 64×64 latents), or fewer where the device's largest binding is smaller
+/// ([`score_budget`]). Larger problems are split along the queries.
 pub const MAX_SCORE_ELEMENTS: usize = 32 << 20;
+
+/// The score elements one attention pass on `device` may hold: [`MAX_SCORE_ELEMENTS`], or what one
+/// binding of the device holds in f32 if that is less.
+pub fn score_budget(device: &Device) -> usize {
+    match crate::device::binding_limit(device) {
+        Some(limit) => MAX_SCORE_ELEMENTS.min((limit / 4) as usize).max(1),
+        None => MAX_SCORE_ELEMENTS,
+    }
+}
+
+/// `f` applied to `x` [B, L, C] in slices along L, each small enough that an intermediate of
+/// `bytes_per_row` bytes per (batch, position) row stays within one binding of the device (row-wise
+/// operations only: a feed-forward, a projection). Unsplit where it fits or nothing binds.
+pub fn in_row_chunks(x: Tensor<3>, bytes_per_row: usize, f: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    let [b, l, c] = x.dims();
+    let rows = match crate::device::binding_limit(&x.device()) {
+        Some(limit) => ((limit / (b * bytes_per_row).max(1) as u64) as usize).clamp(1, l.max(1)),
+        None => l,
+    };
+    if rows >= l {
+        return f(x);
+    }
+    let parts = (0..l).step_by(rows).map(|start| f(x.clone().slice([0..b, start..(start + rows).min(l), 0..c]))).collect();
+    Tensor::cat(parts, 1)
+}
 
 /// Per-head scaled dot-product attention, the one implementation every model here uses:
 /// q [B, Lq, H·d], k and v [B, Lk, H·d] → [B, Lq, H·d]; `mask` is added to the scores ([1|B, 1|H, Lq, Lk]).
@@ -315,7 +342,8 @@ pub fn scaled_dot_product_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, he
         {
             return out;
         }
-        attention_in_chunks(q, k, v, heads, mask, MAX_SCORE_ELEMENTS)
+        let budget = score_budget(&q.device());
+        attention_in_chunks(q, k, v, heads, mask, budget)
     })
 }
 

@@ -46,6 +46,47 @@ impl TinyDecoderConfig {
         }
         Ok(cfg)
     }
+
+    /// Pixels per latent along each side.
+    pub fn upscale_factor(&self) -> usize {
+        self.upsampling_scaling_factor.pow(self.num_decoder_blocks.len() as u32 - 1)
+    }
+
+    /// Latent rows of context a band needs on either side: the decoder's receptive radius (one pixel per
+    /// 3×3 convolution, at the resolution it runs at), in latent rows, rounded up.
+    pub fn halo_rows(&self) -> usize {
+        let u = self.upsampling_scaling_factor as f64;
+        let n = self.num_decoder_blocks.len();
+        let mut radius = 1.0; // the first convolution, on the latents
+        for (i, &blocks) in self.num_decoder_blocks.iter().enumerate() {
+            // The blocks run at u^i; the convolution after them reads the upsampled picture (u^(i+1)),
+            // except the last stage's, which makes the output at u^i.
+            let after = if i + 1 < n { u.powi(i as i32 + 1) } else { u.powi(i as i32) };
+            radius += (3 * blocks) as f64 / u.powi(i as i32) + 1.0 / after;
+        }
+        radius.ceil() as usize
+    }
+
+    /// Bytes per latent row (batch `b`, latent width `w`) of the decoder's widest activation: a stage's
+    /// channels at its resolution, and the upsampled input of the convolution that starts it.
+    pub fn bytes_per_latent_row(&self, b: usize, w: usize) -> u64 {
+        let cfg = self;
+        let u = cfg.upsampling_scaling_factor as u64;
+        let widest = cfg.decoder_block_out_channels.iter().enumerate().map(|(i, &c)| {
+            // Stage i runs at u^i; the convolution starting stage i+1 reads stage i's channels at u^(i+1).
+            let at = |stage: usize| u.pow(stage as u32 * 2);
+            let next = if i + 1 < cfg.num_decoder_blocks.len() { at(i + 1) } else { at(i) };
+            (c.max(cfg.out_channels) as u64) * next
+        });
+        widest.max().unwrap_or(0) * (b * w) as u64 * 4
+    }
+
+    /// The most latent rows one band may hold under a binding `limit`, context included on both sides;
+    /// `None` when not even one row fits.
+    pub fn band_rows(&self, b: usize, w: usize, limit: u64) -> Option<usize> {
+        let rows = (limit / self.bytes_per_latent_row(b, w).max(1)) as usize;
+        rows.checked_sub(2 * self.halo_rows()).filter(|&r| r >= 1)
+    }
 }
 
 /// `AutoencoderTinyBlock`: relu(conv(act(conv(act(conv(x))))) + x).
@@ -145,9 +186,32 @@ impl TinyDecoder {
     }
 
     /// `AutoencoderTiny.decode`: latents (already divided by the scaling factor) → image in [-1, 1].
+    /// Decoded in bands of latent rows where the widest activation would not fit one binding of the device
+    /// (64 channels at 768² are 151 MB in f32): each band carries [`TinyDecoderConfig::halo_rows`] rows of context on
+    /// either side, as many as reach its output through every convolution, so the result is the same.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         // diffusers' soft clamp of the latents to ±3.
-        run_layers(&self.layers, (z / 3.0).tanh() * 3.0) * 2.0 - 1.0
+        let z = (z / 3.0).tanh() * 3.0;
+        let [b, c, h, w] = z.dims();
+        let band = match crate::device::binding_limit(&z.device()) {
+            Some(limit) => self.config.band_rows(b, w, limit).unwrap_or(1),
+            None => h,
+        };
+        if band >= h {
+            return run_layers(&self.layers, z) * 2.0 - 1.0;
+        }
+        let (halo, f) = (self.config.halo_rows(), self.config.upscale_factor());
+        let parts = (0..h)
+            .step_by(band)
+            .map(|start| {
+                let end = (start + band).min(h);
+                let (from, to) = (start.saturating_sub(halo), (end + halo).min(h));
+                let out = run_layers(&self.layers, z.clone().slice([0..b, 0..c, from..to, 0..w]));
+                let [ob, oc, _, ow] = out.dims();
+                out.slice([0..ob, 0..oc, (start - from) * f..(end - from) * f, 0..ow])
+            })
+            .collect();
+        Tensor::cat(parts, 2) * 2.0 - 1.0
     }
 }
 

@@ -313,7 +313,29 @@ fn string_field(options: &JsValue, name: &str) -> Result<Option<String>, JsError
 
 struct GeneratorInner {
     pipeline: crate::pipeline::Pipeline,
+    manifest: crate::bundle::Manifest,
     cancel: std::cell::Cell<bool>,
+}
+
+/// Plans every buffer within `bytes` (0: the device's own limit), as on a device whose
+/// `maxStorageBufferBindingSize` is that small: the page's `?maxBinding=` (see `device::cap_bindings`).
+#[wasm_bindgen(js_name = capBindings)]
+pub fn cap_bindings(bytes: f64) -> Result<(), JsError> {
+    if !(bytes >= 0.0 && bytes.fract() == 0.0 && bytes <= 9_007_199_254_740_991.0) {
+        return Err(js_err(Error::invalid("maxBinding", format!("{bytes} is not a whole number of bytes"))));
+    }
+    crate::device::cap_bindings(bytes as u64);
+    Ok(())
+}
+
+/// The memory plan of `manifest` at a size, refused when it does not fit the device (before any weights
+/// are fetched, at load, and before each generation at its own size).
+fn check_plan(manifest: &crate::bundle::Manifest, device: &burn::tensor::Device, width: usize, height: usize, guided: bool) -> Result<crate::plan::MemoryPlan, Error> {
+    let plan = crate::plan::MemoryPlan::new(manifest, width, height, guided)?;
+    if let Some(limit) = crate::device::binding_limit(device) {
+        plan.check(limit)?;
+    }
+    Ok(plan)
 }
 
 /// A loaded bundle, ready to generate. Built by `Generator.load`; `generate` returns a Promise and can be
@@ -333,6 +355,9 @@ impl Generator {
         wasm_bindgen_futures::future_to_promise(async move {
             let kind: BackendKind = backend.parse().map_err(js_err)?;
             let device = init_device(kind).await.map_err(js_err)?;
+            // The size the page starts at: a bundle that cannot fit it is refused before any download.
+            let (width, height) = (manifest.defaults.width.unwrap_or(512), manifest.defaults.height.unwrap_or(512));
+            check_plan(&manifest, &device, width, height, true).map_err(js_err)?;
             let fetch = |file: crate::bundle::BundleFile| {
                 let promise = fetch.call1(&JsValue::NULL, &JsValue::from_str(&file.file));
                 let path = manifest.path(&file.file);
@@ -348,7 +373,8 @@ impl Generator {
                 }
             };
             let pipeline = crate::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await.map_err(js_err)?;
-            Ok(Generator { inner: std::rc::Rc::new(GeneratorInner { pipeline, cancel: std::cell::Cell::new(false) }) }.into())
+            let inner = GeneratorInner { pipeline, manifest: manifest.clone(), cancel: std::cell::Cell::new(false) };
+            Ok(Generator { inner: std::rc::Rc::new(inner) }.into())
         })
     }
 
@@ -362,6 +388,8 @@ impl Generator {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let req = request_from(&options)?;
+            inner.pipeline.validate(&req).map_err(generate_err)?;
+            check_plan(&inner.manifest, &inner.pipeline.device, req.width, req.height, req.guidance > 1.0).map_err(generate_err)?;
             inner.cancel.set(false);
             let mut progress = |p: crate::pipeline::StepProgress| {
                 if let Some(f) = &on_step {
@@ -390,6 +418,21 @@ impl Generator {
             set(&out, "notices", image.notices.iter().map(|n| JsValue::from_str(n)).collect::<js_sys::Array>());
             Ok(out.into())
         })
+    }
+
+    /// The memory plan at a size: `{weightsBytes, activationBytes, totalBytes, largestBinding, limit}`
+    /// (`largestBinding`: the largest buffer bound after splitting, under `limit`, the device's largest
+    /// binding; both null on the CPU backend). The worker's `stats` measure the same beside it.
+    pub fn plan(&self, width: usize, height: usize, guided: bool) -> Result<Object, JsError> {
+        let plan = crate::plan::MemoryPlan::new(&self.inner.manifest, width, height, guided).map_err(js_err)?;
+        let limit = crate::device::binding_limit(&self.inner.pipeline.device);
+        let out = Object::new();
+        set(&out, "weightsBytes", plan.weights_bytes() as f64);
+        set(&out, "activationBytes", plan.activations as f64);
+        set(&out, "totalBytes", plan.total_bytes() as f64);
+        set(&out, "largestBinding", limit.map_or(JsValue::NULL, |l| JsValue::from(plan.largest_binding(l) as f64)));
+        set(&out, "limit", limit.map_or(JsValue::NULL, |l| JsValue::from(l as f64)));
+        Ok(out)
     }
 
     /// Stops a running generation after its current step.

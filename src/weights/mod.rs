@@ -199,6 +199,7 @@ impl SafeTensors {
         if found != shape {
             return Err(Error::tensor(self.file_of(key), key, format!("expected shape {shape:?}, found {found:?}")));
         }
+        check_binding(self.file_of(key), key, values.len(), device)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 
@@ -418,11 +419,28 @@ impl<'a> WeightsView<'a> {
 
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
         let (found, values) = self.f32(name)?;
+        let key = self.key(name);
         if found != shape {
-            let key = self.key(name);
             return Err(Error::tensor(self.file.file_of(&key), &key, format!("expected shape {shape:?}, found {found:?}")));
         }
+        check_binding(self.file.file_of(&key), &key, values.len(), device)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+/// Refuses a weight of `elements` f32 values that one buffer binding of `device` cannot hold
+/// ([`crate::device::binding_limit`]), naming the tensor: loading it would fail, or give black images,
+/// at its first use instead. (The token embedding, the one large weight that a lookup reads row by row,
+/// is split instead: `models::clip`.)
+pub fn check_binding(file: &str, key: &str, elements: usize, device: &Device) -> Result<()> {
+    let bytes = elements as u64 * 4;
+    match crate::device::binding_limit(device) {
+        Some(limit) if bytes > limit => Err(Error::tensor(
+            file,
+            key,
+            format!("{bytes} bytes as f32, over this device's largest buffer binding ({limit} bytes, its maxStorageBufferBindingSize)"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -387,3 +387,54 @@ test('a lost GPU device ends the generation with a message and the next one star
     await page.close();
   }
 });
+
+// Binding limits (docs/reliability.md): with ?maxBinding= the library plans every buffer within that many
+// bytes, as on a device whose maxStorageBufferBindingSize is that small. The worker counts the largest range
+// any bind group really bound (worker.js): under the cap it stays within it, where the uncapped run binds
+// more (the tiny bundle's 3.2 MB token embedding), and the pictures are the same. A cap that an unsplittable
+// buffer cannot meet is refused at load, by name, before any weights are fetched.
+test('a small binding limit splits the buffers, keeps every binding under it and the picture unchanged', async () => {
+  const page = await browser.context.newPage();
+  const fetched = [];
+  page.on('request', r => { if (r.url().endsWith('.safetensors')) fetched.push(r.url()); });
+  try {
+    // A page of the site that loads no bundle of its own (the client module does all the work here).
+    await page.goto(`${base}/tests/browser/expected/default.json`, { waitUntil: 'load' });
+    const refused = await page.evaluate(async bundle => {
+      const { ControlClipClient } = await import('/www/client.js');
+      const client = new ControlClipClient({ maxBinding: 64 << 10 });
+      try { await client.load(bundle, 'wgpu'); return ''; } catch (e) { return e.message; } finally { await client.dispose(); }
+    }, TINY);
+    assert.match(refused, /does not fit this GPU at 64×64: the decoder's .* maxStorageBufferBindingSize/);
+    assert.deepEqual(fetched, [], 'the refused bundle fetched weights');
+    const result = await page.evaluate(async bundle => {
+      const { ControlClipClient } = await import('/www/client.js');
+      const options = { prompt: 'a red star in striped style', steps: 2, width: 64, height: 64, seed: 5, guidance: 7.5 };
+      const run = async maxBinding => {
+        const client = new ControlClipClient({ maxBinding });
+        await client.load(bundle, 'wgpu');
+        const image = await client.generate(options);
+        const out = { rgba: Array.from(new Uint8Array(image.rgba)), stats: await client.stats(), plan: await client.plan(64, 64) };
+        await client.dispose();
+        return out;
+      };
+      const plain = await run(0);
+      const capped = await run(1 << 20);
+      let worst = 0;
+      for (let i = 0; i < plain.rgba.length; i++) worst = Math.max(worst, Math.abs(plain.rgba[i] - capped.rgba[i]));
+      return { worst, plain: { stats: plain.stats, plan: plain.plan }, capped: { stats: capped.stats, plan: capped.plan } };
+    }, TINY);
+    const MiB = b => (b / 2 ** 20).toFixed(2);
+    console.log(`# page binding limit: largest binding ${MiB(result.plain.stats.largestBinding)} MiB uncapped, ` +
+      `${MiB(result.capped.stats.largestBinding)} MiB under a 1 MiB cap (plan: ${MiB(result.capped.plan.largestBinding)}); ` +
+      `live GPU buffers ${MiB(result.capped.stats.gpuBytes)} MiB beside a planned ${MiB(result.capped.plan.totalBytes)} MiB; ` +
+      `worst pixel difference ${result.worst}/255; refused under 64 KiB: ${refused}`);
+    assert.ok(result.plain.stats.largestBinding > 1 << 20, 'the uncapped run bound nothing over 1 MiB: the test splits nothing');
+    assert.ok(result.capped.stats.largestBinding <= 1 << 20, `a binding of ${result.capped.stats.largestBinding} bytes under a 1 MiB cap`);
+    assert.ok(result.capped.plan.largestBinding <= 1 << 20);
+    assert.equal(result.capped.plan.limit, 1 << 20);
+    assert.ok(result.worst <= TOLERANCE.webgpu, `worst pixel difference ${result.worst}/255`);
+  } finally {
+    await page.close();
+  }
+});

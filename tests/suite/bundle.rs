@@ -144,12 +144,12 @@ fn sharded_bundle_gives_the_single_file_bundles_image_and_names_a_bad_shard() {
 #[test]
 fn shard_size_is_validated() {
     for bad in ["0", "abc", "12X", "-3M", "99999999999G"] {
-        let e = control_clip::bundle::parse_size(bad).unwrap_err().to_string();
+        let e = control_clip::bundle::parse_size("--shard-size", bad).unwrap_err().to_string();
         assert!(e.contains("--shard-size") && e.contains(bad), "{bad}: {e}");
     }
-    assert_eq!(control_clip::bundle::parse_size("32M").unwrap(), 32 << 20);
-    assert_eq!(control_clip::bundle::parse_size("256k").unwrap(), 256 << 10);
-    assert_eq!(control_clip::bundle::parse_size("1000").unwrap(), 1000);
+    assert_eq!(control_clip::bundle::parse_size("--shard-size", "32M").unwrap(), 32 << 20);
+    assert_eq!(control_clip::bundle::parse_size("--shard-size", "256k").unwrap(), 256 << 10);
+    assert_eq!(control_clip::bundle::parse_size("--shard-size", "1000").unwrap(), 1000);
 }
 
 #[test]

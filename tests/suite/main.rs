@@ -4,6 +4,7 @@
 
 mod common;
 
+mod binding_limits;
 mod bundle;
 mod cli_check;
 mod cli_finetune;

@@ -254,7 +254,7 @@ fn build(args: &BundleArgs) -> control_clip::Result<u64> {
     let src = Sources::resolve(args)?;
     let variant = args.variant.as_deref();
     let dtype: StoreDType = args.dtype.parse()?;
-    let shard_bytes = parse_size(&args.shard_size)?;
+    let shard_bytes = parse_size("--shard-size", &args.shard_size)?;
     control_clip::control::ControlWeights::new(args.category_weight as f32, args.style_weight.unwrap_or(0.0) as f32)?;
     let style_weight = args.style_weight.unwrap_or(if args.style_encoder.is_some() || args.adapter.is_some() { 1.0 } else { 0.0 });
     // Everything is written into a fresh folder beside --out and renamed to it only once the bundle

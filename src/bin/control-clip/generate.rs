@@ -21,6 +21,7 @@ use control_clip::bundle::{BundleFile, Defaults, Manifest};
 use control_clip::control::{ControlEncoders, ControlWeights};
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerKind;
+use control_clip::plan::MemoryPlan;
 use control_clip::{BackendKind, Error, SafeTensors, init_device};
 
 #[derive(Args)]
@@ -78,6 +79,21 @@ pub struct GenerateArgs {
     init_latents: Option<PathBuf>,
     #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
     out: Option<PathBuf>,
+    /// Plan every buffer within this many bytes (e.g. 128MiB), as on a device whose
+    /// maxStorageBufferBindingSize is that small (default: the device's own limit).
+    #[arg(long, value_parser = parse_binding)]
+    max_binding: Option<u64>,
+    /// Print the memory plan (weights, largest buffers, estimated peak) before generating.
+    #[arg(long)]
+    plan: bool,
+}
+
+pub(crate) fn parse_binding(text: &str) -> Result<u64, String> {
+    match control_clip::bundle::parse_size("--max-binding", text) {
+        Ok(0) => Err("must be more than 0 bytes".into()),
+        Ok(n) => Ok(n as u64),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The settings a bundle recommends (its manifest's `defaults`). Each flag that is given wins; one that is
@@ -287,6 +303,20 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
     eprintln!("settings: {settings}{batch_note}");
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
+    if let Some(bytes) = args.max_binding {
+        control_clip::device::cap_bindings(bytes);
+    }
+    if let Some(manifest) = &manifest {
+        // Before any weights are read: a bundle that cannot fit this device is refused by what does not fit.
+        let plan = MemoryPlan::new(manifest, settings.width.value, settings.height.value, settings.guidance.value > 1.0)?;
+        let limit = control_clip::device::binding_limit(&device);
+        if args.plan {
+            eprint!("{}", plan.describe(limit));
+        }
+        if let Some(limit) = limit {
+            plan.check(limit)?;
+        }
+    }
     let pipeline = match (&args.bundle, &manifest) {
         (Some(dir), Some(manifest)) => {
             let fetch = |file: BundleFile| std::future::ready(manifest.read_verified(dir, &file));
