@@ -80,7 +80,7 @@ async fn wgpu_device() -> Result<Device> {
 /// capped by its `maxBufferSize` (what cubecl's memory pool takes as its largest page), and by
 /// [`cap_bindings`] when that was called. `None` on the CPU backend, which binds nothing. The models
 /// split what would exceed it (attention scores, the feed-forward's hidden rows, the token embedding,
-/// the tiny decoder's rows) and the memory plan (`crate::plan`) refuses what cannot be split.
+/// the tiny decoder's rows) and the memory plan (the `plan` module) refuses what cannot be split.
 pub fn binding_limit(device: &Device) -> Option<u64> {
     use burn::backend::DispatchDevice;
     let device_limit = match device.as_dispatch() {
