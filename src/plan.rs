@@ -129,7 +129,7 @@ impl MemoryPlan {
                 b.what,
                 mib(b.bytes),
                 mib(limit),
-                if b.component == component::DECODER { "; try a smaller size, or a bundle with the tiny decoder (AutoencoderTiny)" } else { "; try a smaller size" },
+                if b.component == component::DECODER && b.piece.is_none() { "; try a smaller size, or a bundle with the tiny decoder (AutoencoderTiny)" } else { "; try a smaller size" },
             ))),
         }
     }
@@ -161,7 +161,10 @@ impl MemoryPlan {
 }
 
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    match bytes {
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
 }
 
 /// A component's weights as the GPU holds them (f32), from its stored files: the stored values counted
