@@ -10,7 +10,7 @@
 //! tensors; burn's kernels may hold temporaries of their own beside them (the page's live-buffer count
 //! measures the real total: docs/benchmarks.md).
 
-use crate::bundle::{EncoderForm, Manifest, WeightsComponent, component};
+use crate::bundle::{EncoderForm, Manifest, StoreDType, WeightsComponent, component};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextConfig;
 use crate::models::taesd::TinyDecoderConfig;
@@ -171,8 +171,8 @@ fn mib(bytes: u64) -> String {
 /// from the bytes (headers are a few kilobytes) at their storage precision.
 fn gpu_bytes(entry: &WeightsComponent) -> u64 {
     let stored: u64 = entry.files.list().iter().map(|f| f.bytes).sum();
-    match entry.dtype.as_deref() {
-        Some("f16" | "fp16" | "float16" | "bf16") => stored * 2,
+    match entry.dtype.as_deref().map(str::parse::<StoreDType>) {
+        Some(Ok(StoreDType::F16)) => stored * 2,
         _ => stored,
     }
 }

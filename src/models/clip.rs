@@ -346,11 +346,7 @@ struct TokenEmbedding {
 
 impl TokenEmbedding {
     fn load(w: &WeightsView, name: &str, [vocab, d]: [usize; 2], device: &Device) -> Result<Self> {
-        let key = w.key(name);
-        let (found, values) = w.f32(name)?;
-        if found != [vocab, d] {
-            return Err(Error::tensor(w.file.file_of(&key), &key, format!("expected shape {:?}, found {found:?}", [vocab, d])));
-        }
+        let values = w.f32_of(name, &[vocab, d])?;
         let rows = match crate::device::binding_limit(device) {
             Some(limit) => ((limit / (4 * d.max(1)) as u64) as usize).clamp(1, vocab.max(1)),
             None => vocab.max(1),

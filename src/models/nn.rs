@@ -14,12 +14,8 @@ use crate::weights::WeightsView;
 /// `nn.Linear(d_in, d_out)` from `{name}.weight` ([d_out, d_in], PyTorch layout) and `{name}.bias`.
 /// The weight is transposed on the host so that burn's `[d_in, d_out]` matmul operand is contiguous.
 pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Linear> {
-    let key = w.key(&format!("{name}.weight"));
-    let (shape, values) = w.f32(&format!("{name}.weight"))?;
-    if shape != [d_out, d_in] {
-        return Err(Error::tensor(w.file.file_of(&key), &key, format!("expected shape {:?}, found {shape:?}", [d_out, d_in])));
-    }
-    crate::weights::check_binding(w.file.file_of(&key), &key, values.len(), device)?;
+    let values = w.f32_of(&format!("{name}.weight"), &[d_out, d_in])?;
+    w.check_binding(&format!("{name}.weight"), values.len(), device)?;
     let weight = Tensor::<2>::from_data(TensorData::new(crate::weights::transpose(&values, d_out, d_in), [d_in, d_out]), device);
     let bias = if bias { Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d_out], device)?)) } else { None };
     Ok(Linear { weight: Param::from_tensor(weight), bias })

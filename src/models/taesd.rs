@@ -70,13 +70,12 @@ impl TinyDecoderConfig {
     /// Bytes per latent row (batch `b`, latent width `w`) of the decoder's widest activation: a stage's
     /// channels at its resolution, and the upsampled input of the convolution that starts it.
     pub fn bytes_per_latent_row(&self, b: usize, w: usize) -> u64 {
-        let cfg = self;
-        let u = cfg.upsampling_scaling_factor as u64;
-        let widest = cfg.decoder_block_out_channels.iter().enumerate().map(|(i, &c)| {
+        let u = self.upsampling_scaling_factor as u64;
+        let widest = self.decoder_block_out_channels.iter().enumerate().map(|(i, &c)| {
             // Stage i runs at u^i; the convolution starting stage i+1 reads stage i's channels at u^(i+1).
             let at = |stage: usize| u.pow(stage as u32 * 2);
-            let next = if i + 1 < cfg.num_decoder_blocks.len() { at(i + 1) } else { at(i) };
-            (c.max(cfg.out_channels) as u64) * next
+            let next = if i + 1 < self.num_decoder_blocks.len() { at(i + 1) } else { at(i) };
+            (c.max(self.out_channels) as u64) * next
         });
         widest.max().unwrap_or(0) * (b * w) as u64 * 4
     }

@@ -417,13 +417,25 @@ impl<'a> WeightsView<'a> {
         Ok((shape, values))
     }
 
-    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    /// [`Self::f32`] of a tensor that must have exactly `shape` (refused by file and tensor otherwise).
+    pub fn f32_of(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (found, values) = self.f32(name)?;
-        let key = self.key(name);
         if found != shape {
+            let key = self.key(name);
             return Err(Error::tensor(self.file.file_of(&key), &key, format!("expected shape {shape:?}, found {found:?}")));
         }
-        check_binding(self.file.file_of(&key), &key, values.len(), device)?;
+        Ok(values)
+    }
+
+    /// Refuses `name` when one buffer binding of `device` cannot hold `elements` f32 values ([`check_binding`]).
+    pub fn check_binding(&self, name: &str, elements: usize, device: &Device) -> Result<()> {
+        let key = self.key(name);
+        check_binding(self.file.file_of(&key), &key, elements, device)
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+        let values = self.f32_of(name, &shape)?;
+        self.check_binding(name, values.len(), device)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 }
