@@ -4,7 +4,9 @@
 //                       + w[b,1] * Σ_j softmax_j(scale·q_i·ks_j) vs_j[d]
 //
 // q [B, Lq, H*DH]; kc, vc [B, Lc, H*DH]; ks, vs [B, Ls, H*DH]; w [B, 2]; out [B, Lq, H*DH];
-// all f32, row-major, contiguous. scale = 1/sqrt(DH), passed in from the host.
+// row-major, contiguous; w f32, the others all f32 or (the f16 variant, `enable f16`) all f16, which
+// the kernel widens to f32 as it reads them: scores, softmax and accumulators are f32 in both, and the
+// output is rounded once, as it is written. scale = 1/sqrt(DH), passed in from the host.
 //
 // One workgroup of 128 invocations per (b, h, tile of TQ queries). The workgroup reads its Q tile once
 // (pre-scaled, into workgroup memory), then for each context in turn:
@@ -21,8 +23,8 @@
 // at the end. A context whose weight is exactly 0 (the unconditional half of a classifier-free-
 // guidance batch uses (1, 0)) is skipped.
 //
-// Vectors: V is vec4<f32> when DH is a multiple of 4 (all SD head dims), f32 otherwise; DV = DH / 4
-// or DH; the host passes the row stride in V units.
+// Vectors: V is vec4<f32> when DH is a multiple of 4 (all SD head dims), f32 otherwise; S, the stored
+// element, is V or its f16 form; DV = DH / 4 or DH; the host passes the row stride in V units.
 //
 // Dispatch: a 2-D grid of workgroups, linearised as wid.y * num_workgroups.x + wid.x, so that more
 // than 65535 workgroups fit WebGPU's per-dimension limit; workgroups past `total` return at once.
@@ -34,6 +36,7 @@
 // storage binding read_write (burn's tensors may share buffers); the scalars come last, as the
 // uniform burn appends from the launch's metadata.
 
+{{enable}}
 {{vector_type}}
 
 const DH: u32 = {{head_dim}}u;
@@ -66,13 +69,13 @@ struct Params {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> q: array<V>;
-@group(0) @binding(1) var<storage, read_write> kc: array<V>;
-@group(0) @binding(2) var<storage, read_write> vc: array<V>;
-@group(0) @binding(3) var<storage, read_write> ks: array<V>;
-@group(0) @binding(4) var<storage, read_write> vs: array<V>;
+@group(0) @binding(0) var<storage, read_write> q: array<S>;
+@group(0) @binding(1) var<storage, read_write> kc: array<S>;
+@group(0) @binding(2) var<storage, read_write> vc: array<S>;
+@group(0) @binding(3) var<storage, read_write> ks: array<S>;
+@group(0) @binding(4) var<storage, read_write> vs: array<S>;
 @group(0) @binding(5) var<storage, read_write> w: array<f32>;
-@group(0) @binding(6) var<storage, read_write> output: array<V>;
+@group(0) @binding(6) var<storage, read_write> output: array<S>;
 @group(0) @binding(7) var<uniform> params: Params;
 
 // Q tile, pre-scaled: q_tile[t * DV + dv].
@@ -88,16 +91,16 @@ var<workgroup> weight_s: f32;
 
 fn load_k(ctx: u32, i: u32) -> V {
     if (ctx == 0u) {
-        return kc[i];
+        return V(kc[i]);
     }
-    return ks[i];
+    return V(ks[i]);
 }
 
 fn load_v(ctx: u32, i: u32) -> V {
     if (ctx == 0u) {
-        return vc[i];
+        return V(vc[i]);
     }
-    return vs[i];
+    return V(vs[i]);
 }
 
 // Scores of keys j0 .. j0+kt (kt ≥ 1) for every query of the tile, into `scores`.
@@ -157,7 +160,7 @@ fn main(
         let q_row = q0 + t;
         var v = V(0.0);
         if (q_row < params.lq) {
-            v = q[(b * params.lq + q_row) * row + col0 + dv] * params.scale;
+            v = V(q[(b * params.lq + q_row) * row + col0 + dv]) * params.scale;
         }
         q_tile[i] = v;
     }
@@ -271,7 +274,7 @@ fn main(
             for (var a = 0u; a < MQ2; a++) {
                 let q_row = q0 + t0 + a;
                 if (q_row < params.lq) {
-                    output[(b * params.lq + q_row) * row + col0 + dv] = acc[r * MQ2 + a];
+                    output[(b * params.lq + q_row) * row + col0 + dv] = S(acc[r * MQ2 + a]);
                 }
             }
         }

@@ -104,6 +104,92 @@ pub fn cap_bindings(bytes: u64) {
 
 static BINDING_CAP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The float type the models hold their weights and activations in on the device. f32 is the
+/// reference and the fallback; f16 halves weight memory and bandwidth where the device has `shader-f16`
+/// (WebGPU) / SHADER_F16 (natively), keeping f32 where precision needs it: softmax and normalisation
+/// statistics, the scheduler's arithmetic, guidance (docs/decisions.md, "f16 compute").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::F16 => burn::tensor::FloatDType::F16,
+        }
+    }
+
+    /// Bytes of one value.
+    pub fn size(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    /// What `request` gives on `device`: `auto` is f16 where the device computes in f16 and f32
+    /// elsewhere; f16 asked of a device without it is refused, naming the device.
+    pub fn resolve(request: PrecisionRequest, device: &Device) -> Result<Precision> {
+        let f16 = f16_available(device);
+        match request {
+            PrecisionRequest::Auto => Ok(if f16 { Precision::F16 } else { Precision::F32 }),
+            PrecisionRequest::Exactly(Precision::F16) if !f16 => Err(Error::device(format!(
+                "f16 compute needs a GPU device with shader-f16 (SHADER_F16), which this one ({device:?}) does not have; use precision f32 or auto"
+            ))),
+            PrecisionRequest::Exactly(p) => Ok(p),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `--precision` / `?precision=`: a precision, or `auto` (the default: f16 where the device has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PrecisionRequest {
+    #[default]
+    Auto,
+    Exactly(Precision),
+}
+
+impl FromStr for PrecisionRequest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" | "" => PrecisionRequest::Auto,
+            "f32" | "fp32" | "float32" => PrecisionRequest::Exactly(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => PrecisionRequest::Exactly(Precision::F16),
+            other => return Err(Error::invalid("precision", format!("unknown precision `{other}` (expected auto, f32 or f16)"))),
+        })
+    }
+}
+
+/// Whether `device` computes in f16: a wgpu device whose adapter has `shader-f16` (burn enables it when
+/// the adapter has it). The CPU backend stays f32: our CPU kernels are f32 kernels.
+pub fn f16_available(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    let wgpu = match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => cube.runtime() == cubecl::RuntimeId::Wgpu,
+        #[allow(unreachable_patterns)]
+        _ => false,
+    };
+    wgpu && !device.is_autodiff() && device.supports_dtype(burn::tensor::DType::F16)
+}
+
 /// Reads a float tensor back to the host; asynchronous because WebGPU read-backs are.
 pub async fn read_f32<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Result<(Vec<usize>, Vec<f32>)> {
     let shape = tensor.dims().to_vec();

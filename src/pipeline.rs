@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::bundle::{BundleFile, EncoderForm, Manifest, component};
 use crate::control::{Adapter, ControlEncoders, ControlWeights, EncoderSource};
-use crate::device::read_f32;
+use crate::device::{Precision, read_f32};
 use crate::error::{Error, Result};
 use crate::models::attention::ControlContext;
 use crate::models::clip::ClipTextModel;
@@ -39,6 +39,9 @@ pub struct Pipeline {
     pub decoder: Decoder,
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
+    /// What the text encoders, the UNet and the decoder compute in (the scheduler's arithmetic, guidance
+    /// and the latents between steps are f32 either way).
+    pub precision: Precision,
 }
 
 /// One generation's settings. `init_latents` replaces the seeded noise (parity tests use it).
@@ -325,18 +328,35 @@ impl Pipeline {
         scheduler_config: &std::path::Path,
         device: &Device,
     ) -> Result<Self> {
-        use crate::models::ModelFolder;
+        Self::from_dirs_in([tokenizer, text_encoder, unet, decoder, scheduler_config], device, Precision::F32)
+    }
+
+    /// [`Self::from_dirs`] (the same five paths, in that order) computing in `precision`.
+    pub fn from_dirs_in(
+        [tokenizer, text_encoder, unet, decoder, scheduler_config]: [&std::path::Path; 5],
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        use crate::weights::read_model_dir;
+        if precision == Precision::F16 && !crate::device::f16_available(device) {
+            return Err(Error::device(format!("f16 compute needs a GPU device with shader-f16, which {device:?} does not have")));
+        }
+        let dtype = precision.dtype();
         let (tokenizer_path, tokenizer) = (tokenizer, ClipTokenizer::read(tokenizer)?);
-        let text_encoder = ClipTextModel::read_dir(text_encoder, device)?;
+        let (config, weights) = read_model_dir(text_encoder)?;
+        let text_encoder = ClipTextModel::load_in(&config, &weights, None, device, dtype)?;
         tokenizer.check_fits(&tokenizer_path.display().to_string(), text_encoder.config.vocab_size, "its config.json")?;
+        let (unet_config, unet_weights) = read_model_dir(unet)?;
+        let (decoder_config, decoder_weights) = read_model_dir(decoder)?;
         Ok(Self {
             tokenizer,
             text_encoder,
             control: ControlEncoders::default(),
-            unet: UNet2DConditionModel::read_dir(unet, device)?,
-            decoder: Decoder::read_dir(decoder, device)?,
+            unet: UNet2DConditionModel::load_in(&unet_config, &unet_weights, device, dtype)?,
+            decoder: Decoder::load_in(&decoder_config, &decoder_weights, device, dtype)?,
             scheduler_config: SchedulerConfig::read(scheduler_config)?,
             device: device.clone(),
+            precision,
         })
     }
 }
@@ -345,19 +365,24 @@ impl Pipeline {
     /// Builds the pipeline from a bundle's manifest. `fetch(file)` returns the bytes of one of its files,
     /// already verified against the manifest (natively [`Pipeline::read_bundle`] reads and verifies them;
     /// the page's worker verifies what it downloads or finds in its cache, so that each file is hashed
-    /// once). Weights split into shards are read as one set.
-    pub async fn from_bundle<F, Fut>(manifest: &Manifest, fetch: F, device: &Device) -> Result<Self>
+    /// once). Weights split into shards are read as one set. The models compute in `precision`
+    /// ([`Precision::resolve`] says what a device can take).
+    pub async fn from_bundle<F, Fut>(manifest: &Manifest, fetch: F, device: &Device, precision: Precision) -> Result<Self>
     where
         F: Fn(BundleFile) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
+        if precision == Precision::F16 && !crate::device::f16_available(device) {
+            return Err(Error::device(format!("f16 compute needs a GPU device with shader-f16, which {device:?} does not have")));
+        }
+        let dtype = precision.dtype();
         let weights = |name: &'static str| manifest.read_weights(name, &fetch);
         let tokenizer_file = manifest.components.tokenizer.clone();
         let tokenizer_name = manifest.path(&tokenizer_file.file);
         let tokenizer = ClipTokenizer::from_bytes(&tokenizer_name, &fetch(tokenizer_file).await?)?;
         let base_config = manifest.config(component::TEXT_ENCODER)?;
         let base_weights = weights(component::TEXT_ENCODER).await?;
-        let text_encoder = ClipTextModel::load(&base_config, &base_weights, device)?;
+        let text_encoder = ClipTextModel::load_in(&base_config, &base_weights, None, device, dtype)?;
         tokenizer.check_fits(&tokenizer_name, text_encoder.config.vocab_size, &base_config.file)?;
         let mut sources = Vec::new();
         for name in [component::CATEGORY_ENCODER, component::STYLE_ENCODER] {
@@ -375,23 +400,29 @@ impl Pipeline {
         }
         let adapter = match manifest.components.adapter {
             None => None,
-            Some(_) => Some(Adapter::load(&manifest.config(component::ADAPTER)?, &weights(component::ADAPTER).await?, device)?),
+            Some(_) => Some(Adapter::load_in(&manifest.config(component::ADAPTER)?, &weights(component::ADAPTER).await?, device, dtype)?),
         };
         let style = sources.pop().flatten();
         let category = sources.pop().flatten();
-        let control = ControlEncoders::load((&base_config, &base_weights), category, style, adapter, device)?;
+        let control = ControlEncoders::load_in((&base_config, &base_weights), category, style, adapter, device, dtype)?;
         drop(base_weights);
-        let unet = UNet2DConditionModel::load(&manifest.config(component::UNET)?, &weights(component::UNET).await?, device)?;
-        let decoder = Decoder::load(&manifest.config(component::DECODER)?, &weights(component::DECODER).await?, device)?;
+        let unet = UNet2DConditionModel::load_in(&manifest.config(component::UNET)?, &weights(component::UNET).await?, device, dtype)?;
+        let decoder = Decoder::load_in(&manifest.config(component::DECODER)?, &weights(component::DECODER).await?, device, dtype)?;
         let scheduler_config = SchedulerConfig::from_json(&manifest.config(component::SCHEDULER)?)?;
-        Ok(Self { tokenizer, text_encoder, control, unet, decoder, scheduler_config, device: device.clone() })
+        Ok(Self { tokenizer, text_encoder, control, unet, decoder, scheduler_config, device: device.clone(), precision })
     }
 
-    /// Loads a bundle folder, verifying every file against its manifest.
+    /// Loads a bundle folder, verifying every file against its manifest; f32 compute.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn read_bundle(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        Self::read_bundle_in(dir, device, Precision::F32).await
+    }
+
+    /// [`Self::read_bundle`] computing in `precision`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn read_bundle_in(dir: &std::path::Path, device: &Device, precision: Precision) -> Result<Self> {
         let manifest = Manifest::read_dir(dir)?;
         let fetch = |file: BundleFile| std::future::ready(manifest.read_verified(dir, &file));
-        Self::from_bundle(&manifest, fetch, device).await
+        Self::from_bundle(&manifest, fetch, device, precision).await
     }
 }

@@ -1,5 +1,5 @@
 //! The memory plan: what one generation with a bundle needs on the GPU — its weights as the GPU holds
-//! them (f32), the largest buffers it binds, and an estimate of the peak of its activations — computed
+//! them (f32 or f16: the pipeline's precision), the largest buffers it binds, and an estimate of the peak of its activations — computed
 //! from the manifest alone (inline configs and file sizes), so that the page can refuse a bundle that
 //! cannot fit before it downloads any weights, and checked against the device's largest binding
 //! ([`crate::device::binding_limit`]).
@@ -11,12 +11,14 @@
 //! measures the real total: docs/benchmarks.md).
 
 use crate::bundle::{EncoderForm, Manifest, StoreDType, WeightsComponent, component};
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextConfig;
 use crate::models::taesd::TinyDecoderConfig;
 use crate::models::unet::UNetConfig;
 use crate::models::vae::VaeConfig;
 
+/// Bytes of an f32: attention scores are f32 in both precisions (the softmax runs in f32).
 const F32: u64 = 4;
 /// Text positions (CLIP's 77).
 const TOKENS: u64 = 77;
@@ -52,7 +54,9 @@ pub struct MemoryPlan {
     pub height: usize,
     /// UNet batch: 2 with classifier-free guidance (negative and positive rows), else 1.
     pub batch: usize,
-    /// Each weights component's bytes on the GPU (f32; a LoRA encoder is merged into a full copy of E).
+    /// What the models compute in: the size of weights and activations.
+    pub precision: Precision,
+    /// Each weights component's bytes on the GPU (a LoRA encoder is merged into a full copy of E).
     pub weights: Vec<(&'static str, u64)>,
     /// The largest buffers of each component (whole and, where split, their smallest piece).
     pub bindings: Vec<Binding>,
@@ -63,43 +67,44 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     /// The plan for `manifest` at `width` × `height` (already checked as a multiple of the factor).
-    pub fn new(manifest: &Manifest, width: usize, height: usize, guided: bool) -> Result<Self> {
+    pub fn new(manifest: &Manifest, width: usize, height: usize, guided: bool, precision: Precision) -> Result<Self> {
         let c = &manifest.components;
+        let e = precision.size();
         let text = ClipTextConfig::from_json(&manifest.config(component::TEXT_ENCODER)?)?;
         let unet = UNetConfig::from_json(&manifest.config(component::UNET)?)?;
         let decoder_config = manifest.config(component::DECODER)?;
         let batch = if guided { 2 } else { 1 };
 
-        let text_bytes = gpu_bytes(&c.text_encoder);
+        let text_bytes = gpu_bytes(&c.text_encoder, e);
         let mut weights = vec![(component::TEXT_ENCODER, text_bytes)];
         for name in component::CONTROL {
             if let Some(entry) = c.weights(name) {
                 let lora = name != component::ADAPTER && entry.form == Some(EncoderForm::Lora);
-                weights.push((name, if lora { text_bytes } else { gpu_bytes(entry) }));
+                weights.push((name, if lora { text_bytes } else { gpu_bytes(entry, e) }));
             }
         }
-        weights.push((component::UNET, gpu_bytes(&c.unet)));
-        weights.push((component::DECODER, gpu_bytes(&c.decoder)));
+        weights.push((component::UNET, gpu_bytes(&c.unet, e)));
+        weights.push((component::DECODER, gpu_bytes(&c.decoder, e)));
 
-        let mut bindings = text_bindings(&text, batch);
+        let mut bindings = text_bindings(&text, batch, e);
         let (decoder_bindings, decoder_peak, unet_bindings, unet_peak);
         match decoder_config.str_or("_class_name", "AutoencoderKL")? {
             "AutoencoderTiny" => {
                 let cfg = TinyDecoderConfig::from_json(&decoder_config)?;
                 let f = cfg.upscale_factor();
-                (decoder_bindings, decoder_peak) = tiny_decoder_plan(&cfg, height / f, width / f);
-                (unet_bindings, unet_peak) = unet_plan(&unet, batch, height / f, width / f);
+                (decoder_bindings, decoder_peak) = tiny_decoder_plan(&cfg, height / f, width / f, e);
+                (unet_bindings, unet_peak) = unet_plan(&unet, batch, height / f, width / f, e);
             }
             _ => {
                 let cfg = VaeConfig::from_json(&decoder_config)?;
                 let f = 1 << (cfg.block_out_channels.len() - 1);
-                (decoder_bindings, decoder_peak) = kl_decoder_plan(&cfg, height / f, width / f);
-                (unet_bindings, unet_peak) = unet_plan(&unet, batch, height / f, width / f);
+                (decoder_bindings, decoder_peak) = kl_decoder_plan(&cfg, height / f, width / f, e);
+                (unet_bindings, unet_peak) = unet_plan(&unet, batch, height / f, width / f, e);
             }
         }
         bindings.extend(unet_bindings);
         bindings.extend(decoder_bindings);
-        Ok(Self { width, height, batch, weights, bindings, activations: unet_peak.max(decoder_peak) })
+        Ok(Self { width, height, batch, precision, weights, bindings, activations: unet_peak.max(decoder_peak) })
     }
 
     pub fn weights_bytes(&self) -> u64 {
@@ -136,7 +141,7 @@ impl MemoryPlan {
 
     /// A few lines for people: weights per component, the largest buffers, the estimate.
     pub fn describe(&self, limit: Option<u64>) -> String {
-        let mut out = format!("memory plan at {}×{} (batch {}), f32 on the GPU:\n", self.width, self.height, self.batch);
+        let mut out = format!("memory plan at {}×{} (batch {}), {} on the GPU:\n", self.width, self.height, self.batch, self.precision);
         for (name, bytes) in &self.weights {
             out += &format!("  weights  {name:<17} {}\n", mib(*bytes));
         }
@@ -167,38 +172,39 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-/// A component's weights as the GPU holds them (f32), from its stored files: the stored values counted
-/// from the bytes (headers are a few kilobytes) at their storage precision.
-fn gpu_bytes(entry: &WeightsComponent) -> u64 {
+/// A component's weights as the GPU holds them (`e` bytes a value), from its stored files: the stored
+/// values counted from the bytes (headers are a few kilobytes) at their storage precision.
+fn gpu_bytes(entry: &WeightsComponent, e: u64) -> u64 {
     let stored: u64 = entry.files.list().iter().map(|f| f.bytes).sum();
-    match entry.dtype.as_deref().map(str::parse::<StoreDType>) {
-        Some(Ok(StoreDType::F16)) => stored * 2,
-        _ => stored,
-    }
+    let stored_size = match entry.dtype.as_deref().map(str::parse::<StoreDType>) {
+        Some(Ok(StoreDType::F16)) => 2,
+        _ => 4,
+    };
+    stored / stored_size * e
 }
 
-fn text_bindings(cfg: &ClipTextConfig, batch: usize) -> Vec<Binding> {
+fn text_bindings(cfg: &ClipTextConfig, batch: usize, e: u64) -> Vec<Binding> {
     let (d, v) = (cfg.hidden_size as u64, cfg.vocab_size as u64);
     let rows = batch as u64 * TOKENS;
     vec![
-        Binding { component: component::TEXT_ENCODER, what: "token embedding".into(), bytes: v * d * F32, piece: Some(d * F32) },
+        Binding { component: component::TEXT_ENCODER, what: "token embedding".into(), bytes: v * d * e, piece: Some(d * e) },
         Binding {
             component: component::TEXT_ENCODER,
             what: "largest weight (MLP)".into(),
-            bytes: d * cfg.intermediate_size as u64 * F32,
+            bytes: d * cfg.intermediate_size as u64 * e,
             piece: None,
         },
         Binding {
             component: component::TEXT_ENCODER,
             what: "MLP activation".into(),
-            bytes: rows * cfg.intermediate_size as u64 * F32,
+            bytes: rows * cfg.intermediate_size as u64 * e,
             piece: None,
         },
     ]
 }
 
 /// The UNet's largest buffers at latents `lh` × `lw` and its activations' estimated peak.
-fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize) -> (Vec<Binding>, u64) {
+fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize, e: u64) -> (Vec<Binding>, u64) {
     let b = batch as u64;
     let boc = &cfg.block_out_channels;
     let n = boc.len();
@@ -206,7 +212,7 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize) -> (Vec<Bindi
     let mut bindings = vec![Binding {
         component: component::UNET,
         what: "largest weight (an up block's first convolution, at most)".into(),
-        bytes: 2 * cmax * cmax * 9 * F32,
+        bytes: 2 * cmax * cmax * 9 * e,
         piece: None,
     }];
     let (mut peak_skips, mut widest, mut attention) = (0u64, 0u64, 0u64);
@@ -215,9 +221,9 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize) -> (Vec<Bindi
         let (c, next) = (c as u64, boc[(level + 1).min(n - 1)] as u64);
         let hw = h * w;
         // The up path concatenates the skip connection: at most this level's and the next one's channels.
-        let activation = b * (c + next.max(c)) * hw * F32;
+        let activation = b * (c + next.max(c)) * hw * e;
         widest = widest.max(activation);
-        peak_skips += (cfg.layers_per_block[level] as u64 + 1) * b * c * hw * F32;
+        peak_skips += (cfg.layers_per_block[level] as u64 + 1) * b * c * hw * e;
         bindings.push(Binding { component: component::UNET, what: format!("activation at {h}×{w} ({} channels)", c + next.max(c)), bytes: activation, piece: None });
         let cross = cfg.down_block_types[level].starts_with("CrossAttn");
         if cross {
@@ -234,8 +240,8 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize) -> (Vec<Bindi
             bindings.push(Binding {
                 component: component::UNET,
                 what: format!("feed-forward hidden rows at {h}×{w}"),
-                bytes: b * hw * 2 * inner * F32,
-                piece: Some(b * 2 * inner * F32),
+                bytes: b * hw * 2 * inner * e,
+                piece: Some(b * 2 * inner * e),
             });
             bindings.push(Binding {
                 component: component::UNET,
@@ -249,8 +255,9 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize) -> (Vec<Bindi
 }
 
 /// The tiny decoder's largest buffers at latents `lh` × `lw` (batch 1) and its estimated peak.
-fn tiny_decoder_plan(cfg: &TinyDecoderConfig, lh: usize, lw: usize) -> (Vec<Binding>, u64) {
-    let row = cfg.bytes_per_latent_row(1, lw);
+fn tiny_decoder_plan(cfg: &TinyDecoderConfig, lh: usize, lw: usize, e: u64) -> (Vec<Binding>, u64) {
+    // bytes_per_latent_row counts f32.
+    let row = cfg.bytes_per_latent_row(1, lw) / F32 * e;
     let band = (1 + 2 * cfg.halo_rows() as u64).min(lh as u64) * row;
     let whole = row * lh as u64;
     let f = cfg.upscale_factor();
@@ -265,7 +272,7 @@ fn tiny_decoder_plan(cfg: &TinyDecoderConfig, lh: usize, lw: usize) -> (Vec<Bind
 
 /// The full decoder's (AutoencoderKL) largest buffers at latents `lh` × `lw` (batch 1): the widest of its
 /// levels, the upsampled input of each up block included; its mid-block attention is split by queries.
-fn kl_decoder_plan(cfg: &VaeConfig, lh: usize, lw: usize) -> (Vec<Binding>, u64) {
+fn kl_decoder_plan(cfg: &VaeConfig, lh: usize, lw: usize, e: u64) -> (Vec<Binding>, u64) {
     let boc = &cfg.block_out_channels;
     let n = boc.len();
     let mut bindings = Vec::new();
@@ -274,7 +281,7 @@ fn kl_decoder_plan(cfg: &VaeConfig, lh: usize, lw: usize) -> (Vec<Binding>, u64)
         let (h, w) = ((lh << j) as u64, (lw << j) as u64);
         // Up block j works at 2^j × the latents with boc[n-1-j] channels, its input upsampled from j-1's.
         let c = boc[n - 1 - j].max(if j > 0 { boc[n - j] } else { boc[n - 1] }) as u64;
-        let bytes = c * h * w * F32;
+        let bytes = c * h * w * e;
         widest = widest.max(bytes);
         bindings.push(Binding { component: component::DECODER, what: format!("activation at {w}×{h} ({c} channels)"), bytes, piece: None });
     }

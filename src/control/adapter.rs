@@ -5,11 +5,11 @@
 //! `hidden_act` = "gelu") and safetensors with `norm.{weight,bias}`, `fc1.{weight,bias}`, `fc2.{weight,bias}`
 //! in PyTorch layout (tests/fixtures/fixtures_control.py writes one).
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::Activation;
+use crate::models::nn::{Activation, in_f32};
 use crate::weights::{SafeTensors, WeightsView};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,12 +47,17 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        Self::load_in(config, weights, device, FloatDType::F32)
+    }
+
+    /// [`Self::load`] with the weights in `dtype` (the norm's parameters stay f32, as its statistics).
+    pub fn load_in(config: &ConfigJson, weights: &SafeTensors, device: &Device, dtype: FloatDType) -> Result<Self> {
         let cfg = AdapterConfig::from_json(config)?;
-        let w = WeightsView::new(weights, "");
+        let w = WeightsView::new(weights, "").in_dtype(dtype);
         let (d, h) = (cfg.hidden_size, cfg.adapter_dim);
         Ok(Self {
-            norm_weight: w.tensor("norm.weight", [d], device)?,
-            norm_bias: w.tensor("norm.bias", [d], device)?,
+            norm_weight: w.tensor_f32("norm.weight", [d], device)?,
+            norm_bias: w.tensor_f32("norm.bias", [d], device)?,
             fc1_t: w.tensor::<2>("fc1.weight", [h, d], device)?.transpose(),
             fc1_bias: w.tensor("fc1.bias", [h], device)?,
             fc2_t: w.tensor::<2>("fc2.weight", [d, h], device)?.transpose(),
@@ -67,7 +72,11 @@ impl Adapter {
         if d != self.config.hidden_size {
             return Err(Error::invalid("adapter input", format!("width {d}, the adapter takes {}", self.config.hidden_size)));
         }
-        let normed = layer_norm_values(h.clone(), self.config.layer_norm_eps) * self.norm_weight.clone().unsqueeze::<3>() + self.norm_bias.clone().unsqueeze::<3>();
+        // E's context in the pipeline's precision may meet an adapter read in another (from a folder).
+        let h = crate::models::nn::cast_to(h, self.fc1_t.dtype());
+        let normed = in_f32(h.clone(), |h| {
+            layer_norm_values(h, self.config.layer_norm_eps) * self.norm_weight.clone().unsqueeze::<3>() + self.norm_bias.clone().unsqueeze::<3>()
+        });
         let inner = self.config.hidden_act.forward(normed.matmul(self.fc1_t.clone().unsqueeze::<3>()) + self.fc1_bias.clone().unsqueeze::<3>());
         Ok(h + inner.matmul(self.fc2_t.clone().unsqueeze::<3>()) + self.fc2_bias.clone().unsqueeze::<3>())
     }

@@ -4,7 +4,7 @@
 //! encoders. The deltas are merged into E's weights when the encoder is built, so running f_c costs
 //! exactly what running E costs.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::config::ConfigJson;
 use crate::control::adapter::Adapter;
@@ -55,14 +55,26 @@ impl ControlEncoders {
         adapter: Option<Adapter>,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_in(base, category, style, adapter, device, FloatDType::F32)
+    }
+
+    /// [`Self::load`] with f_c and f_s computing in `dtype` (the adapter is loaded in its own, by the caller).
+    pub fn load_in(
+        base: (&ConfigJson, &SafeTensors),
+        category: Option<EncoderSource>,
+        style: Option<EncoderSource>,
+        adapter: Option<Adapter>,
+        device: &Device,
+        dtype: FloatDType,
+    ) -> Result<Self> {
         let base_width = crate::models::clip::ClipTextConfig::from_json(base.0)?.hidden_size;
         let build = |what: &str, source: Option<EncoderSource>| -> Result<Option<ClipTextModel>> {
             let model = match source {
                 None => return Ok(None),
-                Some(EncoderSource::Full(config, weights)) => ClipTextModel::load(&config, &weights, device)?,
+                Some(EncoderSource::Full(config, weights)) => ClipTextModel::load_in(&config, &weights, None, device, dtype)?,
                 Some(EncoderSource::Deltas(deltas)) => {
                     deltas.check_targets(base.1)?;
-                    ClipTextModel::load_with_deltas(base.0, base.1, Some(&deltas), device)?
+                    ClipTextModel::load_in(base.0, base.1, Some(&deltas), device, dtype)?
                 }
             };
             if model.config.hidden_size != base_width {

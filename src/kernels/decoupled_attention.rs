@@ -61,12 +61,20 @@ struct Plan {
     value_queries: usize,
     /// Accumulator tiles per invocation.
     value_tiles: usize,
+    /// q, k, v and the output stored as f16 (the `enable f16` variant); f32 otherwise.
+    half: bool,
 }
 
 impl Plan {
     /// The largest query tile whose workgroup memory fits 16 KiB; `None` for head dims too large for
     /// the kernel (beyond about 420).
     fn for_head_dim(head_dim: usize) -> Option<Plan> {
+        Self::for_head_dim_in(head_dim, false)
+    }
+
+    /// [`Self::for_head_dim`] for f32 (`half` false) or f16 storage: the same tiles (workgroup memory
+    /// holds f32 either way).
+    fn for_head_dim_in(head_dim: usize, half: bool) -> Option<Plan> {
         if head_dim == 0 {
             return None;
         }
@@ -92,6 +100,7 @@ impl Plan {
                 stat_parts,
                 value_queries,
                 value_tiles,
+                half,
             })
         })
     }
@@ -103,7 +112,8 @@ impl Plan {
 }
 
 /// Every placeholder of the shader, as `source` registers them.
-const PLACEHOLDERS: [&str; 15] = [
+const PLACEHOLDERS: [&str; 16] = [
+    "enable",
     "vector_type",
     "head_dim",
     "head_vectors",
@@ -121,9 +131,13 @@ const PLACEHOLDERS: [&str; 15] = [
     "parts_len",
 ];
 
-/// `V`, the element type of q, k, v and out, and `vdot`, its dot product.
+/// `V`, the element type the kernel computes q, k, v and out in, and `vdot`, its dot product.
 const VECTOR4: &str = "alias V = vec4<f32>;\nfn vdot(a: V, b: V) -> f32 { return dot(a, b); }";
 const SCALAR: &str = "alias V = f32;\nfn vdot(a: V, b: V) -> f32 { return a * b; }";
+/// `S`, the element type they are stored in: V itself, or its f16 form.
+const STORED_F32: &str = "alias S = V;";
+const STORED_F16_VECTOR4: &str = "alias S = vec4<f16>;";
+const STORED_F16_SCALAR: &str = "alias S = f16;";
 
 /// The kernel source for one [`Plan`]: the WGSL template with its constants filled in.
 struct DecoupledAttentionSource {
@@ -134,8 +148,14 @@ impl KernelSource for DecoupledAttentionSource {
     fn source(&self) -> SourceTemplate {
         let p = self.plan;
         let number = |n: usize| n.to_string();
+        let stored = match (p.half, p.vector) {
+            (false, _) => STORED_F32,
+            (true, 4) => STORED_F16_VECTOR4,
+            (true, _) => STORED_F16_SCALAR,
+        };
         let values = [
-            (if p.vector == 4 { VECTOR4 } else { SCALAR }).to_string(),
+            (if p.half { "enable f16;" } else { "" }).to_string(),
+            format!("{}\n{stored}", if p.vector == 4 { VECTOR4 } else { SCALAR }),
             number(p.head_dim),
             number(p.head_dim / p.vector),
             number(p.tile_q),
@@ -176,7 +196,8 @@ impl KernelSource for DecoupledAttentionSource {
 /// The custom operation, on every backend that implements it: only wgpu's (through `Fusion`).
 #[backend_extension(Cube, Fusion)]
 pub trait DecoupledAttentionOps: Backend {
-    /// See [`decoupled_attention_fused`]; arguments already validated, all f32.
+    /// See [`decoupled_attention_fused`]; arguments already validated: weights f32, the others all f32
+    /// or all f16.
     #[fusion(dtype = q, shape = q)]
     fn decoupled_attention(
         q: FloatTensor<Self>,
@@ -199,27 +220,40 @@ impl DecoupledAttentionOps for CubeBackend {
         weights: CubeTensor,
         heads: usize,
     ) -> CubeTensor {
-        // The public wrapper casts to f32 already; this keeps the kernel's contract whatever calls it.
-        let prepare = |t: CubeTensor| {
-            let t = if t.dtype == DType::F32 { t } else { CubeBackend::float_cast(t, FloatDType::F32) };
+        // The public wrapper casts already; this keeps the kernel's contract whatever calls it: the f16
+        // variant where q, k and v all are f16, f32 otherwise; the weights always f32.
+        let half = [&q, &k_c, &v_c, &k_s, &v_s].iter().all(|t| t.dtype == DType::F16);
+        let stored = if half { DType::F16 } else { DType::F32 };
+        let prepare = |t: CubeTensor, dtype: DType| {
+            let t = match dtype {
+                _ if t.dtype == dtype => t,
+                DType::F16 => CubeBackend::float_cast(t, FloatDType::F16),
+                _ => CubeBackend::float_cast(t, FloatDType::F32),
+            };
             into_contiguous(t)
         };
-        let (q, k_c, v_c, k_s, v_s, weights) =
-            (prepare(q), prepare(k_c), prepare(v_c), prepare(k_s), prepare(v_s), prepare(weights));
+        let (q, k_c, v_c, k_s, v_s, weights) = (
+            prepare(q, stored),
+            prepare(k_c, stored),
+            prepare(v_c, stored),
+            prepare(k_s, stored),
+            prepare(v_s, stored),
+            prepare(weights, DType::F32),
+        );
         let [batch, lq, channels] = dims3(&q);
         let lc = dims3(&k_c)[1];
         let ls = dims3(&k_s)[1];
         let head_dim = channels / heads;
-        let plan = Plan::for_head_dim(head_dim).expect("head dim checked by decoupled_attention_fused");
+        let plan = Plan::for_head_dim_in(head_dim, half).expect("head dim checked by decoupled_attention_fused");
 
         let client = q.client.clone();
-        let out_handle = client.empty(batch * lq * channels * DType::F32.size());
+        let out_handle = client.empty(batch * lq * channels * stored.size());
         let out = CubeTensor::new_contiguous(
             client.clone(),
             q.device.clone(),
             Shape::new([batch, lq, channels]),
             out_handle,
-            DType::F32,
+            stored,
         );
 
         let tiles = lq.div_ceil(plan.tile_q);
@@ -288,7 +322,8 @@ pub fn fused_attention_available(device: &Device) -> bool {
 /// q [B, Lq, H·Dh]; k_c, v_c [B, Lc, H·Dh]; k_s, v_s [B, Ls, H·Dh]; weights [B, 2] (λ_c, λ_s per batch
 /// row); `heads` = H. Returns [B, Lq, H·Dh]:
 /// `w[b,0]·Attn(q, k_c, v_c) + w[b,1]·Attn(q, k_s, v_s)`, per-head scaled dot-product attention with
-/// scale 1/√Dh, computed in f32 (other float dtypes are cast to f32 and the result back).
+/// scale 1/√Dh, computed in f32: f16 q, k and v (all of them) run the f16 variant, which reads them as
+/// f16 and writes an f16 result; other float dtypes are cast to f32 and the result back.
 pub fn decoupled_attention_fused(
     q: Tensor<3>,
     k_c: Tensor<3>,
@@ -362,24 +397,29 @@ pub fn decoupled_attention_fused(
     }
 
     let dtype = q.dtype();
-    let f32 = |t: Tensor<3>| if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) };
+    let half = [&q, &k_c, &v_c, &k_s, &v_s].iter().all(|t| t.dtype() == DType::F16);
+    let stored = |t: Tensor<3>| match t.dtype() {
+        DType::F16 if half => t,
+        DType::F32 => t,
+        _ => t.cast(FloatDType::F32),
+    };
     let weights = if weights.dtype() == DType::F32 { weights } else { weights.cast(FloatDType::F32) };
     let out = <Dispatch as DecoupledAttentionOps>::decoupled_attention(
-        f32(q).into_dispatch(),
-        f32(k_c).into_dispatch(),
-        f32(v_c).into_dispatch(),
-        f32(k_s).into_dispatch(),
-        f32(v_s).into_dispatch(),
+        stored(q).into_dispatch(),
+        stored(k_c).into_dispatch(),
+        stored(v_c).into_dispatch(),
+        stored(k_s).into_dispatch(),
+        stored(v_s).into_dispatch(),
         weights.into_dispatch(),
         heads,
     );
     let out = Tensor::<3>::from_dispatch(out);
     Ok(match dtype {
-        DType::F32 => out,
+        _ if out.dtype() == dtype => out,
         DType::F64 => out.cast(FloatDType::F64),
         DType::F16 => out.cast(FloatDType::F16),
         DType::BF16 => out.cast(FloatDType::BF16),
-        _ => out,
+        _ => out.cast(FloatDType::F32),
     })
 }
 
@@ -425,10 +465,14 @@ mod tests {
             assert!(PLACEHOLDERS.contains(&name.as_str()), "placeholder `{name}` is not registered");
         }
         for head_dim in [3, 40] {
-            let source = DecoupledAttentionSource { plan: Plan::for_head_dim(head_dim).unwrap() }.source().complete();
-            assert!(!source.contains("{{"));
-            assert!(source.contains(&format!("const DH: u32 = {head_dim}u;")));
-            assert!(source.contains("alias V = "));
+            for half in [false, true] {
+                let source = DecoupledAttentionSource { plan: Plan::for_head_dim_in(head_dim, half).unwrap() }.source().complete();
+                assert!(!source.contains("{{"));
+                assert!(source.contains(&format!("const DH: u32 = {head_dim}u;")));
+                assert!(source.contains("alias V = "));
+                assert_eq!(source.contains("enable f16;"), half);
+                assert_eq!(source.contains("alias S = V;"), !half);
+            }
         }
     }
 }

@@ -66,6 +66,7 @@ pub fn decoupled_attention_reference(
     heads: usize,
 ) -> Tensor<3> {
     let b = weights.dims()[0];
+    let weights = crate::models::nn::cast_to(weights, q.dtype());
     let w_c = weights.clone().slice([0..b, 0..1]).reshape([b, 1, 1]);
     let w_s = weights.slice([0..b, 1..2]).reshape([b, 1, 1]);
     scaled_dot_product_attention(q.clone(), k_c, v_c, heads, None) * w_c + scaled_dot_product_attention(q, k_s, v_s, heads, None) * w_s

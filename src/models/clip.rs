@@ -4,11 +4,11 @@
 //! weights with or without the `text_model.` prefix, stored f32, f16 or bf16.
 
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, Leaf, LoraTensors, layer_norm, layer_norm_leaves, linear, linear_leaves, scaled_dot_product_attention};
+use crate::models::nn::{Activation, Leaf, LoraTensors, apply_layer_norm, layer_norm, layer_norm_leaves, linear, linear_leaves, scaled_dot_product_attention};
 use crate::weights::{SafeTensors, WeightsView};
 
 /// Mirrors transformers' `CLIPTextConfig` (missing fields take transformers' defaults).
@@ -168,10 +168,10 @@ impl EncoderLayer {
             Some((l, prefix)) => l.forward(layer, &format!("{prefix}.{name}"), x),
             None => layer.forward(x),
         };
-        let h = self.layer_norm1.forward(x.clone());
+        let h = apply_layer_norm(&self.layer_norm1, x.clone());
         let (q, k, v) = (lin(&self.q_proj, "self_attn.q_proj", h.clone()), lin(&self.k_proj, "self_attn.k_proj", h.clone()), lin(&self.v_proj, "self_attn.v_proj", h));
         let x = x + lin(&self.out_proj, "self_attn.out_proj", scaled_dot_product_attention(q, k, v, self.heads, mask));
-        let h = self.act.forward(lin(&self.fc1, "mlp.fc1", self.layer_norm2.forward(x.clone())));
+        let h = self.act.forward(lin(&self.fc1, "mlp.fc1", apply_layer_norm(&self.layer_norm2, x.clone())));
         x + lin(&self.fc2, "mlp.fc2", h)
     }
 }
@@ -214,8 +214,30 @@ impl ClipTextModel {
     /// text model is a leaf that requires gradients (full fine-tuning reads them through
     /// [`Self::leaves`]).
     pub fn from_weights(cfg: ClipTextConfig, weights: &SafeTensors, deltas: Option<&crate::weights::LowRankDeltas>, device: &Device) -> Result<Self> {
+        Self::from_weights_in(cfg, weights, deltas, device, FloatDType::F32)
+    }
+
+    /// As [`Self::load_with_deltas`], computing in `dtype` (the layer norms' statistics stay f32).
+    pub fn load_in(
+        config: &ConfigJson,
+        weights: &SafeTensors,
+        deltas: Option<&crate::weights::LowRankDeltas>,
+        device: &Device,
+        dtype: FloatDType,
+    ) -> Result<Self> {
+        Self::from_weights_in(ClipTextConfig::from_json(config)?, weights, deltas, device, dtype)
+    }
+
+    /// As [`Self::from_weights`], with the weights (and so the activations) in `dtype`.
+    pub fn from_weights_in(
+        cfg: ClipTextConfig,
+        weights: &SafeTensors,
+        deltas: Option<&crate::weights::LowRankDeltas>,
+        device: &Device,
+        dtype: FloatDType,
+    ) -> Result<Self> {
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
-        let w = WeightsView::new(weights, prefix).with_deltas(deltas);
+        let w = WeightsView::new(weights, prefix).with_deltas(deltas).in_dtype(dtype);
         let d = cfg.hidden_size;
         let token_embedding = TokenEmbedding::load(&w, "embeddings.token_embedding.weight", [cfg.vocab_size, d], device)?;
         let position_embedding =
@@ -226,7 +248,7 @@ impl ClipTextModel {
             .map(|i| EncoderLayer::load(&w.sub(&format!("encoder.layers.{i}")), cfg.encoder_shape(), device))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = layer_norm(&w, "final_layer_norm", d, cfg.layer_norm_eps, device)?;
-        let root = WeightsView::new(weights, "").with_deltas(deltas);
+        let root = WeightsView::new(weights, "").with_deltas(deltas).in_dtype(dtype);
         let text_projection = if root.contains("text_projection.weight") {
             Some(linear(&root, "text_projection", d, cfg.projection_dim, false, device)?)
         } else {
@@ -322,9 +344,9 @@ impl ClipTextModel {
             let prefix = format!("encoder.layers.{i}");
             x = layer.forward(x, Some(mask.clone()), lora.map(|l| (l, prefix.as_str())));
         }
-        let last = self.final_layer_norm.forward(x);
+        let last = apply_layer_norm(&self.final_layer_norm, x);
         let last_hidden_state = match skipped {
-            Some(h) => self.final_layer_norm.forward(h),
+            Some(h) => apply_layer_norm(&self.final_layer_norm, h),
             None => last.clone(),
         };
 
@@ -347,14 +369,15 @@ struct TokenEmbedding {
 impl TokenEmbedding {
     fn load(w: &WeightsView, name: &str, [vocab, d]: [usize; 2], device: &Device) -> Result<Self> {
         let values = w.f32_of(name, &[vocab, d])?;
+        let bytes = burn::tensor::DType::from(w.dtype).size() as u64;
         let rows = match crate::device::binding_limit(device) {
-            Some(limit) => ((limit / (4 * d.max(1)) as u64) as usize).clamp(1, vocab.max(1)),
+            Some(limit) => ((limit / (bytes * d.max(1) as u64)) as usize).clamp(1, vocab.max(1)),
             None => vocab.max(1),
         };
         let blocks = values
             .chunks(rows * d)
             .map(|block| {
-                let t = Tensor::<2>::from_data(TensorData::new(block.to_vec(), [block.len() / d.max(1), d]), device);
+                let t = w.create::<2>(block.to_vec(), [block.len() / d.max(1), d], device);
                 // Fine-tuning reads the table's gradient (`ClipTextModel::leaves`); it runs on the CPU
                 // backend, which binds nothing, so the table is one block there.
                 if device.is_autodiff() { t.require_grad() } else { t }

@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor, TensorData, activation};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData, activation};
 
 use crate::error::{Error, Result};
 pub use crate::kernels::cpu::ConvFused;
@@ -16,7 +16,7 @@ use crate::weights::WeightsView;
 pub fn linear(w: &WeightsView, name: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Linear> {
     let values = w.f32_of(&format!("{name}.weight"), &[d_out, d_in])?;
     w.check_binding(&format!("{name}.weight"), values.len(), device)?;
-    let weight = Tensor::<2>::from_data(TensorData::new(crate::weights::transpose(&values, d_out, d_in), [d_in, d_out]), device);
+    let weight = w.create(crate::weights::transpose(&values, d_out, d_in), [d_in, d_out], device);
     let bias = if bias { Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d_out], device)?)) } else { None };
     Ok(Linear { weight: Param::from_tensor(weight), bias })
 }
@@ -93,12 +93,38 @@ pub fn layer_norm_leaves(norm: &LayerNorm, name: &str, out: &mut Vec<(String, Le
     }
 }
 
-/// `nn.LayerNorm(d, eps)` from `{name}.weight` and `{name}.bias`.
+/// `nn.LayerNorm(d, eps)` from `{name}.weight` and `{name}.bias`, kept in f32 ([`apply_layer_norm`]).
 pub fn layer_norm(w: &WeightsView, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
     let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-    norm.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], device)?);
-    norm.beta = Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [d], device)?));
+    norm.gamma = Param::from_tensor(w.tensor_f32(&format!("{name}.weight"), [d], device)?);
+    norm.beta = Some(Param::from_tensor(w.tensor_f32(&format!("{name}.bias"), [d], device)?));
     Ok(norm)
+}
+
+/// `norm(x)` with the statistics in f32 whatever `x`'s dtype (an f16 mean of squares overflows at SD's
+/// activation sizes), the result in `x`'s dtype.
+pub fn apply_layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    in_f32(x, |x| norm.forward(x))
+}
+
+/// `f(x)` computed in f32, the result back in `x`'s float type (a no-op cast where it already is f32).
+pub fn in_f32<const D: usize, const E: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<E>) -> Tensor<E> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return f(x);
+    }
+    cast_to(f(x.cast(FloatDType::F32)), dtype)
+}
+
+/// `x` as float type `dtype` (unchanged if it already is).
+pub fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    match dtype {
+        _ if x.dtype() == dtype => x,
+        DType::F16 => x.cast(FloatDType::F16),
+        DType::BF16 => x.cast(FloatDType::BF16),
+        DType::F64 => x.cast(FloatDType::F64),
+        _ => x.cast(FloatDType::F32),
+    }
 }
 
 /// The activation functions named by `hidden_act` / `act_fn` in transformers and diffusers configs.
@@ -230,13 +256,18 @@ impl Conv2d {
             } else {
                 x
             };
+            // burn 0.22's f16 convolution keeps its sums in f16 (measured: 9,216 ones sum to 2,048), so an
+            // f16 convolution runs in f32 — the weight widened for the call — and its result is rounded
+            // once (docs/decisions.md, "f16 compute"). Matmuls accumulate in f32 and stay f16.
+            let dtype = x.dtype();
+            let f32 = |t: Tensor<4>| cast_to(t, DType::F32);
             let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-            let out = burn::tensor::module::conv2d(x, self.weight.clone(), self.bias.clone(), options);
+            let out = burn::tensor::module::conv2d(f32(x), f32(self.weight.clone()), self.bias.clone().map(|b| cast_to(b, DType::F32)), options);
             let out = match fused.residual {
-                Some(residual) => out + residual.clone(),
+                Some(residual) => out + f32(residual.clone()),
                 None => out,
             };
-            if fused.relu { activation::relu(out) } else { out }
+            cast_to(if fused.relu { activation::relu(out) } else { out }, dtype)
         })
     }
 }
@@ -258,9 +289,10 @@ impl GroupNorm {
                 format!("{channels} channels do not split into {groups} groups (norm_num_groups)"),
             ));
         }
+        // f32 parameters: the normalisation runs in f32 (`normed`).
         let norm = burn::nn::GroupNorm {
-            gamma: Some(Param::from_tensor(w.tensor(&format!("{name}.weight"), [channels], device)?)),
-            beta: Some(Param::from_tensor(w.tensor(&format!("{name}.bias"), [channels], device)?)),
+            gamma: Some(Param::from_tensor(w.tensor_f32(&format!("{name}.weight"), [channels], device)?)),
+            beta: Some(Param::from_tensor(w.tensor_f32(&format!("{name}.bias"), [channels], device)?)),
             num_groups: groups,
             num_channels: channels,
             epsilon: eps,
@@ -289,7 +321,8 @@ impl GroupNorm {
         {
             return out;
         }
-        let out = self.norm.forward(x);
+        // In f32 for f16 activations: the group statistics of SD-scale activations overflow f16.
+        let out = in_f32(x, |x| self.norm.forward(x));
         if silu { Activation::Silu.forward(out) } else { out }
     }
 }
@@ -370,11 +403,22 @@ fn attention_pass(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: 
     let lk = k.dims()[1];
     let d = inner / heads;
     let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
-    let mut scores = split(q, lq).matmul(split(k, lk).swap_dims(2, 3)) * (d as f64).powf(-0.5);
-    if let Some(mask) = mask {
-        scores = scores + mask;
-    }
-    activation::softmax(scores, 3).matmul(split(v, lk)).swap_dims(1, 2).reshape([b, lq, inner])
+    let dtype = v.dtype();
+    // In f16 the scores, the mask and the softmax are f32; the probabilities go back to f16 for the
+    // product with v (which accumulates in f32).
+    let scale = (d as f64).powf(-0.5);
+    let scores = if dtype == DType::F32 {
+        split(q, lq).matmul(split(k, lk).swap_dims(2, 3)) * scale
+    } else {
+        // The scores are f32 for the softmax anyway; an f16 product would round them to f16 first.
+        let f32 = |t: Tensor<4>| t.cast(FloatDType::F32);
+        (f32(split(q, lq)) * scale).matmul(f32(split(k, lk)).swap_dims(2, 3))
+    };
+    let scores = match mask {
+        Some(mask) => scores + mask,
+        None => scores,
+    };
+    cast_to(activation::softmax(scores, 3), dtype).matmul(split(v, lk)).swap_dims(1, 2).reshape([b, lq, inner])
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! its per-step preview), and the encoder, the same blocks with strided convolutions (fine-tuning's
 //! denoising term encodes its pictures with it, once).
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde_json::json;
 
 use crate::config::ConfigJson;
@@ -155,8 +155,13 @@ pub struct TinyDecoder {
 
 impl TinyDecoder {
     pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        Self::load_in(config, weights, device, FloatDType::F32)
+    }
+
+    /// [`Self::load`] computing in `dtype`.
+    pub fn load_in(config: &ConfigJson, weights: &SafeTensors, device: &Device, dtype: FloatDType) -> Result<Self> {
         let cfg = TinyDecoderConfig::from_json(config)?;
-        let w = WeightsView::new(weights, "decoder.layers.");
+        let w = WeightsView::new(weights, "decoder.layers.").in_dtype(dtype);
         let boc = &cfg.decoder_block_out_channels;
         // `index` follows diffusers' nn.Sequential (conv, act, blocks…, upsample, conv, …), so weight names
         // line up: [conv 0, act 1] is one layer here, as is [upsample, conv].
@@ -182,6 +187,14 @@ impl TinyDecoder {
 
     pub fn device(&self) -> Device {
         layers_device(&self.layers)
+    }
+
+    /// The float type it computes in.
+    pub fn dtype(&self) -> DType {
+        match &self.layers[0] {
+            Layer::Conv { conv, .. } => conv.weight.dtype(),
+            Layer::Block(block) => block.convs[0].weight.dtype(),
+        }
     }
 
     /// `AutoencoderTiny.decode`: latents (already divided by the scaling factor) → image in [-1, 1].

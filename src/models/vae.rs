@@ -2,7 +2,7 @@
 //! `Decoder` (conv_in, mid block with one single-head attention, `UpDecoderBlock2D`s, norm, conv_out).
 
 use burn::nn::Linear;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde_json::json;
 
 use crate::config::ConfigJson;
@@ -100,8 +100,13 @@ pub struct VaeDecoder {
 
 impl VaeDecoder {
     pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        Self::load_in(config, weights, device, FloatDType::F32)
+    }
+
+    /// [`Self::load`] computing in `dtype` (the group norms' statistics in f32).
+    pub fn load_in(config: &ConfigJson, weights: &SafeTensors, device: &Device, dtype: FloatDType) -> Result<Self> {
         let cfg = VaeConfig::from_json(config)?;
-        let root = WeightsView::new(weights, "");
+        let root = WeightsView::new(weights, "").in_dtype(dtype);
         let w = root.sub("decoder");
         let boc = &cfg.block_out_channels;
         let top = *boc.last().expect("checked non-empty");
@@ -135,6 +140,11 @@ impl VaeDecoder {
 
     pub fn device(&self) -> Device {
         self.conv_in.weight.device()
+    }
+
+    /// The float type it computes in.
+    pub fn dtype(&self) -> DType {
+        self.conv_in.weight.dtype()
     }
 
     /// `AutoencoderKL.decode`: latents *already divided by the scaling factor* (as diffusers'

@@ -330,8 +330,14 @@ pub fn cap_bindings(bytes: f64) -> Result<(), JsError> {
 
 /// The memory plan of `manifest` at a size, refused when it does not fit the device (before any weights
 /// are fetched, at load, and before each generation at its own size).
-fn check_plan(manifest: &crate::bundle::Manifest, device: &burn::tensor::Device, width: usize, height: usize, guided: bool) -> Result<crate::plan::MemoryPlan, Error> {
-    let plan = crate::plan::MemoryPlan::new(manifest, width, height, guided)?;
+fn check_plan(
+    manifest: &crate::bundle::Manifest,
+    device: &burn::tensor::Device,
+    (width, height): (usize, usize),
+    guided: bool,
+    precision: crate::device::Precision,
+) -> Result<crate::plan::MemoryPlan, Error> {
+    let plan = crate::plan::MemoryPlan::new(manifest, width, height, guided, precision)?;
     if let Some(limit) = crate::device::binding_limit(device) {
         plan.check(limit)?;
     }
@@ -349,15 +355,18 @@ pub struct Generator {
 impl Generator {
     /// Builds the generator from a bundle's manifest; `fetch(name)` returns a Promise of the file's bytes
     /// (Uint8Array), verified with `manifest.verify` (the page streams, verifies and caches them; they are
-    /// not hashed again here). Resolves to a `Generator`.
-    pub fn load(backend: String, manifest: &BundleManifest, fetch: js_sys::Function) -> js_sys::Promise {
+    /// not hashed again here). `precision`: "auto" (the default: f16 where the adapter has `shader-f16`),
+    /// "f32" or "f16" (refused on a device without it). Resolves to a `Generator`.
+    pub fn load(backend: String, manifest: &BundleManifest, fetch: js_sys::Function, precision: Option<String>) -> js_sys::Promise {
         let manifest = manifest.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let kind: BackendKind = backend.parse().map_err(js_err)?;
             let device = init_device(kind).await.map_err(js_err)?;
+            let request: crate::device::PrecisionRequest = precision.as_deref().unwrap_or("auto").parse().map_err(js_err)?;
+            let precision = crate::device::Precision::resolve(request, &device).map_err(js_err)?;
             // The size the page starts at: a bundle that cannot fit it is refused before any download.
             let (width, height) = (manifest.defaults.width.unwrap_or(512), manifest.defaults.height.unwrap_or(512));
-            check_plan(&manifest, &device, width, height, true).map_err(js_err)?;
+            check_plan(&manifest, &device, (width, height), true, precision).map_err(js_err)?;
             let fetch = |file: crate::bundle::BundleFile| {
                 let promise = fetch.call1(&JsValue::NULL, &JsValue::from_str(&file.file));
                 let path = manifest.path(&file.file);
@@ -372,7 +381,7 @@ impl Generator {
                     Ok(js_sys::Uint8Array::new(&value).to_vec())
                 }
             };
-            let pipeline = crate::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await.map_err(js_err)?;
+            let pipeline = crate::pipeline::Pipeline::from_bundle(&manifest, fetch, &device, precision).await.map_err(js_err)?;
             let inner = GeneratorInner { pipeline, manifest: manifest.clone(), cancel: std::cell::Cell::new(false) };
             Ok(Generator { inner: std::rc::Rc::new(inner) }.into())
         })
@@ -389,7 +398,8 @@ impl Generator {
         wasm_bindgen_futures::future_to_promise(async move {
             let req = request_from(&options)?;
             inner.pipeline.validate(&req).map_err(generate_err)?;
-            check_plan(&inner.manifest, &inner.pipeline.device, req.width, req.height, req.guidance > 1.0).map_err(generate_err)?;
+            let pipeline = &inner.pipeline;
+            check_plan(&inner.manifest, &pipeline.device, (req.width, req.height), req.guidance > 1.0, pipeline.precision).map_err(generate_err)?;
             inner.cancel.set(false);
             let mut progress = |p: crate::pipeline::StepProgress| {
                 if let Some(f) = &on_step {
@@ -424,7 +434,7 @@ impl Generator {
     /// (`largestBinding`: the largest buffer bound after splitting, under `limit`, the device's largest
     /// binding; both null on the CPU backend). The worker's `stats` measure the same beside it.
     pub fn plan(&self, width: usize, height: usize, guided: bool) -> Result<Object, JsError> {
-        let plan = crate::plan::MemoryPlan::new(&self.inner.manifest, width, height, guided).map_err(js_err)?;
+        let plan = crate::plan::MemoryPlan::new(&self.inner.manifest, width, height, guided, self.inner.pipeline.precision).map_err(js_err)?;
         let limit = crate::device::binding_limit(&self.inner.pipeline.device);
         let out = Object::new();
         set(&out, "weightsBytes", plan.weights_bytes() as f64);
@@ -433,6 +443,12 @@ impl Generator {
         set(&out, "largestBinding", limit.map_or(JsValue::NULL, |l| JsValue::from(plan.largest_binding(l) as f64)));
         set(&out, "limit", limit.map_or(JsValue::NULL, |l| JsValue::from(l as f64)));
         Ok(out)
+    }
+
+    /// What the models compute in: "f32" or "f16".
+    #[wasm_bindgen(getter)]
+    pub fn precision(&self) -> String {
+        self.inner.pipeline.precision.name().to_string()
     }
 
     /// Stops a running generation after its current step.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType as TensorDType, Device, FloatDType, Int, Tensor, TensorData};
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
@@ -199,7 +199,7 @@ impl SafeTensors {
         if found != shape {
             return Err(Error::tensor(self.file_of(key), key, format!("expected shape {shape:?}, found {found:?}")));
         }
-        check_binding(self.file_of(key), key, values.len(), device)?;
+        check_binding(self.file_of(key), key, values.len(), FloatDType::F32, device)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 
@@ -384,19 +384,26 @@ pub struct WeightsView<'a> {
     pub prefix: String,
     /// Low-rank deltas added to the weights as they are read (Control-CLIP encoders stored as deltas).
     pub deltas: Option<&'a LowRankDeltas>,
+    /// The float type [`Self::tensor`] creates weights in on the device (f32 unless [`Self::in_dtype`]).
+    pub dtype: FloatDType,
 }
 
 impl<'a> WeightsView<'a> {
     pub fn new(file: &'a SafeTensors, prefix: impl Into<String>) -> Self {
-        Self { file, prefix: prefix.into(), deltas: None }
+        Self { file, prefix: prefix.into(), deltas: None, dtype: FloatDType::F32 }
     }
 
     pub fn with_deltas(self, deltas: Option<&'a LowRankDeltas>) -> Self {
         Self { deltas, ..self }
     }
 
+    /// Weights created as `dtype` on the device (converted on the host, so f32 copies never reach it).
+    pub fn in_dtype(self, dtype: FloatDType) -> Self {
+        Self { dtype, ..self }
+    }
+
     pub fn sub(&self, name: &str) -> WeightsView<'a> {
-        WeightsView { file: self.file, prefix: format!("{}{}.", self.prefix, name), deltas: self.deltas }
+        WeightsView { file: self.file, prefix: format!("{}{}.", self.prefix, name), deltas: self.deltas, dtype: self.dtype }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -427,16 +434,29 @@ impl<'a> WeightsView<'a> {
         Ok(values)
     }
 
-    /// Refuses `name` when one buffer binding of `device` cannot hold `elements` f32 values ([`check_binding`]).
+    /// Refuses `name` when one buffer binding of `device` cannot hold `elements` values of this view's
+    /// dtype ([`check_binding`]).
     pub fn check_binding(&self, name: &str, elements: usize, device: &Device) -> Result<()> {
         let key = self.key(name);
-        check_binding(self.file.file_of(&key), &key, elements, device)
+        check_binding(self.file.file_of(&key), &key, elements, self.dtype, device)
+    }
+
+    /// `values` of `shape` as a tensor of this view's dtype on `device`.
+    pub fn create<const D: usize>(&self, values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), (device, TensorDType::from(self.dtype)))
     }
 
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
         let values = self.f32_of(name, &shape)?;
         self.check_binding(name, values.len(), device)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+        Ok(self.create(values, shape, device))
+    }
+
+    /// [`Self::tensor`] in f32 whatever the view's dtype: normalisation parameters, which apply where the
+    /// statistics are computed (in f32).
+    pub fn tensor_f32<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+        let view = WeightsView { file: self.file, prefix: self.prefix.clone(), deltas: self.deltas, dtype: FloatDType::F32 };
+        view.tensor(name, shape, device)
     }
 }
 
@@ -444,13 +464,16 @@ impl<'a> WeightsView<'a> {
 /// ([`crate::device::binding_limit`]), naming the tensor: loading it would fail, or give black images,
 /// at its first use instead. (The token embedding, the one large weight that a lookup reads row by row,
 /// is split instead: `models::clip`.)
-pub fn check_binding(file: &str, key: &str, elements: usize, device: &Device) -> Result<()> {
-    let bytes = elements as u64 * 4;
+pub fn check_binding(file: &str, key: &str, elements: usize, dtype: FloatDType, device: &Device) -> Result<()> {
+    let bytes = elements as u64 * TensorDType::from(dtype).size() as u64;
     match crate::device::binding_limit(device) {
         Some(limit) if bytes > limit => Err(Error::tensor(
             file,
             key,
-            format!("{bytes} bytes as f32, over this device's largest buffer binding ({limit} bytes, its maxStorageBufferBindingSize)"),
+            format!(
+                "{bytes} bytes as {}, over this device's largest buffer binding ({limit} bytes, its maxStorageBufferBindingSize)",
+                format!("{dtype:?}").to_ascii_lowercase()
+            ),
         )),
         _ => Ok(()),
     }

@@ -184,7 +184,7 @@ fn bundle_generate(data: &[u8]) -> Option<String> {
                 Ok(bytes)
             }
         };
-        let pipeline = control_clip::pipeline::Pipeline::from_bundle(&manifest, fetch, &device).await?;
+        let pipeline = control_clip::pipeline::Pipeline::from_bundle(&manifest, fetch, &device, control_clip::device::Precision::F32).await?;
         let d = &manifest.defaults;
         let mut req = control_clip::pipeline::GenerateRequest::new(d.prompt.clone().unwrap_or_else(|| "a red star".into()));
         req.steps = 1;

@@ -14,6 +14,7 @@ use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use crate::common::block_on;
 use control_clip::bundle::Manifest;
 use control_clip::pipeline::{GenerateRequest, Pipeline};
+use control_clip::device::Precision;
 use control_clip::plan::MemoryPlan;
 use control_clip::{BackendKind, init_device};
 
@@ -56,7 +57,7 @@ fn request() -> GenerateRequest {
 fn a_device_with_small_bindings_gets_the_same_picture_from_split_buffers() {
     let bundle = root().join("www/models/default");
     let manifest = Manifest::read_dir(&bundle).unwrap();
-    let plan = MemoryPlan::new(&manifest, 320, 320, true).unwrap();
+    let plan = MemoryPlan::new(&manifest, 320, 320, true, Precision::F32).unwrap();
     plan.check(LIMIT).unwrap();
     assert!(plan.largest_binding(LIMIT) <= LIMIT);
     let split: Vec<&str> = plan.bindings.iter().filter(|b| b.bytes > LIMIT).map(|b| b.what.as_str()).collect();
@@ -84,7 +85,7 @@ fn a_bundle_that_cannot_fit_is_refused_by_what_does_not_fit() {
     let manifest = Manifest::read_dir(&root().join("www/models/default")).unwrap();
     // At 128² the tiny decoder's band (its context rows reach half the picture) is no smaller than the
     // whole: under 1 MiB nothing splits it.
-    let plan = MemoryPlan::new(&manifest, 128, 128, true).unwrap();
+    let plan = MemoryPlan::new(&manifest, 128, 128, true, Precision::F32).unwrap();
     let e = plan.check(1 << 20).unwrap_err().to_string();
     assert!(e.contains("128×128") && e.contains("decoder") && e.contains("maxStorageBufferBindingSize") && e.contains("1.0 MiB"), "{e}");
     plan.check(128 << 20).unwrap();
@@ -128,13 +129,13 @@ fn sd15_manifest(tiny_decoder: bool) -> Manifest {
 #[test]
 fn sd15_shaped_plans_on_the_default_webgpu_limit() {
     const WEBGPU_DEFAULT: u64 = 128 << 20;
-    let kl = MemoryPlan::new(&sd15_manifest(false), 512, 512, true).unwrap();
+    let kl = MemoryPlan::new(&sd15_manifest(false), 512, 512, true, Precision::F32).unwrap();
     println!("SD 1.5, full decoder:\n{}", kl.describe(Some(WEBGPU_DEFAULT)));
     let e = kl.check(WEBGPU_DEFAULT).unwrap_err().to_string();
     assert!(e.contains("512×512") && e.contains("decoder") && e.contains("256 channels") && e.contains("tiny decoder"), "{e}");
     kl.check(1 << 30).unwrap();
     for side in [512, 768] {
-        let tiny = MemoryPlan::new(&sd15_manifest(true), side, side, true).unwrap();
+        let tiny = MemoryPlan::new(&sd15_manifest(true), side, side, true, Precision::F32).unwrap();
         println!("SD 1.5, tiny decoder, {side}²:\n{}", tiny.describe(Some(WEBGPU_DEFAULT)));
         tiny.check(WEBGPU_DEFAULT).unwrap();
         assert!(tiny.largest_binding(WEBGPU_DEFAULT) <= WEBGPU_DEFAULT);

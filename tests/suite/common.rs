@@ -72,6 +72,7 @@ impl FixturePipeline<'_> {
             decoder: Decoder::read_dir(self.vae, device).unwrap(),
             scheduler_config: SchedulerConfig::read(self.scheduler_config).unwrap(),
             device: device.clone(),
+            precision: control_clip::device::Precision::F32,
         }
     }
 }

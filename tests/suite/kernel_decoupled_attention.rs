@@ -270,3 +270,40 @@ fn other_backends_are_refused_with_a_device_error() {
         Ok(_) => panic!("the CPU backend has no fused kernel"),
     }
 }
+
+/// The kernel's f16 variant (`enable f16`: q, k, v and the output stored as f16, everything inside in
+/// f32) against the f32 reference on the same inputs rounded to f16. Tolerance 2e-3: the inputs are the
+/// same f16 values on both sides, so what differs is the output's one rounding to f16 (2⁻¹¹ relative:
+/// ≤ 1.5e-3 for outputs up to 3 in magnitude) beside the f32 sums' order (1e-5).
+#[test]
+fn fused_f16_variant_matches_the_reference_on_the_same_f16_inputs() {
+    let device = wgpu();
+    if !control_clip::device::f16_available(&device) {
+        println!("f16 variant: skipped, this wgpu device has no SHADER_F16");
+        return;
+    }
+    let round = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+    let mut worst = 0.0f32;
+    for (i, (shape, weights)) in [
+        ([2, 8, 40, 64, 77, 77], vec![1.0, 0.0, 0.8, 0.6]),
+        ([1, 2, 64, 33, 81, 161], vec![0.7, 0.3]),
+        ([1, 3, 3, 17, 5, 9], vec![-1.0, 1.5]),
+        ([2, 5, 160, 20, 77, 10], vec![0.0, 1.0, 1.2, -0.4]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut case = Case::new(5000 + i as u64, shape, weights);
+        for v in [&mut case.q, &mut case.k_c, &mut case.v_c, &mut case.k_s, &mut case.v_s] {
+            *v = round(v);
+        }
+        let [q, k_c, v_c, k_s, v_s] = case.inputs(&device).map(|t| t.cast(burn::tensor::FloatDType::F16));
+        let out = decoupled_attention_fused(q, k_c, v_c, k_s, v_s, case.weights(&device), case.heads).unwrap();
+        assert_eq!(out.dtype(), burn::tensor::DType::F16, "the f16 variant writes f16");
+        let (_, fused) = block_on(read_f32(out.cast(burn::tensor::FloatDType::F32))).unwrap();
+        let err = max_abs_diff(&fused, &case.reference());
+        assert!(err <= 2e-3, "f16 variant: max abs error {err:e} for {}", case.describe());
+        worst = worst.max(err);
+    }
+    println!("f16 variant: worst max abs error {worst:e}");
+}

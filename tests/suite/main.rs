@@ -24,5 +24,6 @@ mod parity_finetune;
 mod parity_pipeline;
 mod parity_schedulers;
 mod parity_unet;
+mod precision_f16;
 mod soak;
 mod tokenizer_parity;

@@ -218,6 +218,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
             decoder,
             scheduler_config: SchedulerConfig::read(&dir.join("scheduler").join("scheduler_config.json"))?,
             device: device.clone(),
+            precision: control_clip::device::Precision::F32,
         };
         let mut req = GenerateRequest::new("a cat in Pokemon style");
         req.steps = generation_steps;

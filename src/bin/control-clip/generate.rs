@@ -22,6 +22,7 @@ use control_clip::control::{ControlEncoders, ControlWeights};
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerKind;
 use control_clip::plan::MemoryPlan;
+use control_clip::device::Precision;
 use control_clip::{BackendKind, Error, SafeTensors, init_device};
 
 #[derive(Args)]
@@ -74,6 +75,9 @@ pub struct GenerateArgs {
     clip_skip: usize,
     #[arg(long, default_value = "wgpu")]
     backend: String,
+    /// What the models compute in: f32, f16 (a GPU with shader-f16), or auto (f16 where the device has it).
+    #[arg(long, default_value = "auto")]
+    precision: String,
     /// Start from these latents (safetensors, tensor `latents` [1, C, H/f, W/f]) instead of seeded noise.
     #[arg(long)]
     init_latents: Option<PathBuf>,
@@ -303,12 +307,14 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
     eprintln!("settings: {settings}{batch_note}");
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
+    let precision = Precision::resolve(args.precision.parse()?, &device)?;
+    eprintln!("compute: {backend}, {precision}");
     if let Some(bytes) = args.max_binding {
         control_clip::device::cap_bindings(bytes);
     }
     if let Some(manifest) = &manifest {
         // Before any weights are read: a bundle that cannot fit this device is refused by what does not fit.
-        let plan = MemoryPlan::new(manifest, settings.width.value, settings.height.value, settings.guidance.value > 1.0)?;
+        let plan = MemoryPlan::new(manifest, settings.width.value, settings.height.value, settings.guidance.value > 1.0, precision)?;
         let limit = control_clip::device::binding_limit(&device);
         if args.plan {
             eprint!("{}", plan.describe(limit));
@@ -320,14 +326,15 @@ async fn generate(args: &GenerateArgs) -> control_clip::Result<()> {
     let pipeline = match (&args.bundle, &manifest) {
         (Some(dir), Some(manifest)) => {
             let fetch = |file: BundleFile| std::future::ready(manifest.read_verified(dir, &file));
-            Pipeline::from_bundle(manifest, fetch, &device).await?
+            Pipeline::from_bundle(manifest, fetch, &device, precision).await?
         }
         _ => {
             // clap guarantees all five when there is no bundle.
             let part = |p: &Option<PathBuf>| p.clone().expect("required without --bundle");
             let text_encoder = part(&args.text_encoder);
-            let mut pipeline =
-                Pipeline::from_dirs(&part(&args.tokenizer), &text_encoder, &part(&args.unet), &part(&args.decoder), &part(&args.scheduler_config), &device)?;
+            let dirs = [part(&args.tokenizer), text_encoder.clone(), part(&args.unet), part(&args.decoder), part(&args.scheduler_config)];
+            let [a, b, c, d, e] = &dirs;
+            let mut pipeline = Pipeline::from_dirs_in([a, b, c, d, e], &device, precision)?;
             pipeline.control = ControlEncoders::read_dirs(
                 &text_encoder,
                 None,

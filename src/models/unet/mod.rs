@@ -6,12 +6,12 @@ mod embeddings;
 pub(crate) mod resnet;
 pub mod transformer;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde_json::json;
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
-use crate::models::nn::{Activation, Conv2d, GroupNorm};
+use crate::models::nn::{Activation, Conv2d, GroupNorm, cast_to};
 use crate::weights::{SafeTensors, WeightsView};
 use blocks::{BlockShape, DownBlock, MidBlock, UpBlock};
 use embeddings::{TimestepEmbedding, sinusoidal};
@@ -184,8 +184,13 @@ pub struct UNet2DConditionModel {
 
 impl UNet2DConditionModel {
     pub fn load(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
+        Self::load_in(config, weights, device, FloatDType::F32)
+    }
+
+    /// [`Self::load`] computing in `dtype` (normalisation statistics in f32; the prediction is f32).
+    pub fn load_in(config: &ConfigJson, weights: &SafeTensors, device: &Device, dtype: FloatDType) -> Result<Self> {
         let cfg = UNetConfig::from_json(config)?;
-        let w = WeightsView::new(weights, "");
+        let w = WeightsView::new(weights, "").in_dtype(dtype);
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         let temb = boc[0] * 4;
@@ -249,7 +254,8 @@ impl UNet2DConditionModel {
     }
 
     /// Predicts noise (or v) for `sample` [B, C, H, W] at `timesteps` (one per batch row) given the
-    /// text `context` [B, L, cross_attention_dim].
+    /// text `context` [B, L, cross_attention_dim]. Inputs of any float type are cast to the UNet's; the
+    /// prediction is f32 (the scheduler's arithmetic and guidance stay f32).
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Result<Tensor<4>> {
         self.forward_conditioned(sample, timesteps, Conditioning::Text(context))
     }
@@ -284,8 +290,21 @@ impl UNet2DConditionModel {
             }
         }
         let device = sample.device();
+        let dtype = self.conv_in.weight.dtype();
+        let (text, control);
+        let context = match context {
+            Conditioning::Text(t) => {
+                text = cast_to(t.clone(), dtype);
+                Conditioning::Text(&text)
+            }
+            Conditioning::Control(cc) => {
+                control = ControlContext { category: cast_to(cc.category.clone(), dtype), style: cast_to(cc.style.clone(), dtype), weights: cc.weights.clone() };
+                Conditioning::Control(&control)
+            }
+        };
         let sample = if cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample };
-        let t = sinusoidal(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift, &device);
+        let sample = cast_to(sample, dtype);
+        let t = cast_to(sinusoidal(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift, &device), dtype);
         let temb = self.time_embedding.forward(t);
 
         let mut x = self.conv_in.forward(sample);
@@ -300,6 +319,6 @@ impl UNet2DConditionModel {
             x = block.forward(x, &temb, context, &mut skips);
         }
         let x = self.conv_norm_out.forward_then(x, cfg.act_fn);
-        Ok(self.conv_out.forward(x))
+        Ok(cast_to(self.conv_out.forward(x), DType::F32))
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, activation};
 
 use crate::models::attention::{ControlContext, decoupled_attention};
 use crate::error::Result;
-use crate::models::nn::{Conv2d, GroupNorm, apply_linear, in_row_chunks, layer_norm, linear, scaled_dot_product_attention};
+use crate::models::nn::{Conv2d, GroupNorm, apply_layer_norm, apply_linear, in_row_chunks, layer_norm, linear, scaled_dot_product_attention};
 use crate::config::ConfigJson;
 use crate::profile::{self, Section};
 use crate::weights::{SafeTensors, WeightsView};
@@ -143,7 +143,7 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: Tensor<3>, context: Conditioning) -> Tensor<3> {
-        let norm = |n: &LayerNorm, x: &Tensor<3>| profile::time(Section::Norm, || n.forward(x.clone()));
+        let norm = |n: &LayerNorm, x: &Tensor<3>| profile::time(Section::Norm, || apply_layer_norm(n, x.clone()));
         let x = self.attn1.self_attention(norm(&self.norm1, &x)) + x;
         let x = self.attn2.cross_attention(norm(&self.norm2, &x), context) + x;
         self.ff.forward(norm(&self.norm3, &x)) + x
