@@ -144,9 +144,7 @@ impl Precision {
         let f16 = f16_available(device);
         match request {
             PrecisionRequest::Auto => Ok(if f16 { Precision::F16 } else { Precision::F32 }),
-            PrecisionRequest::Exactly(Precision::F16) if !f16 => Err(Error::device(format!(
-                "f16 compute needs a GPU device with shader-f16 (SHADER_F16), which this one ({device:?}) does not have; use precision f32 or auto"
-            ))),
+            PrecisionRequest::Exactly(Precision::F16) if !f16 => Err(f16_refused(device)),
             PrecisionRequest::Exactly(p) => Ok(p),
         }
     }
@@ -176,6 +174,16 @@ impl FromStr for PrecisionRequest {
             other => return Err(Error::invalid("precision", format!("unknown precision `{other}` (expected auto, f32 or f16)"))),
         })
     }
+}
+
+/// Why `device` cannot compute in f16, for people.
+pub fn f16_refused(device: &Device) -> Error {
+    let why = if binding_limit(device).is_none() {
+        "the CPU backend computes in f32 only"
+    } else {
+        "this GPU adapter does not have it"
+    };
+    Error::device(format!("f16 compute needs a GPU device with shader-f16 (SHADER_F16), and {why}; use precision f32 or auto"))
 }
 
 /// Whether `device` computes in f16: a wgpu device whose adapter has `shader-f16` (burn enables it when

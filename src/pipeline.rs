@@ -339,7 +339,7 @@ impl Pipeline {
     ) -> Result<Self> {
         use crate::weights::read_model_dir;
         if precision == Precision::F16 && !crate::device::f16_available(device) {
-            return Err(Error::device(format!("f16 compute needs a GPU device with shader-f16, which {device:?} does not have")));
+            return Err(crate::device::f16_refused(device));
         }
         let dtype = precision.dtype();
         let (tokenizer_path, tokenizer) = (tokenizer, ClipTokenizer::read(tokenizer)?);
@@ -373,7 +373,7 @@ impl Pipeline {
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
         if precision == Precision::F16 && !crate::device::f16_available(device) {
-            return Err(Error::device(format!("f16 compute needs a GPU device with shader-f16, which {device:?} does not have")));
+            return Err(crate::device::f16_refused(device));
         }
         let dtype = precision.dtype();
         let weights = |name: &'static str| manifest.read_weights(name, &fetch);

@@ -76,11 +76,11 @@ async function loadBundle(source) {
   };
   try {
     if (client) await client.dispose().catch(() => {});
-    client = new ControlClipClient({ maxBinding: Number(params.get('maxBinding')) || 0 });
+    client = new ControlClipClient({ maxBinding: Number(params.get('maxBinding')) || 0, precision: params.get('precision') || 'auto' });
     const info = typeof source === 'string' ? await client.load(source, backend, onProgress) : await client.loadFiles(source, backend, onProgress);
     $('load-progress').value = 1;
     $('load-status').textContent = 'ready';
-    $('model-info').textContent = `${info.name} — licence: ${info.licence} — ${formatBytes(info.bytes)}` +
+    $('model-info').textContent = `${info.name} — licence: ${info.licence} — ${formatBytes(info.bytes)} — computes in ${info.precision}` +
       (info.control.length ? ` — Control-CLIP: ${info.control.join(', ').replaceAll('_', ' ')}` : ' — no Control-CLIP encoders (plain generator)');
     $('default-note').hidden = !(typeof source === 'string' && source === DEFAULT_BUNDLE);
     // The bundle's recommended settings, except where the URL names its own.

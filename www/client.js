@@ -75,6 +75,8 @@ export const isCancelled = e => Boolean(e && e.name === 'AbortError');
 export class ControlClipClient {
   // options.maxBinding: plan every GPU buffer within this many bytes, as on a device whose
   // maxStorageBufferBindingSize is that small (the page's ?maxBinding=; default: the device's own limit).
+  // options.precision: what the models compute in, 'auto' (default: f16 where the adapter has shader-f16),
+  // 'f32' or 'f16' (the page's ?precision=); the loaded info's `precision` says which it got.
   constructor(options = {}) {
     this.pending = new Map();
     this.nextId = 1;
@@ -82,6 +84,7 @@ export class ControlClipClient {
     this.worker = null;
     this.restarts = 0;
     this.maxBinding = options.maxBinding || 0;
+    this.precision = options.precision || 'auto';
   }
 
   startWorker() {
@@ -126,7 +129,7 @@ export class ControlClipClient {
   async load(bundle, backend, onProgress) {
     const base = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, location.href).href;
     this.source = { bundle: base, backend };
-    return (await this.request({ type: 'load', bundle: base, backend, maxBinding: this.maxBinding }, { onProgress })).info;
+    return (await this.request({ type: 'load', bundle: base, backend, maxBinding: this.maxBinding, precision: this.precision }, { onProgress })).info;
   }
 
   // files: FileList / array of File from a folder the user chose or dropped.
@@ -138,7 +141,7 @@ export class ControlClipClient {
   async sendFiles(files, backend, onProgress) {
     const map = {};
     for (const f of files) map[f.name] = await f.arrayBuffer();
-    return (await this.request({ type: 'load-files', files: map, backend, maxBinding: this.maxBinding }, { onProgress }, Object.values(map))).info;
+    return (await this.request({ type: 'load-files', files: map, backend, maxBinding: this.maxBinding, precision: this.precision }, { onProgress }, Object.values(map))).info;
   }
 
   // options: {prompt, negativePrompt, categoryWeight, styleWeight, steps, guidance, seed, scheduler, width, height,
@@ -149,7 +152,7 @@ export class ControlClipClient {
       // The last worker was dropped (see the class comment): a fresh one, with the same bundle.
       this.restarts += 1;
       const { bundle, files, backend } = this.source;
-      if (bundle) await this.request({ type: 'load', bundle, backend, maxBinding: this.maxBinding });
+      if (bundle) await this.request({ type: 'load', bundle, backend, maxBinding: this.maxBinding, precision: this.precision });
       else await this.sendFiles(files, backend);
     }
     return this.request({ type: 'generate', options }, { onStep });

@@ -4,8 +4,9 @@
 // is the one reader of the format and writes every message about it), and keeps verified files in the Cache
 // Storage so that a reload needs no network.
 //
-// Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu'), maxBinding (bytes; 0: the device's)}
-//               {type: 'load-files', id, files: {name: ArrayBuffer}, backend, maxBinding}
+// Messages in:  {type: 'load', id, bundle (URL of the bundle folder), backend ('wgpu' | 'cpu'), maxBinding (bytes; 0: the device's),
+//                precision ('auto' | 'f32' | 'f16')}
+//               {type: 'load-files', id, files: {name: ArrayBuffer}, backend, maxBinding, precision}
 //               {type: 'generate', id, options}   {type: 'cancel'}   {type: 'dispose', id}   {type: 'stats', id}
 //               {type: 'plan', id, width, height, guided}
 // Messages out: {type: 'progress', id, file, done, total, allDone, allTotal}  {type: 'loaded', id, info}
@@ -166,7 +167,7 @@ async function verify(manifest, name, bytes) {
   manifest.verify(name, bytes.length, await sha256Hex(bytes));
 }
 
-async function loadFromUrl(id, base, backend) {
+async function loadFromUrl(id, base, backend, precision) {
   const { url: manifestUrl, text } = await fetchManifest(base);
   const manifest = new BundleManifest(manifestUrl.replace(/\/manifest\.json$/, ''), text);
   const files = manifest.files();
@@ -201,10 +202,10 @@ async function loadFromUrl(id, base, backend) {
     if (cache) await cache.put(url, new Response(bytes));
     return bytes;
   };
-  return { generator: await Generator.load(backend, manifest, fetchFile), manifest };
+  return { generator: await Generator.load(backend, manifest, fetchFile, precision || 'auto'), manifest };
 }
 
-async function loadFromFiles(id, files, backend) {
+async function loadFromFiles(id, files, backend, precision) {
   if (files['manifest.json'] && files['manifest.json'].byteLength > MAX_MANIFEST_BYTES) throw manifestTooLarge('manifest.json', files['manifest.json'].byteLength);
   const text = files['manifest.json'] && new TextDecoder().decode(files['manifest.json']);
   if (!text) throw new Error('the chosen files hold no manifest.json: choose a control-clip bundle folder');
@@ -216,7 +217,7 @@ async function loadFromFiles(id, files, backend) {
     post({ type: 'progress', id, file: name, done: bytes.length, total: bytes.length });
     return bytes;
   };
-  return { generator: await Generator.load(backend, manifest, fetchFile), manifest };
+  return { generator: await Generator.load(backend, manifest, fetchFile, precision || 'auto'), manifest };
 }
 
 self.onmessage = async ({ data }) => {
@@ -227,9 +228,9 @@ self.onmessage = async ({ data }) => {
     if (data.type === 'load' || data.type === 'load-files') {
       if (generator) { generator.free(); generator = null; }
       capBindings(data.maxBinding || 0);
-      const loaded = data.type === 'load' ? await loadFromUrl(id, data.bundle, data.backend) : await loadFromFiles(id, data.files, data.backend);
+      const loaded = data.type === 'load' ? await loadFromUrl(id, data.bundle, data.backend, data.precision) : await loadFromFiles(id, data.files, data.backend, data.precision);
       generator = loaded.generator;
-      const info = { ...loaded.manifest.info(), backend: data.backend };
+      const info = { ...loaded.manifest.info(), backend: data.backend, precision: generator.precision };
       loaded.manifest.free();
       post({ type: 'loaded', id, info });
     } else if (data.type === 'generate') {

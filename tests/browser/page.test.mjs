@@ -438,3 +438,33 @@ test('a small binding limit splits the buffers, keeps every binding under it and
     await page.close();
   }
 });
+
+test('precision: auto computes in f32 on an adapter without shader-f16, and f16 asked of it is refused by name', async () => {
+  const page = await browser.context.newPage();
+  const fetched = [];
+  page.on('request', r => { if (r.url().endsWith('.safetensors')) fetched.push(r.url()); });
+  try {
+    await page.goto(`${base}/tests/browser/expected/default.json`, { waitUntil: 'load' });
+    const result = await page.evaluate(async bundle => {
+      const { ControlClipClient } = await import('/www/client.js');
+      const adapter = await navigator.gpu.requestAdapter();
+      const refusedClient = new ControlClipClient({ precision: 'f16' });
+      let refused = '';
+      try { await refusedClient.load(bundle, 'wgpu'); } catch (e) { refused = e.message; } finally { await refusedClient.dispose(); }
+      const client = new ControlClipClient({ precision: 'auto' });
+      const info = await client.load(bundle, 'wgpu');
+      await client.dispose();
+      const bad = new ControlClipClient({ precision: 'f8' });
+      let unknown = '';
+      try { await bad.load(bundle, 'cpu'); } catch (e) { unknown = e.message; } finally { await bad.dispose(); }
+      return { shaderF16: adapter.features.has('shader-f16'), refused, precision: info.precision, unknown };
+    }, TINY);
+    console.log(`# page precision: shader-f16 ${result.shaderF16}, auto → ${result.precision}; f16 refused: ${result.refused}`);
+    assert.equal(result.shaderF16, false, 'SwiftShader was expected without shader-f16 (this test is for that case)');
+    assert.equal(result.precision, 'f32');
+    assert.match(result.refused, /f16 compute needs a GPU device with shader-f16 \(SHADER_F16\), and this GPU adapter does not have it/);
+    assert.match(result.unknown, /unknown precision `f8`/);
+  } finally {
+    await page.close();
+  }
+});

@@ -10,9 +10,13 @@ use crate::common::{cli_with_fixture_components, fixtures, tempdir};
 use control_clip::SafeTensors;
 
 fn generate(out: &Path, extra: &[&str]) -> Output {
+    generate_on("cpu", out, extra)
+}
+
+fn generate_on(backend: &str, out: &Path, extra: &[&str]) -> Output {
     cli_with_fixture_components("generate")
         .args(["--prompt", "a cat in Pokemon style", "--negative-prompt", "blurry, low quality"])
-        .args(["--steps", "2", "--guidance", "7.5", "--width", "64", "--height", "64", "--backend", "cpu"])
+        .args(["--steps", "2", "--guidance", "7.5", "--width", "64", "--height", "64", "--backend", backend])
         .args(extra)
         .arg("--out").arg(out)
         .output()
@@ -86,7 +90,37 @@ fn a_failed_run_writes_nothing() {
     assert_eq!(result.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("warp-drive"), "{stderr}");
+    // f16 asked of the CPU backend (`generate` runs it) is refused by name, before any weights are read.
+    for (precision, message) in [("f16", "the CPU backend computes in f32 only"), ("f12", "unknown precision `f12`")] {
+        let result = generate(&out, &["--precision", precision]);
+        assert_eq!(result.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+    }
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+/// `--precision f16` on the wgpu device (lavapipe has SHADER_F16): the PNG against diffusers' fp16
+/// pipeline from the same latents (tests/fixtures/fp16), within 3/255 after rounding: 1 for the
+/// rounding, 2 for the two fp16 implementations (precision_f16.rs says why they differ).
+#[test]
+fn png_in_f16_on_the_gpu_matches_diffusers_fp16() {
+    let device = crate::common::block_on(control_clip::init_device(control_clip::BackendKind::Wgpu)).unwrap();
+    if !control_clip::device::f16_available(&device) {
+        println!("generate --precision f16: skipped, this wgpu device has no SHADER_F16");
+        return;
+    }
+    let tmp = tempdir("f16");
+    let out = tmp.join("cat.png");
+    let io = fixtures().join("fp16/pipeline-ddim-2-steps/io.safetensors");
+    let result = generate_on("wgpu", &out, &["--init-latents", io.to_str().unwrap(), "--precision", "f16"]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("compute: wgpu, f16"), "{stderr}");
+    let (_, expected) = SafeTensors::read(&io).unwrap().f32("image").unwrap();
+    let worst = worst_png_difference(&out, &expected);
+    println!("generate --precision f16 vs diffusers fp16: worst pixel difference {worst}/255");
+    assert!(worst <= 3, "worst pixel difference {worst}/255");
 }
 
 /// `--batch`: every line's picture is written (relative to the batch file), each the picture the single

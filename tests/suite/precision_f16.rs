@@ -163,7 +163,7 @@ fn f16_is_refused_where_the_device_cannot_and_auto_falls_back_to_f32() {
     let cpu = block_on(init_device(BackendKind::Cpu)).unwrap();
     assert_eq!(Precision::resolve(PrecisionRequest::Auto, &cpu).unwrap(), Precision::F32);
     let err = Precision::resolve(PrecisionRequest::Exactly(Precision::F16), &cpu).unwrap_err().to_string();
-    assert!(err.contains("f16 compute needs a GPU device with shader-f16"), "{err}");
+    assert!(err.contains("f16 compute needs a GPU device with shader-f16 (SHADER_F16), and the CPU backend computes in f32 only"), "{err}");
     assert!("fp16".parse::<PrecisionRequest>().unwrap() == PrecisionRequest::Exactly(Precision::F16));
     let err = "f8".parse::<PrecisionRequest>().unwrap_err().to_string();
     assert!(err.contains("unknown precision `f8`"), "{err}");
