@@ -209,10 +209,13 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize, e: u64) -> (V
     let boc = &cfg.block_out_channels;
     let n = boc.len();
     let cmax = *boc.iter().max().unwrap_or(&0) as u64;
+    // Convolutions run in f32 under f16 compute too (their input and weight widened for the call:
+    // docs/decisions.md, "f16 compute"), so what they bind is f32 in both precisions.
+    let widest_weight = 2 * cmax * cmax * 9 * F32;
     let mut bindings = vec![Binding {
         component: component::UNET,
         what: "largest weight (an up block's first convolution, at most)".into(),
-        bytes: 2 * cmax * cmax * 9 * e,
+        bytes: widest_weight,
         piece: None,
     }];
     let (mut peak_skips, mut widest, mut attention) = (0u64, 0u64, 0u64);
@@ -221,8 +224,8 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize, e: u64) -> (V
         let (c, next) = (c as u64, boc[(level + 1).min(n - 1)] as u64);
         let hw = h * w;
         // The up path concatenates the skip connection: at most this level's and the next one's channels.
-        let activation = b * (c + next.max(c)) * hw * e;
-        widest = widest.max(activation);
+        let activation = b * (c + next.max(c)) * hw * F32;
+        widest = widest.max(activation / F32 * e);
         peak_skips += (cfg.layers_per_block[level] as u64 + 1) * b * c * hw * e;
         bindings.push(Binding { component: component::UNET, what: format!("activation at {h}×{w} ({} channels)", c + next.max(c)), bytes: activation, piece: None });
         let cross = cfg.down_block_types[level].starts_with("CrossAttn");
@@ -251,13 +254,16 @@ fn unet_plan(cfg: &UNetConfig, batch: usize, lh: usize, lw: usize, e: u64) -> (V
             });
         }
     }
-    (bindings, peak_skips + 4 * widest + attention)
+    // Under f16 the convolution island holds one widened input, its f32 output and its widened weight beside
+    // the activations at rest.
+    let island = if e < F32 { 2 * widest / e * F32 + widest_weight } else { 0 };
+    (bindings, peak_skips + 4 * widest + attention + island)
 }
 
 /// The tiny decoder's largest buffers at latents `lh` × `lw` (batch 1) and its estimated peak.
 fn tiny_decoder_plan(cfg: &TinyDecoderConfig, lh: usize, lw: usize, e: u64) -> (Vec<Binding>, u64) {
-    // bytes_per_latent_row counts f32.
-    let row = cfg.bytes_per_latent_row(1, lw) / F32 * e;
+    // bytes_per_latent_row counts f32, what its convolutions bind in both precisions; at rest `e` a value.
+    let row = cfg.bytes_per_latent_row(1, lw);
     let band = (1 + 2 * cfg.halo_rows() as u64).min(lh as u64) * row;
     let whole = row * lh as u64;
     let f = cfg.upscale_factor();
@@ -267,7 +273,7 @@ fn tiny_decoder_plan(cfg: &TinyDecoderConfig, lh: usize, lw: usize, e: u64) -> (
         bytes: whole,
         piece: Some(band),
     };
-    (vec![binding], 3 * whole)
+    (vec![binding], 3 * whole / F32 * e + if e < F32 { whole } else { 0 })
 }
 
 /// The full decoder's (AutoencoderKL) largest buffers at latents `lh` × `lw` (batch 1): the widest of its
@@ -281,7 +287,7 @@ fn kl_decoder_plan(cfg: &VaeConfig, lh: usize, lw: usize, e: u64) -> (Vec<Bindin
         let (h, w) = ((lh << j) as u64, (lw << j) as u64);
         // Up block j works at 2^j × the latents with boc[n-1-j] channels, its input upsampled from j-1's.
         let c = boc[n - 1 - j].max(if j > 0 { boc[n - j] } else { boc[n - 1] }) as u64;
-        let bytes = c * h * w * e;
+        let bytes = c * h * w * F32;
         widest = widest.max(bytes);
         bindings.push(Binding { component: component::DECODER, what: format!("activation at {w}×{h} ({c} channels)"), bytes, piece: None });
     }
@@ -294,5 +300,5 @@ fn kl_decoder_plan(cfg: &VaeConfig, lh: usize, lw: usize, e: u64) -> (Vec<Bindin
             piece: Some(tokens * F32),
         });
     }
-    (bindings, 3 * widest)
+    (bindings, 3 * widest / F32 * e + if e < F32 { widest } else { 0 })
 }

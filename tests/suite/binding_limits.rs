@@ -146,4 +146,17 @@ fn sd15_shaped_plans_on_the_default_webgpu_limit() {
     // f32 weights on the GPU: 2 × the f16 files.
     let weights: u64 = kl.weights.iter().map(|(_, b)| b).sum();
     assert_eq!(weights, 4 * (123_060_480 + 859_520_964 + 49_490_199));
+
+    // f16 compute: weights and activations at rest in f16 (attention scores stay f32), under the issue's
+    // 2.5 GB goal at 512² with TAESD.
+    for side in [512, 768] {
+        let half = MemoryPlan::new(&sd15_manifest(true), side, side, true, Precision::F16).unwrap();
+        println!("SD 1.5, tiny decoder, {side}², f16:\n{}", half.describe(Some(WEBGPU_DEFAULT)));
+        half.check(WEBGPU_DEFAULT).unwrap();
+        if side == 512 {
+            assert!(half.total_bytes() <= 2_500_000_000, "the f16 plan at 512² is {} bytes", half.total_bytes());
+        }
+    }
+    let half_kl = MemoryPlan::new(&sd15_manifest(false), 512, 512, true, Precision::F16).unwrap();
+    assert_eq!(half_kl.weights_bytes() * 2, weights, "f16 weights are half the f32 ones");
 }

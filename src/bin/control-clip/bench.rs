@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use control_clip::models::ModelFolder;
 use control_clip::models::clip::ClipTextModel;
 use control_clip::models::decoder::Decoder;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerConfig;
 use control_clip::tokenizer::ClipTokenizer;
+use control_clip::device::Precision;
+use control_clip::weights::read_model_dir;
 use control_clip::{BackendKind, Error, SafeTensors, init_device, read_f32};
 
 #[derive(Args)]
@@ -31,6 +32,9 @@ pub struct BenchArgs {
     bundle: Option<PathBuf>,
     #[arg(long, default_value = "wgpu")]
     backend: String,
+    /// What the models compute in: f32 (the default, the reference), f16 or auto (`generate --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Timed runs after one warm-up run; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -102,7 +106,8 @@ async fn bench_bundle(dir: &std::path::Path, args: &BenchArgs) -> control_clip::
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
     let t = Instant::now();
-    let pipeline = Pipeline::read_bundle(dir, &device).await?;
+    let precision = Precision::resolve(args.precision.parse()?, &device)?;
+    let pipeline = Pipeline::read_bundle_in(dir, &device, precision).await?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut req = bundle_request(dir, "a cat in Pokemon style")?;
     req.steps = args.generation_steps.unwrap_or(req.steps);
@@ -126,6 +131,7 @@ async fn bench_bundle(dir: &std::path::Path, args: &BenchArgs) -> control_clip::
     }
     Ok(serde_json::json!({
         "backend": backend.name(),
+        "precision": precision.name(),
         "bundle": dir.display().to_string(),
         "load_ms": load_ms,
         "first_generation_ms": first_ms,
@@ -147,8 +153,12 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     let generation_steps = args.generation_steps.unwrap_or(2);
     let backend: BackendKind = args.backend.parse()?;
     let device = init_device(backend).await?;
+    let precision = Precision::resolve(args.precision.parse()?, &device)?;
+    let dtype = precision.dtype();
     let t = Instant::now();
-    let unet = UNet2DConditionModel::read_dir(&dir.join("unet"), &device)?;
+    let (unet_config, unet_weights) = read_model_dir(&dir.join("unet"))?;
+    let unet = UNet2DConditionModel::load_in(&unet_config, &unet_weights, &device, dtype)?;
+    drop(unet_weights);
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let io = SafeTensors::read(&dir.join("io.safetensors"))?;
     let dims = |name: &str| -> control_clip::Result<Vec<usize>> { Ok(io.shape(name)?.to_vec()) };
@@ -191,7 +201,13 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     };
     let mut decoder_ms = Vec::new();
     let decoder_dir = dir.join("decoder");
-    let decoder = if decoder_dir.exists() { Some(Decoder::read_dir(&decoder_dir, &device)?) } else { None };
+    let decoder = match decoder_dir.exists() {
+        true => {
+            let (config, weights) = read_model_dir(&decoder_dir)?;
+            Some(Decoder::load_in(&config, &weights, &device, dtype)?)
+        }
+        false => None,
+    };
     if let Some(decoder) = &decoder {
         let l = dims("latents")?;
         let latents = io.tensor("latents", [l[0], l[1], l[2], l[3]], &device)?;
@@ -212,13 +228,16 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         let scale = decoder.scale_factor();
         let pipeline = Pipeline {
             tokenizer: ClipTokenizer::read(&dir.join("tokenizer.json"))?,
-            text_encoder: ClipTextModel::read_dir(&text_encoder_dir, &device)?,
+            text_encoder: {
+                let (config, weights) = read_model_dir(&text_encoder_dir)?;
+                ClipTextModel::load_in(&config, &weights, None, &device, dtype)?
+            },
             control: control_clip::control::ControlEncoders::default(),
             unet,
             decoder,
             scheduler_config: SchedulerConfig::read(&dir.join("scheduler").join("scheduler_config.json"))?,
             device: device.clone(),
-            precision: control_clip::device::Precision::F32,
+            precision,
         };
         let mut req = GenerateRequest::new("a cat in Pokemon style");
         req.steps = generation_steps;
@@ -233,6 +252,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     }
     Ok(serde_json::json!({
         "backend": backend.name(),
+        "precision": precision.name(),
         "load_ms": load_ms,
         "unet_step_ms": median(unet_ms),
         "unet_step_breakdown_ms": breakdown,
