@@ -4,7 +4,8 @@
 //   <control-clip-demo bundle="models/default/" prompt="a red star with stripes" style-weight="0"></control-clip-demo>
 //
 // Attributes: bundle (URL of a bundle folder; default: the bundle next to this script), prompt,
-// category-weight, style-weight, steps, guidance, seed, width, height, backend (webgpu | cpu). It renders a
+// category-weight, style-weight, steps, guidance, seed, width, height, backend (webgpu | cpu), precision (auto | f32 |
+// f16: what the models compute in; auto, the default, is f16 where the adapter has shader-f16). It renders a
 // prompt box, the two weight sliders, Generate / Cancel, progress and the image; events `ready`, `step`
 // and `generated` (detail: the result) bubble out. The work runs in a worker, like the page's.
 import { ControlClipClient, bundleDefaults, chooseBackend, draw, isCancelled } from './client.js';
@@ -64,7 +65,7 @@ class ControlClipDemo extends HTMLElement {
     const $ = this.$;
     try {
       const choice = await chooseBackend(this.getAttribute('backend'));
-      this.client = new ControlClipClient();
+      this.client = new ControlClipClient({ precision: this.getAttribute('precision') || 'auto' });
       const bundle = this.getAttribute('bundle') || new URL('models/default/', import.meta.url).href;
       this.info = await this.client.load(bundle, choice.backend, p => {
         if (p.allTotal) $('progress').value = p.allDone / p.allTotal;
