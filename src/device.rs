@@ -138,12 +138,14 @@ impl Precision {
         }
     }
 
-    /// What `request` gives on `device`: `auto` is f16 where the device computes in f16 and f32
-    /// elsewhere; f16 asked of a device without it is refused, naming the device.
+    /// What `request` gives on `device`: `auto` is f16 where the device computes in f16 on a real GPU,
+    /// f32 elsewhere — a software adapter (lavapipe, SwiftShader: no card behind it) keeps "GPU" memory
+    /// in host memory and emulates f16 more slowly than f32 (docs/benchmarks.md), so f16 gains nothing
+    /// there; f16 asked of a device without it is refused, saying why.
     pub fn resolve(request: PrecisionRequest, device: &Device) -> Result<Precision> {
         let f16 = f16_available(device);
         match request {
-            PrecisionRequest::Auto => Ok(if f16 { Precision::F16 } else { Precision::F32 }),
+            PrecisionRequest::Auto => Ok(if f16 && !software_adapter(device) { Precision::F16 } else { Precision::F32 }),
             PrecisionRequest::Exactly(Precision::F16) if !f16 => Err(f16_refused(device)),
             PrecisionRequest::Exactly(p) => Ok(p),
         }
@@ -174,6 +176,12 @@ impl FromStr for PrecisionRequest {
             other => return Err(Error::invalid("precision", format!("unknown precision `{other}` (expected auto, f32 or f16)"))),
         })
     }
+}
+
+/// Whether `device` is a wgpu device on a software adapter (no card behind it: cubecl reports no
+/// physical device for a CPU-type adapter such as lavapipe).
+pub fn software_adapter(device: &Device) -> bool {
+    binding_limit(device).is_some() && device.identity().is_some_and(|id| id.physical.is_none())
 }
 
 /// Why `device` cannot compute in f16, for people.

@@ -75,7 +75,8 @@ pub struct GenerateArgs {
     clip_skip: usize,
     #[arg(long, default_value = "wgpu")]
     backend: String,
-    /// What the models compute in: f32, f16 (a GPU with shader-f16), or auto (f16 where the device has it).
+    /// What the models compute in: f32, f16 (a GPU with shader-f16), or auto (f16 on a real GPU that has it;
+    /// f32 on the CPU backend and on software adapters such as lavapipe).
     #[arg(long, default_value = "auto")]
     precision: String,
     /// Start from these latents (safetensors, tensor `latents` [1, C, H/f, W/f]) instead of seeded noise.
