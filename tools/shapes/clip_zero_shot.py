@@ -9,7 +9,7 @@ The CLIP gate (docs/default-model.md): category >= 95 %, colour >= 99 %, style f
 Style is asked once with plain descriptions ("a red star with stripes", what the base model was trained
 on) and once with the style names ("a red star in striped style", which its captions never contain): the
 second is the gap Control-CLIP fine-tuning is for. Class embeddings average the prompts of every colour
-(category, style) or category (colour).
+(category, style) or category (colour). Category accuracy is also given per style of the picture.
 """
 import argparse
 import json
@@ -70,6 +70,10 @@ def main():
         key = head.split("_")[0]
         truth = torch.tensor([names.index(l[key]) for l in labels])
         result[head] = round((pred.cpu() == truth).float().mean().item(), 4)
+        if head == "category":
+            # Where the category is missed: per style of the picture (textured fills are the hard part).
+            result["category_by_style"] = {s: round((pred.cpu() == truth)[torch.tensor([l["style"] == s for l in labels])]
+                                                    .float().mean().item(), 4) for s in STYLES}
     result["gate"] = all(result[h] >= v if op == ">=" else result[h] <= v for h, (op, v) in GATE.items())
     print(json.dumps(result))
     if args.out:
