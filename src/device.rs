@@ -143,11 +143,17 @@ impl Precision {
     /// in host memory and emulates f16 more slowly than f32 (docs/benchmarks.md), so f16 gains nothing
     /// there; f16 asked of a device without it is refused, saying why.
     pub fn resolve(request: PrecisionRequest, device: &Device) -> Result<Precision> {
-        let f16 = f16_available(device);
         match request {
-            PrecisionRequest::Auto => Ok(if f16 && !software_adapter(device) { Precision::F16 } else { Precision::F32 }),
-            PrecisionRequest::Exactly(Precision::F16) if !f16 => Err(f16_refused(device)),
-            PrecisionRequest::Exactly(p) => Ok(p),
+            PrecisionRequest::Auto => Ok(if f16_available(device) && !software_adapter(device) { Precision::F16 } else { Precision::F32 }),
+            PrecisionRequest::Exactly(p) => p.check(device).map(|()| p),
+        }
+    }
+
+    /// Refuses f16 on a device without it, saying why.
+    pub fn check(self, device: &Device) -> Result<()> {
+        match self {
+            Precision::F16 if !f16_available(device) => Err(f16_refused(device)),
+            _ => Ok(()),
         }
     }
 }
@@ -204,6 +210,19 @@ pub fn f16_available(device: &Device) -> bool {
         _ => false,
     };
     wgpu && !device.is_autodiff() && device.supports_dtype(burn::tensor::DType::F16)
+}
+
+/// `x` as float type `dtype` (unchanged if it already is): the models' and kernels' one cast between
+/// the compute precision and its f32 islands.
+pub fn cast_to<const D: usize>(x: burn::tensor::Tensor<D>, dtype: burn::tensor::DType) -> burn::tensor::Tensor<D> {
+    use burn::tensor::{DType, FloatDType};
+    match dtype {
+        _ if x.dtype() == dtype => x,
+        DType::F16 => x.cast(FloatDType::F16),
+        DType::BF16 => x.cast(FloatDType::BF16),
+        DType::F64 => x.cast(FloatDType::F64),
+        _ => x.cast(FloatDType::F32),
+    }
 }
 
 /// Reads a float tensor back to the host; asynchronous because WebGPU read-backs are.

@@ -337,23 +337,18 @@ impl Pipeline {
         device: &Device,
         precision: Precision,
     ) -> Result<Self> {
-        use crate::weights::read_model_dir;
-        if precision == Precision::F16 && !crate::device::f16_available(device) {
-            return Err(crate::device::f16_refused(device));
-        }
+        use crate::models::ModelFolder;
+        precision.check(device)?;
         let dtype = precision.dtype();
         let (tokenizer_path, tokenizer) = (tokenizer, ClipTokenizer::read(tokenizer)?);
-        let (config, weights) = read_model_dir(text_encoder)?;
-        let text_encoder = ClipTextModel::load_in(&config, &weights, None, device, dtype)?;
+        let text_encoder = ClipTextModel::read_dir_in(text_encoder, device, dtype)?;
         tokenizer.check_fits(&tokenizer_path.display().to_string(), text_encoder.config.vocab_size, "its config.json")?;
-        let (unet_config, unet_weights) = read_model_dir(unet)?;
-        let (decoder_config, decoder_weights) = read_model_dir(decoder)?;
         Ok(Self {
             tokenizer,
             text_encoder,
             control: ControlEncoders::default(),
-            unet: UNet2DConditionModel::load_in(&unet_config, &unet_weights, device, dtype)?,
-            decoder: Decoder::load_in(&decoder_config, &decoder_weights, device, dtype)?,
+            unet: UNet2DConditionModel::read_dir_in(unet, device, dtype)?,
+            decoder: Decoder::read_dir_in(decoder, device, dtype)?,
             scheduler_config: SchedulerConfig::read(scheduler_config)?,
             device: device.clone(),
             precision,
@@ -372,9 +367,7 @@ impl Pipeline {
         F: Fn(BundleFile) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
-        if precision == Precision::F16 && !crate::device::f16_available(device) {
-            return Err(crate::device::f16_refused(device));
-        }
+        precision.check(device)?;
         let dtype = precision.dtype();
         let weights = |name: &'static str| manifest.read_weights(name, &fetch);
         let tokenizer_file = manifest.components.tokenizer.clone();

@@ -9,6 +9,7 @@ use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::config::ConfigJson;
 use crate::error::{Error, Result};
+use crate::device::cast_to;
 use crate::models::nn::{Activation, in_f32};
 use crate::weights::{SafeTensors, WeightsView};
 
@@ -73,7 +74,7 @@ impl Adapter {
             return Err(Error::invalid("adapter input", format!("width {d}, the adapter takes {}", self.config.hidden_size)));
         }
         // E's context in the pipeline's precision may meet an adapter read in another (from a folder).
-        let h = crate::models::nn::cast_to(h, self.fc1_t.dtype());
+        let h = cast_to(h, self.fc1_t.dtype());
         let normed = in_f32(h.clone(), |h| {
             layer_norm_values(h, self.config.layer_norm_eps) * self.norm_weight.clone().unsqueeze::<3>() + self.norm_bias.clone().unsqueeze::<3>()
         });
@@ -92,5 +93,9 @@ fn layer_norm_values(x: Tensor<3>, eps: f64) -> Tensor<3> {
 impl crate::models::ModelFolder for Adapter {
     fn from_parts(config: &ConfigJson, weights: &SafeTensors, device: &Device) -> Result<Self> {
         Self::load(config, weights, device)
+    }
+
+    fn from_parts_in(config: &ConfigJson, weights: &SafeTensors, device: &Device, dtype: FloatDType) -> Result<Self> {
+        Self::load_in(config, weights, device, dtype)
     }
 }

@@ -403,7 +403,7 @@ pub fn decoupled_attention_fused(
         DType::F32 => t,
         _ => t.cast(FloatDType::F32),
     };
-    let weights = if weights.dtype() == DType::F32 { weights } else { weights.cast(FloatDType::F32) };
+    let weights = crate::device::cast_to(weights, DType::F32);
     let out = <Dispatch as DecoupledAttentionOps>::decoupled_attention(
         stored(q).into_dispatch(),
         stored(k_c).into_dispatch(),
@@ -413,14 +413,7 @@ pub fn decoupled_attention_fused(
         weights.into_dispatch(),
         heads,
     );
-    let out = Tensor::<3>::from_dispatch(out);
-    Ok(match dtype {
-        _ if out.dtype() == dtype => out,
-        DType::F64 => out.cast(FloatDType::F64),
-        DType::F16 => out.cast(FloatDType::F16),
-        DType::BF16 => out.cast(FloatDType::BF16),
-        _ => out.cast(FloatDType::F32),
-    })
+    Ok(crate::device::cast_to(Tensor::<3>::from_dispatch(out), dtype))
 }
 
 #[cfg(test)]

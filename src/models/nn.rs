@@ -6,6 +6,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData, activation};
 
+pub use crate::device::cast_to;
 use crate::error::{Error, Result};
 pub use crate::kernels::cpu::ConvFused;
 use crate::profile::{self, Section};
@@ -116,16 +117,6 @@ pub fn in_f32<const D: usize, const E: usize>(x: Tensor<D>, f: impl FnOnce(Tenso
     cast_to(f(x.cast(FloatDType::F32)), dtype)
 }
 
-/// `x` as float type `dtype` (unchanged if it already is).
-pub fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
-    match dtype {
-        _ if x.dtype() == dtype => x,
-        DType::F16 => x.cast(FloatDType::F16),
-        DType::BF16 => x.cast(FloatDType::BF16),
-        DType::F64 => x.cast(FloatDType::F64),
-        _ => x.cast(FloatDType::F32),
-    }
-}
 
 /// The activation functions named by `hidden_act` / `act_fn` in transformers and diffusers configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -455,8 +455,7 @@ impl<'a> WeightsView<'a> {
     /// [`Self::tensor`] in f32 whatever the view's dtype: normalisation parameters, which apply where the
     /// statistics are computed (in f32).
     pub fn tensor_f32<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
-        let view = WeightsView { file: self.file, prefix: self.prefix.clone(), deltas: self.deltas, dtype: FloatDType::F32 };
-        view.tensor(name, shape, device)
+        WeightsView { prefix: self.prefix.clone(), dtype: FloatDType::F32, ..*self }.tensor(name, shape, device)
     }
 }
 

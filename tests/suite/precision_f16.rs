@@ -18,7 +18,8 @@ use control_clip::device::{Precision, PrecisionRequest, f16_available};
 use control_clip::models::decoder::Decoder;
 use control_clip::models::unet::UNet2DConditionModel;
 use control_clip::pipeline::Pipeline;
-use control_clip::weights::{RawTensor, SafeTensors, WeightsView, read_model_dir, serialize};
+use control_clip::models::ModelFolder;
+use control_clip::weights::{RawTensor, SafeTensors, WeightsView, serialize};
 use control_clip::{BackendKind, init_device, read_f32};
 
 use crate::common::{block_on, fixture_request, fixtures, max_abs_err, read_pipeline_fixture};
@@ -52,8 +53,7 @@ fn assert_within_reference_fp16_error(what: &str, ours: &[f32], fp16: &[f32], fp
 fn f16_unet_matches_diffusers_fp16_at_sd_scale_inputs() {
     let Some(device) = f16_device("f16 unet") else { return };
     let io = SafeTensors::read(&fixtures().join("fp16/unet-sd-tiny.safetensors")).unwrap();
-    let (config, weights) = read_model_dir(&fixtures().join("unet/sd-tiny")).unwrap();
-    let unet = UNet2DConditionModel::load_in(&config, &weights, &device, FloatDType::F16).unwrap();
+    let unet = UNet2DConditionModel::read_dir_in(&fixtures().join("unet/sd-tiny"), &device, FloatDType::F16).unwrap();
     let sample = io.tensor("sample", [2, 4, 16, 16], &device).unwrap();
     let context = io.tensor("encoder_hidden_states", [2, 77, 16], &device).unwrap();
     let (_, timesteps) = io.f32("timestep").unwrap();
@@ -67,8 +67,7 @@ fn f16_unet_matches_diffusers_fp16_at_sd_scale_inputs() {
 fn f16_kl_decoder_matches_diffusers_fp16() {
     let Some(device) = f16_device("f16 kl decoder") else { return };
     let io = SafeTensors::read(&fixtures().join("fp16/vae-kl-tiny.safetensors")).unwrap();
-    let (config, weights) = read_model_dir(&fixtures().join("vae/kl-tiny")).unwrap();
-    let decoder = Decoder::load_in(&config, &weights, &device, FloatDType::F16).unwrap();
+    let decoder = Decoder::read_dir_in(&fixtures().join("vae/kl-tiny"), &device, FloatDType::F16).unwrap();
     assert_eq!(decoder.dtype(), DType::F16);
     // The fixture's latents are already divided by the scaling factor; `decode` divides again.
     let (scale, shift) = decoder.scaling();

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
+use control_clip::models::ModelFolder;
 use control_clip::models::clip::ClipTextModel;
 use control_clip::models::decoder::Decoder;
 use control_clip::models::unet::UNet2DConditionModel;
@@ -16,7 +17,6 @@ use control_clip::pipeline::{GenerateRequest, Pipeline};
 use control_clip::schedulers::SchedulerConfig;
 use control_clip::tokenizer::ClipTokenizer;
 use control_clip::device::Precision;
-use control_clip::weights::read_model_dir;
 use control_clip::{BackendKind, Error, SafeTensors, init_device, read_f32};
 
 #[derive(Args)]
@@ -156,9 +156,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     let precision = Precision::resolve(args.precision.parse()?, &device)?;
     let dtype = precision.dtype();
     let t = Instant::now();
-    let (unet_config, unet_weights) = read_model_dir(&dir.join("unet"))?;
-    let unet = UNet2DConditionModel::load_in(&unet_config, &unet_weights, &device, dtype)?;
-    drop(unet_weights);
+    let unet = UNet2DConditionModel::read_dir_in(&dir.join("unet"), &device, dtype)?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let io = SafeTensors::read(&dir.join("io.safetensors"))?;
     let dims = |name: &str| -> control_clip::Result<Vec<usize>> { Ok(io.shape(name)?.to_vec()) };
@@ -201,13 +199,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
     };
     let mut decoder_ms = Vec::new();
     let decoder_dir = dir.join("decoder");
-    let decoder = match decoder_dir.exists() {
-        true => {
-            let (config, weights) = read_model_dir(&decoder_dir)?;
-            Some(Decoder::load_in(&config, &weights, &device, dtype)?)
-        }
-        false => None,
-    };
+    let decoder = if decoder_dir.exists() { Some(Decoder::read_dir_in(&decoder_dir, &device, dtype)?) } else { None };
     if let Some(decoder) = &decoder {
         let l = dims("latents")?;
         let latents = io.tensor("latents", [l[0], l[1], l[2], l[3]], &device)?;
@@ -228,10 +220,7 @@ async fn bench(args: &BenchArgs) -> control_clip::Result<String> {
         let scale = decoder.scale_factor();
         let pipeline = Pipeline {
             tokenizer: ClipTokenizer::read(&dir.join("tokenizer.json"))?,
-            text_encoder: {
-                let (config, weights) = read_model_dir(&text_encoder_dir)?;
-                ClipTextModel::load_in(&config, &weights, None, &device, dtype)?
-            },
+            text_encoder: ClipTextModel::read_dir_in(&text_encoder_dir, &device, dtype)?,
             control: control_clip::control::ControlEncoders::default(),
             unet,
             decoder,
