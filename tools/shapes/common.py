@@ -65,6 +65,17 @@ def load_images(folder, labels, cache=True):
     return torch.from_numpy(arr)
 
 
+def load_masks(folder, count):
+    """uint8 [N, 128, 128] shape masks written by `render.py --masks` (same arguments as the pictures)."""
+    path = os.path.join(folder, "masks.npy")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: missing; write it with render.py's command for this folder plus --masks")
+    arr = np.load(path)
+    if len(arr) != count:
+        raise SystemExit(f"{path}: {len(arr)} masks for {count} pictures in {folder}/labels.jsonl")
+    return torch.from_numpy(arr)
+
+
 def batch_indices(seed, step, n, batch):
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randint(n, (batch,), generator=g)

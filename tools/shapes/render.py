@@ -127,7 +127,9 @@ def pattern(rng, style):
     raise ValueError(style)
 
 
-def render(seed, index, triple=None):
+def geometry(seed, index, triple=None):
+    """The first draws of picture (seed, index): its labels and where the shape is. Returns them with the
+    generator, which render() goes on drawing from."""
     rng = np.random.Generator(np.random.PCG64([seed, index]))
     if triple is None:
         category = CATEGORIES[rng.integers(len(CATEGORIES))]
@@ -141,6 +143,18 @@ def render(seed, index, triple=None):
     cx = rng.uniform(margin, BIG - margin)
     cy = rng.uniform(margin, BIG - margin)
     rot = rng.uniform(0, 2 * math.pi)
+    return (category, color, style), (cx, cy, r, rot), rng
+
+
+def silhouette(seed, index, triple=None):
+    """Picture (seed, index)'s shape mask at 128x128 (uint8, 255 inside, anti-aliased as the picture is),
+    whatever its style: the dense target of the CLIP vision phase's token labels (train_clip.py)."""
+    (category, _, _), (cx, cy, r, rot), _ = geometry(seed, index, triple)
+    return category, np.asarray(shape_mask(category, cx, cy, r, rot).resize((SIZE, SIZE), Image.BOX), np.uint8)
+
+
+def render(seed, index, triple=None):
+    (category, color, style), (cx, cy, r, rot), rng = geometry(seed, index, triple)
     base = np.array(RGB[color], np.float32) + rng.normal(0, 8, size=3)
     base = np.clip(base, 0, 255)
     light = np.clip(np.array([248, 248, 248], np.float32) + rng.normal(0, 4, size=3), 225, 255)
@@ -197,6 +211,37 @@ def render_one(job):
     return json.dumps(line)
 
 
+def mask_one(job):
+    seed, i, triple = job
+    return silhouette(seed, i, triple)
+
+
+def write_masks(out, seed, jobs, processes):
+    """DIR/masks.npy: uint8 [N, 128, 128], picture i's silhouette; refuses a folder whose labels disagree."""
+    path = os.path.join(out, "labels.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: missing; render the pictures first (the same command without --masks)")
+    with open(path) as f:
+        labels = [json.loads(line) for line in f if line.strip()]
+    if len(labels) != len(jobs):
+        raise SystemExit(f"{path}: {len(labels)} pictures, but these arguments describe {len(jobs)}")
+    work = [(seed, i, t) for i, t in enumerate(jobs)]
+    if processes > 1:
+        import multiprocessing
+        with multiprocessing.Pool(processes) as pool:
+            results = pool.map(mask_one, work, chunksize=256)
+    else:
+        results = [mask_one(w) for w in work]
+    for i, ((category, _), line) in enumerate(zip(results, labels)):
+        if line["category"] != category:
+            raise SystemExit(f"{path}: line {i + 1} is a {line['category']}, but seed {seed} draws a {category} "
+                             "there: not the folder these arguments rendered")
+    tmp = os.path.join(out, "masks.tmp.npy")
+    np.save(tmp, np.stack([m for _, m in results]))
+    os.replace(tmp, os.path.join(out, "masks.npy"))
+    print(f"{len(results)} masks in {out}/masks.npy")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -206,6 +251,9 @@ def main():
                     help="K pictures per style, categories and colours in turn (at most K per category)")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--jobs", type=int, default=1, help="render in this many processes (same pictures)")
+    ap.add_argument("--masks", action="store_true",
+                    help="write only DIR/masks.npy, every picture's shape mask, for a folder this same command "
+                         "(without --masks) rendered; checked against its labels.jsonl")
     ap.add_argument("--describe-fraction", type=float, default=0.25,
                     help="share of captions that describe the style in plain words")
     args = ap.parse_args()
@@ -219,6 +267,9 @@ def main():
                 for i in range(args.minimal * len(STYLES))]
     else:
         jobs = [None] * args.count
+    if args.masks:
+        write_masks(args.out, args.seed, jobs, args.jobs)
+        return
     # The minimal set also gets each picture's style-name `prompt`, which the denoising term L_den reads.
     work = [(args.out, args.seed, i, triple, args.describe_fraction, bool(args.minimal)) for i, triple in enumerate(jobs)]
     if args.jobs > 1:

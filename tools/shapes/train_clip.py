@@ -67,16 +67,45 @@ def pixel_values(images_u8):
     return (x - mean) / std
 
 
-def train_vision(args, model, images, targets, device, log):
-    """Phase 1: the vision tower as a classifier of the labels. Returns the steps done."""
+def patches(masks, patch):
+    """[N, H, W] masks in [0, 1] -> [N, tokens, patch * patch], tokens in the ViT's row-major patch order."""
+    n, h, w = masks.shape
+    return masks.view(n, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4).reshape(n, -1, patch * patch)
+
+
+def token_losses(dense, model, out, masks, category):
+    """Token labelling (Jiang et al. 2021, "All Tokens Matter"): every patch token predicts the shape's
+    silhouette inside its patch (per pixel) and the category where its patch is covered by the shape
+    (background where not, in proportion). A dense signal of where the outline runs, whatever the fill:
+    the textured fills are where the pooled classifier alone learned shape slowest (docs/default-model.md)."""
+    tokens = model.vision_model.post_layernorm(out.last_hidden_state[:, 1:])
+    target = patches(masks, model.config.vision_config.patch_size)
+    silhouette = F.binary_cross_entropy_with_logits(dense["silhouette"](tokens).float(), target)
+    cover = target.mean(-1, keepdim=True)
+    onehot = F.one_hot(category, len(CATEGORIES)).float()[:, None, :]
+    soft = torch.cat([cover * onehot, 1 - cover], -1)
+    token = -(soft * F.log_softmax(dense["token"](tokens).float(), -1)).sum(-1).mean()
+    return {"silhouette": silhouette, "token": token}
+
+
+def train_vision(args, model, images, targets, device, log, masks=None):
+    """Phase 1: the vision tower as a classifier of the labels (and with --token-labels, of every patch
+    against the picture's silhouette). Returns the steps done."""
     hidden = model.config.vision_config.hidden_size
     heads = nn.ModuleDict({k: nn.Linear(hidden, len(v)) for k, v in HEADS.items()}).to(device)
     params = list(model.vision_model.parameters()) + list(heads.parameters())
+    parts = {}
+    if masks is not None:
+        patch = model.config.vision_config.patch_size
+        dense = nn.ModuleDict({"silhouette": nn.Linear(hidden, patch * patch),
+                               "token": nn.Linear(hidden, len(CATEGORIES) + 1)}).to(device)
+        params += list(dense.parameters())
+        parts["dense"] = dense
     opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
     wsd = common.WsdSchedule(args.vision_steps, args.warmup, args.vision_decay_start, decay_fraction=0.7, floor=0.02,
                              budget_s=args.max_seconds)
     checkpoint = common.Checkpoint(os.path.join(args.work, "vision.pt"), vision=model.vision_model, heads=heads,
-                                   opt=opt, wsd=wsd)
+                                   opt=opt, wsd=wsd, **parts)
     start = checkpoint.resume()
     step = start
     model.vision_model.train()
@@ -84,14 +113,23 @@ def train_vision(args, model, images, targets, device, log):
         wsd.set_lr(opt, args.vision_lr, step, "vision")
         idx = common.batch_indices(args.seed, step, len(images), args.batch).to(device)
         g = common.step_generator(args.seed, step, 3)
+        x = images[idx]
+        if masks is not None:  # the silhouette travels with its picture through the augmentation
+            x = torch.cat([x, masks[idx][:, None]], 1)
         if args.vision_augment == "affine":
-            x = common.random_affine(images[idx], g)
+            x = common.random_affine(x, g)
         else:
-            x = common.dihedral(images[idx], int(torch.randint(8, (1,), generator=g)))
+            x = common.dihedral(x, int(torch.randint(8, (1,), generator=g)))
         with common.autocast(device):
-            pooled = model.vision_model(pixel_values=pixel_values(x)).pooler_output
-            losses = {k: F.cross_entropy(h(pooled).float(), targets[k][idx]) for k, h in heads.items()}
+            out = model.vision_model(pixel_values=pixel_values(x[:, :3]))
+            losses = {k: F.cross_entropy(h(out.pooler_output).float(), targets[k][idx]) for k, h in heads.items()}
+            if masks is not None:
+                dense_losses = token_losses(parts["dense"], model, out, x[:, 3].float() / 255.0,
+                                            targets["category"][idx])
         loss = sum(losses.values())
+        if masks is not None:
+            loss = loss + args.token_labels * sum(dense_losses.values())
+            losses.update(dense_losses)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -196,6 +234,12 @@ def main():
                     help="vision phase: one flip / quarter turn per batch (GPU runs 1-2), or a random angle, "
                          "scale, shift and flip per picture (common.random_affine)")
     ap.add_argument("--vision-fraction", type=float, default=0.5, help="share of --max-seconds for the vision phase")
+    ap.add_argument("--token-labels", type=float, default=0.0,
+                    help="vision phase: weight of the token-labelling losses (every patch's silhouette and "
+                         "category, from DATA/masks.npy: render.py --masks); 0 = off (GPU runs 1-2, CPU runs 1-2)")
+    ap.add_argument("--vision-only", action="store_true",
+                    help="stop after the vision phase (the saved folder's text side is --init's, untouched): for "
+                         "comparing vision-phase choices with vision_probe.py, or continuing with --init")
     ap.add_argument("--init", help="continue from this CLIPModel folder (both phases run again from its weights; "
                     "the classifier heads start afresh)")
     ap.add_argument("--checkpoint-every", type=int, default=500)
@@ -208,11 +252,16 @@ def main():
     # Each phase has its own budget: --vision-fraction of --max-seconds for the first, the rest for the second.
     total = args.max_seconds
     args.max_seconds = total * args.vision_fraction
-    vsteps, vwsd = train_vision(args, model, images, targets, device, log)
+    masks = common.load_masks(args.data, len(labels)).to(device) if args.token_labels else None
+    vsteps, vwsd = train_vision(args, model, images, targets, device, log, masks)
+    del masks
     args.max_seconds = total * (1 - args.vision_fraction)
-    pooled = image_features(model, images, device)
-    del images
-    tsteps, twsd = train_text(args, model, labels, pooled, device, log)
+    if args.vision_only:
+        tsteps, twsd = 0, common.WsdSchedule(0, 0, 0)
+    else:
+        pooled = image_features(model, images, device)
+        del images
+        tsteps, twsd = train_text(args, model, labels, pooled, device, log)
     print(f"done: vision {vsteps} steps (decay from {vwsd.decay_start}), text {tsteps} steps "
           f"(decay from {twsd.decay_start}); reproduce with --vision-steps {vsteps} --vision-decay-start "
           f"{vwsd.decay_start} --text-steps {tsteps} --text-decay-start {twsd.decay_start}")
