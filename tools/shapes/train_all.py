@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--ae-from", help="use this trained autoencoder folder (its gate is still measured) "
                     "instead of training one; --latent-channels must name its channels")
     ap.add_argument("--vision-augment", default="dihedral", help="train_clip.py --vision-augment")
+    ap.add_argument("--vision-layers", type=int, default=0, help="train_clip.py --vision-layers (with --clip-init)")
     ap.add_argument("--require-gates", action="store_true",
                     help="train no UNet unless the CLIP's and the autoencoder's gates hold")
     ap.add_argument("--stop-after-gates", action="store_true", help="stages 1-3 only (CLIP, autoencoder, gates)")
@@ -150,7 +151,8 @@ def main():
                             "--vision-steps", steps(6000), "--text-steps", steps(6000), "--batch",
                             "256" if not tiny else "32", "--max-seconds", str(s1), "--checkpoint-every", "1000"] + dev
                    + (["--init", args.clip_init] if args.clip_init else [])
-                   + ["--vision-fraction", str(args.vision_fraction), "--vision-augment", args.vision_augment],
+                   + ["--vision-fraction", str(args.vision_fraction), "--vision-augment", args.vision_augment]
+                   + (["--vision-layers", str(args.vision_layers)] if args.vision_layers else []),
                    W, threads)]
     aes = {}
     for lc in [int(x) for x in args.latent_channels.split(",")]:

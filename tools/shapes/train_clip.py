@@ -60,6 +60,37 @@ def preprocessor_config():
             "image_std": STD, "do_convert_rgb": True}
 
 
+def grow_vision(model, layers):
+    """The same CLIPModel with a deeper vision tower: a new layer after each old one (in turn, until there are
+    `layers`), its attention output and second MLP projection zero, so that each new layer starts as the
+    identity (pre-norm residual blocks) and the grown model computes exactly what the old one did."""
+    old = model.config.vision_config.num_hidden_layers
+    if layers <= old:
+        return model
+    cfg = model.config.to_dict()
+    cfg["vision_config"]["num_hidden_layers"] = layers
+    grown = CLIPModel(CLIPConfig(**{k: v for k, v in cfg.items() if k in ("text_config", "vision_config", "projection_dim",
+                                                                             "logit_scale_init_value")})).float()
+    grown.load_state_dict({k: v for k, v in model.state_dict().items() if ".encoder.layers." not in k or "text" in k},
+                          strict=False)
+    new = layers - old
+    order = []  # which old layer each grown layer is (None: a new one)
+    for i in range(old):
+        order.append(i)
+        if i < new:
+            order.append(None)
+    order += [None] * (layers - len(order))
+    for j, i in enumerate(order):
+        target = grown.vision_model.encoder.layers[j]
+        if i is None:
+            for lin in (target.self_attn.out_proj, target.mlp.fc2):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        else:
+            target.load_state_dict(model.vision_model.encoder.layers[i].state_dict())
+    return grown
+
+
 def pixel_values(images_u8):
     x = images_u8.float() / 255.0
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
@@ -240,6 +271,9 @@ def main():
     ap.add_argument("--vision-only", action="store_true",
                     help="stop after the vision phase (the saved folder's text side is --init's, untouched): for "
                          "comparing vision-phase choices with vision_probe.py, or continuing with --init")
+    ap.add_argument("--vision-layers", type=int, default=0,
+                    help="with --init: deepen its vision tower to this many layers, each new one starting as the "
+                         "identity (grow_vision); 0 = as the folder has it")
     ap.add_argument("--init", help="continue from this CLIPModel folder (both phases run again from its weights; "
                     "the classifier heads start afresh)")
     ap.add_argument("--checkpoint-every", type=int, default=500)
@@ -247,7 +281,10 @@ def main():
     args, device, labels, images = common.start_run(ap)
     images = images.to(device)
     targets = {k: torch.tensor([v.index(l[k]) for l in labels], device=device) for k, v in HEADS.items()}
-    model = (CLIPModel.from_pretrained(args.init).float() if args.init else CLIPModel(config())).to(device)
+    model = CLIPModel.from_pretrained(args.init).float() if args.init else CLIPModel(config())
+    if args.vision_layers:
+        model = grow_vision(model, args.vision_layers)
+    model = model.to(device)
     log = common.Log(os.path.join(args.work, "log.jsonl"))
     # Each phase has its own budget: --vision-fraction of --max-seconds for the first, the rest for the second.
     total = args.max_seconds

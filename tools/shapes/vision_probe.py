@@ -6,7 +6,8 @@ its classifier heads (category, colour, style), and category per style of the pi
 
 For comparing vision-phase choices in short runs of equal cost without a text phase; use a picture set
 rendered from its own seed (not the held-out set the CLIP gate is measured on). INIT is any CLIPModel
-folder of the same shape (the config is read from it; the weights come from WORK/vision.pt).
+folder of the same shape, or shallower (train_clip.py --vision-layers): the config is read from it, the
+weights come from WORK/vision.pt.
 """
 import argparse
 import json
@@ -20,7 +21,7 @@ from transformers import CLIPModel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from domain import STYLES  # noqa: E402
-from train_clip import HEADS, pixel_values  # noqa: E402
+from train_clip import HEADS, grow_vision, pixel_values  # noqa: E402
 
 
 def main():
@@ -32,6 +33,8 @@ def main():
     args = ap.parse_args()
     model = CLIPModel.from_pretrained(args.clip).float()
     state = torch.load(os.path.join(args.work, "vision.pt"), map_location="cpu", weights_only=False)
+    layers = len({k.split(".")[2] for k in state["vision"] if k.startswith("encoder.layers.")})
+    model = grow_vision(model, layers)  # a run with --vision-layers deepened the tower
     model.vision_model.load_state_dict(state["vision"])
     hidden = model.config.vision_config.hidden_size
     heads = nn.ModuleDict({k: nn.Linear(hidden, len(v)) for k, v in HEADS.items()})
