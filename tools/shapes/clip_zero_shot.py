@@ -72,8 +72,7 @@ def main():
         result[head] = round((pred.cpu() == truth).float().mean().item(), 4)
         if head == "category":
             # Where the category is missed: per style of the picture (textured fills are the hard part).
-            result["category_by_style"] = {s: round((pred.cpu() == truth)[torch.tensor([l["style"] == s for l in labels])]
-                                                    .float().mean().item(), 4) for s in STYLES}
+            result["category_by_style"] = common.accuracy_by_style(pred.cpu() == truth, labels)
     result["gate"] = all(result[h] >= v if op == ">=" else result[h] <= v for h, (op, v) in GATE.items())
     print(json.dumps(result))
     if args.out:

@@ -76,6 +76,13 @@ def load_masks(folder, count):
     return torch.from_numpy(arr)
 
 
+def accuracy_by_style(right, labels):
+    """Share of `right` (a bool tensor, one per picture) within each style of the pictures."""
+    from domain import STYLES
+    by = torch.tensor([STYLES.index(l["style"]) for l in labels])
+    return {s: round(right[by == i].float().mean().item(), 4) for i, s in enumerate(STYLES)}
+
+
 def batch_indices(seed, step, n, batch):
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randint(n, (batch,), generator=g)

@@ -22,6 +22,7 @@ Resumable: each phase checkpoints every --checkpoint-every steps in --work; reru
 continues. --max-seconds bounds each phase's wall time (the log says where a phase stopped).
 """
 import argparse
+import copy
 import os
 import random
 import shutil
@@ -67,10 +68,9 @@ def grow_vision(model, layers):
     old = model.config.vision_config.num_hidden_layers
     if layers <= old:
         return model
-    cfg = model.config.to_dict()
-    cfg["vision_config"]["num_hidden_layers"] = layers
-    grown = CLIPModel(CLIPConfig(**{k: v for k, v in cfg.items() if k in ("text_config", "vision_config", "projection_dim",
-                                                                             "logit_scale_init_value")})).float()
+    cfg = copy.deepcopy(model.config)
+    cfg.vision_config.num_hidden_layers = layers
+    grown = CLIPModel(cfg).float()  # a folder saved in f16 says so in its config
     grown.load_state_dict({k: v for k, v in model.state_dict().items() if ".encoder.layers." not in k or "text" in k},
                           strict=False)
     new = layers - old
@@ -293,18 +293,18 @@ def main():
     vsteps, vwsd = train_vision(args, model, images, targets, device, log, masks)
     del masks
     args.max_seconds = total * (1 - args.vision_fraction)
-    if args.vision_only:
-        tsteps, twsd = 0, common.WsdSchedule(0, 0, 0)
-    else:
+    tsteps, tdecay = 0, 0
+    if not args.vision_only:
         pooled = image_features(model, images, device)
         del images
         tsteps, twsd = train_text(args, model, labels, pooled, device, log)
+        tdecay = twsd.decay_start
     print(f"done: vision {vsteps} steps (decay from {vwsd.decay_start}), text {tsteps} steps "
-          f"(decay from {twsd.decay_start}); reproduce with --vision-steps {vsteps} --vision-decay-start "
-          f"{vwsd.decay_start} --text-steps {tsteps} --text-decay-start {twsd.decay_start}")
+          f"(decay from {tdecay}); reproduce with --vision-steps {vsteps} --vision-decay-start "
+          f"{vwsd.decay_start} --text-steps {tsteps} --text-decay-start {tdecay}")
     common.write_json(os.path.join(args.work, "phases.json"), {
         "vision_steps": vsteps, "vision_decay_start": vwsd.decay_start,
-        "text_steps": tsteps, "text_decay_start": twsd.decay_start})
+        "text_steps": tsteps, "text_decay_start": tdecay})
 
     model = model.cpu()
 

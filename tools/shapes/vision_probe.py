@@ -26,14 +26,7 @@ from transformers import CLIPModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from domain import STYLES  # noqa: E402
-from train_clip import HEADS, grow_vision, pixel_values  # noqa: E402
-
-
-def pooled(model, images):
-    with torch.no_grad():
-        return torch.cat([model.vision_model(pixel_values=pixel_values(images[i:i + 128])).pooler_output
-                          for i in range(0, len(images), 128)])
+from train_clip import HEADS, grow_vision, image_features  # noqa: E402
 
 
 def truth(labels, key):
@@ -43,8 +36,7 @@ def truth(labels, key):
 def accuracy(right, labels, key):
     out = {key: round(right.float().mean().item(), 4)}
     if key == "category":
-        by = torch.tensor([STYLES.index(l["style"]) for l in labels])
-        out["category_by_style"] = {s: round(right[by == i].float().mean().item(), 4) for i, s in enumerate(STYLES)}
+        out["category_by_style"] = common.accuracy_by_style(right, labels)
     return out
 
 
@@ -97,7 +89,8 @@ def main():
         result.update(work=args.work, step=state["step"])
     model.eval()
     labels = common.read_labels(args.data)
-    features = pooled(model, common.load_images(args.data, labels))
+    cpu = torch.device("cpu")
+    features = image_features(model, common.load_images(args.data, labels), cpu)
     result["pictures"] = len(labels)
     if heads is not None:
         result["heads"] = {}
@@ -107,7 +100,7 @@ def main():
     if args.linear_probe:
         train_labels = common.read_labels(args.linear_probe)
         train_images = common.load_images(args.linear_probe, train_labels)[:args.probe_count]
-        result["linear_probe"] = linear_probe(pooled(model, train_images), train_labels[:args.probe_count],
+        result["linear_probe"] = linear_probe(image_features(model, train_images, cpu), train_labels[:args.probe_count],
                                               features, labels)
     print(json.dumps(result))
     if args.out:
